@@ -1,0 +1,119 @@
+"""The RA-TLS evidence format: TCG DICE tagged evidence in an X.509 extension.
+
+Certificate extension ``tcg-dice-TaggedEvidence`` (OID 2.23.133.5.4.9) holds a CBOR tag whose
+number names the evidence kind and whose content is ``[quote, claims]``: ``claims`` is the
+CBOR encoding of a map ``{"pubkey-hash": [hash-alg-id, hash(SubjectPublicKeyInfo DER)],
+"nonce": bytes?}``. The quote's REPORTDATA is SHA-512(claims), which binds the quote to the
+certificate's key (and to the verifier's nonce, when there is one). This is the layout of the
+interoperable RA-TLS format used by Intel's TDX/SGX TLS libraries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+import cbor2
+from cryptography import x509
+
+from tdxfl.attestation.interfaces import REPORT_DATA_SIZE, AttestationError
+
+TAGGED_EVIDENCE_OID = x509.ObjectIdentifier("2.23.133.5.4.9")
+#: CBOR tag for an Intel TDX quote (interoperable RA-TLS)
+TDX_EVIDENCE_TAG = 60000
+#: CBOR tag for tdxfl's simulated-TD evidence (never accepted by a policy that requires TDX)
+SIMULATED_EVIDENCE_TAG = 1953327206  # "tdxf" in ASCII, first-come-first-served CBOR tag range
+
+#: IANA "Named Information Hash Algorithm" identifiers
+HASH_ALGORITHMS = {1: "sha256", 7: "sha384", 8: "sha512"}
+PUBKEY_HASH_ALG = 7
+
+
+@dataclass(frozen=True)
+class TaggedEvidence:
+    """Decoded evidence extension: the kind tag, the raw quote and the encoded claims."""
+
+    tag: int
+    quote: bytes
+    claims: bytes
+
+    def encode(self) -> bytes:
+        """CBOR bytes for the X.509 extension value."""
+        return cbor2.dumps(cbor2.CBORTag(self.tag, [self.quote, self.claims]))
+
+    @classmethod
+    def decode(cls, data: bytes) -> TaggedEvidence:
+        """Parse an extension value; raise AttestationError when it is not tagged evidence."""
+        try:
+            item = cbor2.loads(data)
+        except Exception as e:  # cbor2 raises several types for malformed input
+            raise AttestationError(f"evidence extension is not valid CBOR: {e}") from e
+        if not isinstance(item, cbor2.CBORTag):
+            raise AttestationError("evidence extension is not a CBOR tag")
+        value = item.value
+        if (
+            not isinstance(value, list)
+            or len(value) != 2
+            or not isinstance(value[0], bytes)
+            or not isinstance(value[1], bytes)
+        ):
+            raise AttestationError("tagged evidence must be [quote: bstr, claims: bstr]")
+        return cls(tag=item.tag, quote=value[0], claims=value[1])
+
+    def parsed_claims(self) -> Claims:
+        """Decode ``claims`` (checked for shape)."""
+        return Claims.decode(self.claims)
+
+
+@dataclass(frozen=True)
+class Claims:
+    """What the quote's REPORTDATA commits to: the key (by hash) and an optional nonce."""
+
+    pubkey_hash_alg: int
+    pubkey_hash: bytes
+    nonce: bytes | None = None
+
+    @classmethod
+    def for_public_key(cls, spki_der: bytes, nonce: bytes | None = None) -> Claims:
+        """Claims binding the DER SubjectPublicKeyInfo ``spki_der`` (and ``nonce``)."""
+        digest = hashlib.new(HASH_ALGORITHMS[PUBKEY_HASH_ALG], spki_der).digest()
+        return cls(PUBKEY_HASH_ALG, digest, nonce)
+
+    def encode(self) -> bytes:
+        """Canonical CBOR encoding (the bytes that REPORTDATA hashes)."""
+        m: dict[str, object] = {"pubkey-hash": [self.pubkey_hash_alg, self.pubkey_hash]}
+        if self.nonce is not None:
+            m["nonce"] = self.nonce
+        return cbor2.dumps(m, canonical=True)
+
+    @classmethod
+    def decode(cls, data: bytes) -> Claims:
+        """Parse claims bytes; raise AttestationError on any deviation from the format."""
+        try:
+            m = cbor2.loads(data)
+        except Exception as e:
+            raise AttestationError(f"claims are not valid CBOR: {e}") from e
+        if not isinstance(m, dict) or "pubkey-hash" not in m:
+            raise AttestationError("claims must be a CBOR map with a 'pubkey-hash' entry")
+        ph = m["pubkey-hash"]
+        if not (isinstance(ph, list) and len(ph) == 2 and isinstance(ph[0], int) and isinstance(ph[1], bytes)):
+            raise AttestationError("claims 'pubkey-hash' must be [hash-alg-id, bstr]")
+        if ph[0] not in HASH_ALGORITHMS:
+            raise AttestationError(f"claims 'pubkey-hash' uses unsupported hash algorithm id {ph[0]}")
+        nonce = m.get("nonce")
+        if nonce is not None and not isinstance(nonce, bytes):
+            raise AttestationError("claims 'nonce' must be a byte string")
+        return cls(ph[0], ph[1], nonce)
+
+    def matches_public_key(self, spki_der: bytes) -> bool:
+        """True when ``pubkey_hash`` is the hash of ``spki_der`` (constant-time compare)."""
+        digest = hashlib.new(HASH_ALGORITHMS[self.pubkey_hash_alg], spki_der).digest()
+        return hmac.compare_digest(digest, self.pubkey_hash)
+
+
+def report_data_for(claims_bytes: bytes) -> bytes:
+    """REPORTDATA that binds the encoded claims: SHA-512(claims), exactly 64 bytes."""
+    digest = hashlib.sha512(claims_bytes).digest()
+    assert len(digest) == REPORT_DATA_SIZE
+    return digest

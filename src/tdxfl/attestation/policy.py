@@ -1,0 +1,150 @@
+"""Attestation policy as data: what a party demands of a peer's verified evidence.
+
+A policy is written in the federation's TOML (one table per direction) and judged against a
+``VerifiedEvidence``. Every refusal names the failing field, the peer's value and the allowed
+values. Defaults are strict: real TDX only, DEBUG forbidden, TCB ``UpToDate`` only, no cloud
+platform flags, and MRTD must be listed (or explicitly ``"any"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from tdxfl.attestation.interfaces import VerifiedEvidence
+
+ANY = "any"
+_MEASUREMENT_SIZES = {"mrtd": 48, "rtmr0": 48, "rtmr1": 48, "rtmr2": 48, "rtmr3": 48, "mrconfigid": 48, "mrowner": 48}
+
+
+class PolicyError(ValueError):
+    """A policy table is malformed; the message names the offending key."""
+
+
+MeasurementRule = frozenset[bytes] | None  # None means "any"
+
+
+def _short(value: bytes) -> str:
+    h = value.hex()
+    return h if len(h) <= 24 else f"{h[:12]}…{h[-8:]}"
+
+
+def _parse_rule(key: str, raw: object) -> MeasurementRule:
+    if raw == ANY:
+        return None
+    values = [raw] if isinstance(raw, str) else raw
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise PolicyError(f'policy key {key!r} must be "any", a hex string or a list of hex strings')
+    out = set()
+    for v in values:
+        try:
+            b = bytes.fromhex(v)
+        except ValueError as e:
+            raise PolicyError(f"policy key {key!r}: {v!r} is not hex") from e
+        if len(b) != _MEASUREMENT_SIZES[key]:
+            raise PolicyError(f"policy key {key!r}: {v!r} is {len(b)} bytes, expected {_MEASUREMENT_SIZES[key]}")
+        out.add(b)
+    return frozenset(out)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Requirements on a peer's TD. Build one with ``Policy.from_dict`` from a TOML table."""
+
+    tee: frozenset[str] = frozenset({"tdx"})
+    mrtd: MeasurementRule = frozenset()
+    rtmr0: MeasurementRule = None
+    rtmr1: MeasurementRule = None
+    rtmr2: MeasurementRule = None
+    rtmr3: MeasurementRule = None
+    mrconfigid: MeasurementRule = None
+    mrowner: MeasurementRule = None
+    allow_debug: bool = False
+    tcb_statuses: frozenset[str] = frozenset({"UpToDate"})
+    accepted_advisories: frozenset[str] = frozenset()
+    allow_dynamic_platform: bool = False
+    allow_cached_keys: bool = False
+    allow_smt: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_dict(cls, table: Mapping[str, Any]) -> Policy:
+        """Build a policy from a TOML table; unknown keys are an error (typos must not weaken it)."""
+        known = {f.name for f in fields(cls)} - {"extra"}
+        unknown = set(table) - known
+        if unknown:
+            raise PolicyError(f"unknown policy keys: {', '.join(sorted(unknown))}")
+        kwargs: dict[str, Any] = {}
+        for key, raw in table.items():
+            if key in _MEASUREMENT_SIZES:
+                kwargs[key] = _parse_rule(key, raw)
+            elif key in ("tee", "tcb_statuses", "accepted_advisories"):
+                items = [raw] if isinstance(raw, str) else raw
+                if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+                    raise PolicyError(f"policy key {key!r} must be a list of strings")
+                kwargs[key] = frozenset(items)
+            else:
+                if not isinstance(raw, bool):
+                    raise PolicyError(f"policy key {key!r} must be true or false")
+                kwargs[key] = raw
+        if "tee" in kwargs and not kwargs["tee"] <= {"tdx", "simulated"}:
+            raise PolicyError(f"policy key 'tee' accepts only 'tdx' and 'simulated', got {sorted(kwargs['tee'])}")
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The TOML-ready form of this policy (inverse of ``from_dict``)."""
+        out: dict[str, Any] = {"tee": sorted(self.tee)}
+        for key in _MEASUREMENT_SIZES:
+            rule: MeasurementRule = getattr(self, key)
+            out[key] = ANY if rule is None else sorted(v.hex() for v in rule)
+        out["allow_debug"] = self.allow_debug
+        out["tcb_statuses"] = sorted(self.tcb_statuses)
+        out["accepted_advisories"] = sorted(self.accepted_advisories)
+        out["allow_dynamic_platform"] = self.allow_dynamic_platform
+        out["allow_cached_keys"] = self.allow_cached_keys
+        out["allow_smt"] = self.allow_smt
+        return out
+
+    @property
+    def requires_real_tdx(self) -> bool:
+        """True when simulated evidence is refused."""
+        return "simulated" not in self.tee
+
+    def evaluate(self, ev: VerifiedEvidence) -> list[str]:
+        """Return the reasons ``ev`` violates this policy; an empty list means accepted."""
+        if ev.tee not in self.tee:
+            hint = " (simulated evidence proves nothing about the host)" if ev.tee == "simulated" else ""
+            return [f"evidence kind is {ev.tee!r}; policy accepts only {sorted(self.tee)}{hint}"]
+        reasons: list[str] = []
+        r = ev.report
+        values = {
+            "mrtd": r.mrtd,
+            "rtmr0": r.rtmrs[0],
+            "rtmr1": r.rtmrs[1],
+            "rtmr2": r.rtmrs[2],
+            "rtmr3": r.rtmrs[3],
+            "mrconfigid": r.mrconfigid,
+            "mrowner": r.mrowner,
+        }
+        for key, value in values.items():
+            rule: MeasurementRule = getattr(self, key)
+            if rule is not None and value not in rule:
+                allowed = ", ".join(_short(v) for v in sorted(rule)) or "nothing (policy lists none)"
+                reasons.append(f"{key.upper()} {_short(value)} is not allowed (policy allows: {allowed})")
+        if r.debug and not self.allow_debug:
+            reasons.append("TD attribute DEBUG is set (policy forbids debug TDs: the host can read their memory)")
+        if ev.tcb_status not in self.tcb_statuses:
+            reasons.append(f"TCB status {ev.tcb_status!r} is not accepted (policy accepts {sorted(self.tcb_statuses)})")
+        bad_advisories = sorted(set(ev.advisory_ids) - self.accepted_advisories)
+        if bad_advisories:
+            reasons.append(f"advisories {bad_advisories} are not accepted (policy accepts {sorted(self.accepted_advisories)})")
+        p = ev.platform
+        for flag, allowed, name in (
+            (p.dynamic_platform, self.allow_dynamic_platform, "dynamic platform"),
+            (p.cached_keys, self.allow_cached_keys, "cached keys"),
+            (p.smt_enabled, self.allow_smt, "SMT"),
+        ):
+            if flag and not allowed:
+                reasons.append(f"platform has {name} enabled (policy: allow_{name.lower().replace(' ', '_')} = false)")
+        return reasons

@@ -1,0 +1,1 @@
+"""Intel TDX backend: configfs-tsm quote generation and DCAP quote verification."""

@@ -1,0 +1,26 @@
+"""The ``tdxfl`` command line: one click group, one module per family of subcommands."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+
+@click.group()
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """tdxfl: federated learning between attested Intel TDX trust domains."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def _register() -> None:
+    from tdxfl.cli import attest
+
+    for module in (attest,):
+        for command in module.COMMANDS:
+            main.add_command(command)
+
+
+_register()

@@ -1,0 +1,1 @@
+"""The worker: attested connection to the parameter server and local training."""

@@ -1,0 +1,1 @@
+"""Framework-neutral federated-learning core: typed records, optimizers, aggregation strategies."""

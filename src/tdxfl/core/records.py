@@ -1,0 +1,83 @@
+"""Typed records shared by every layer: named tensors as numpy arrays.
+
+A model's state is an ordered list of ``Tensor`` entries; the order and specs (name, dtype,
+shape) are the contract between workers and the parameter server. Nothing here touches the wire
+or the disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+#: dtypes allowed on the wire and in sealed files (little-endian raw bytes)
+ALLOWED_DTYPES = frozenset({"float16", "float32", "float64", "int32", "int64", "uint8"})
+
+
+class RecordError(ValueError):
+    """A tensor set does not match what was expected (names, dtypes, shapes or values)."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, dtype (numpy name) and shape of one tensor."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        """Number of elements."""
+        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the raw little-endian encoding."""
+        return self.size * np.dtype(self.dtype).itemsize
+
+    @classmethod
+    def of(cls, name: str, array: np.ndarray) -> TensorSpec:
+        """The spec of ``array`` under ``name``."""
+        return cls(name, array.dtype.name, tuple(int(d) for d in array.shape))
+
+
+@dataclass
+class TensorSet:
+    """An ordered, named list of numpy arrays (model weights, gradients or an update)."""
+
+    specs: list[TensorSpec]
+    arrays: list[np.ndarray]
+
+    @classmethod
+    def from_arrays(cls, names: Sequence[str], arrays: Sequence[np.ndarray]) -> TensorSet:
+        """Build from parallel lists of names and arrays."""
+        if len(names) != len(arrays):
+            raise RecordError(f"{len(names)} names for {len(arrays)} arrays")
+        arrs = [np.asarray(a) for a in arrays]
+        return cls([TensorSpec.of(n, a) for n, a in zip(names, arrs)], arrs)
+
+    @property
+    def nbytes(self) -> int:
+        """Total raw size in bytes."""
+        return sum(s.nbytes for s in self.specs)
+
+    def check_compatible(self, expected: Sequence[TensorSpec], *, check_dtype: bool = True) -> None:
+        """Raise RecordError naming the first tensor whose name, shape or dtype differs."""
+        if len(self.specs) != len(expected):
+            raise RecordError(f"expected {len(expected)} tensors, got {len(self.specs)}")
+        for got, want in zip(self.specs, expected):
+            if got.name != want.name:
+                raise RecordError(f"tensor {want.name!r} expected, got {got.name!r}")
+            if got.shape != want.shape:
+                raise RecordError(f"tensor {want.name!r} has shape {got.shape}, expected {want.shape}")
+            if check_dtype and got.dtype != want.dtype:
+                raise RecordError(f"tensor {want.name!r} has dtype {got.dtype}, expected {want.dtype}")
+
+    def check_finite(self) -> None:
+        """Raise RecordError naming the first tensor holding NaN or infinity."""
+        for spec, a in zip(self.specs, self.arrays):
+            if a.dtype.kind == "f" and not np.isfinite(a).all():
+                raise RecordError(f"tensor {spec.name!r} holds NaN or infinite values")

@@ -1,0 +1,1 @@
+"""Machine-learning adapters: data sets, models, and the Keras training adapter."""

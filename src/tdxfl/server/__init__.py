@@ -1,0 +1,1 @@
+"""The parameter server: attested gRPC service, round orchestration, evaluation."""

@@ -1,0 +1,1 @@
+"""Model protection at rest: sealed (AEAD) files and the model store interface."""

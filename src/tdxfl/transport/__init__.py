@@ -1,0 +1,1 @@
+"""gRPC transport: protobuf messages, chunked tensor streaming and attested channels."""
