@@ -53,7 +53,7 @@ class TaggedEvidence:
             raise AttestationError("evidence extension is not a CBOR tag")
         value = item.value
         if (
-            not isinstance(value, list)
+            not isinstance(value, (list, tuple))
             or len(value) != 2
             or not isinstance(value[0], bytes)
             or not isinstance(value[1], bytes)
@@ -82,7 +82,7 @@ class Claims:
 
     def encode(self) -> bytes:
         """Canonical CBOR encoding (the bytes that REPORTDATA hashes)."""
-        m: dict[str, object] = {"pubkey-hash": [self.pubkey_hash_alg, self.pubkey_hash]}
+        m: dict[str, object] = {"pubkey-hash": cbor2.dumps([self.pubkey_hash_alg, self.pubkey_hash])}
         if self.nonce is not None:
             m["nonce"] = self.nonce
         return cbor2.dumps(m, canonical=True)
@@ -96,8 +96,14 @@ class Claims:
             raise AttestationError(f"claims are not valid CBOR: {e}") from e
         if not isinstance(m, dict) or "pubkey-hash" not in m:
             raise AttestationError("claims must be a CBOR map with a 'pubkey-hash' entry")
-        ph = m["pubkey-hash"]
-        if not (isinstance(ph, list) and len(ph) == 2 and isinstance(ph[0], int) and isinstance(ph[1], bytes)):
+        raw = m["pubkey-hash"]
+        if not isinstance(raw, bytes):
+            raise AttestationError("claims 'pubkey-hash' must be a byte string holding [hash-alg-id, bstr]")
+        try:
+            ph = cbor2.loads(raw)
+        except Exception as e:
+            raise AttestationError(f"claims 'pubkey-hash' is not valid CBOR: {e}") from e
+        if not (isinstance(ph, (list, tuple)) and len(ph) == 2 and isinstance(ph[0], int) and isinstance(ph[1], bytes)):
             raise AttestationError("claims 'pubkey-hash' must be [hash-alg-id, bstr]")
         if ph[0] not in HASH_ALGORITHMS:
             raise AttestationError(f"claims 'pubkey-hash' uses unsupported hash algorithm id {ph[0]}")
@@ -113,7 +119,14 @@ class Claims:
 
 
 def report_data_for(claims_bytes: bytes) -> bytes:
-    """REPORTDATA that binds the encoded claims: SHA-512(claims), exactly 64 bytes."""
-    digest = hashlib.sha512(claims_bytes).digest()
-    assert len(digest) == REPORT_DATA_SIZE
-    return digest
+    """REPORTDATA that binds the encoded claims: SHA-384(claims) zero-padded to 64 bytes."""
+    return hashlib.sha384(claims_bytes).digest().ljust(REPORT_DATA_SIZE, b"\0")
+
+
+def report_data_matches(report_data: bytes, claims_bytes: bytes) -> bool:
+    """True when REPORTDATA commits to ``claims_bytes`` by SHA-384 (TDX), SHA-256 (SGX/spec) or
+    SHA-512, each zero-padded to 64 bytes as the interoperable RA-TLS implementations do."""
+    for name in ("sha384", "sha256", "sha512"):
+        if hmac.compare_digest(report_data, hashlib.new(name, claims_bytes).digest().ljust(REPORT_DATA_SIZE, b"\0")):
+            return True
+    return False

@@ -1,0 +1,233 @@
+"""RA-TLS: in-memory TLS identities whose certificates carry evidence bound to their key.
+
+``TlsIdentity.create`` makes an ECDSA P-384 key in memory, asks the attester for evidence
+whose REPORTDATA commits to the key's SubjectPublicKeyInfo (and a verifier's nonce), and wraps
+both in a short-lived self-signed certificate. ``PeerVerifier`` checks such certificates (or
+fresh evidence for a known key) against a policy and records every decision. Nothing here
+writes to disk.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tdxfl.attestation.decisions import Decision, DecisionLog
+from tdxfl.attestation.evidence import (
+    TAGGED_EVIDENCE_OID,
+    TDX_EVIDENCE_TAG,
+    Claims,
+    TaggedEvidence,
+    report_data_for,
+    report_data_matches,
+)
+from tdxfl.attestation.interfaces import Attester, AttestationError, VerifiedEvidence, Verifier
+from tdxfl.attestation.policy import Policy
+
+DEFAULT_VALIDITY = dt.timedelta(hours=12)
+_CLOCK_SKEW = dt.timedelta(minutes=5)
+
+
+def make_evidence(attester: Attester, spki_der: bytes, nonce: bytes | None = None) -> TaggedEvidence:
+    """Evidence from ``attester`` bound to ``spki_der`` (and ``nonce``)."""
+    claims = Claims.for_public_key(spki_der, nonce).encode()
+    quote = attester.quote(report_data_for(claims))
+    return TaggedEvidence(tag=attester.evidence_tag, quote=quote, claims=claims)
+
+
+def tls_name(party: str) -> str:
+    """The DNS name in a party's certificate (used with grpc's target-name override)."""
+    safe = "".join(c if c.isalnum() or c == "-" else "-" for c in party.lower())
+    return f"{safe}.tdxfl.invalid"
+
+
+class TlsIdentity:
+    """A party's TLS key and RA-TLS certificate, held in memory only."""
+
+    def __init__(self, private_key: ec.EllipticCurvePrivateKey, certificate: x509.Certificate) -> None:
+        self._private_key = private_key
+        self.certificate = certificate
+
+    @classmethod
+    def create(
+        cls,
+        attester: Attester,
+        party: str,
+        *,
+        nonce: bytes | None = None,
+        validity: dt.timedelta = DEFAULT_VALIDITY,
+    ) -> TlsIdentity:
+        """Generate a fresh P-384 key and a self-signed certificate carrying bound evidence."""
+        key = ec.generate_private_key(ec.SECP384R1())
+        spki = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        evidence = make_evidence(attester, spki, nonce)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, tls_name(party))])
+        now = dt.datetime.now(dt.timezone.utc)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - _CLOCK_SKEW)
+            .not_valid_after(now + validity)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(tls_name(party))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.UnrecognizedExtension(TAGGED_EVIDENCE_OID, evidence.encode()), critical=False)
+            .sign(key, hashes.SHA384())
+        )
+        return cls(key, cert)
+
+    @property
+    def cert_pem(self) -> bytes:
+        """The certificate in PEM."""
+        return self.certificate.public_bytes(serialization.Encoding.PEM)
+
+    @property
+    def spki_der(self) -> bytes:
+        """The DER SubjectPublicKeyInfo the evidence is bound to."""
+        return self.certificate.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    def private_key_pem(self) -> bytes:
+        """The key as unencrypted PKCS#8 PEM *in memory*, the only form grpc accepts.
+
+        Callers hand it straight to grpc credentials; it must never be logged or written.
+        """
+        return self._private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),  # in-memory only: grpc takes PEM bytes, never a file
+        )
+
+    def fresh_evidence(self, attester: Attester, nonce: bytes) -> bytes:
+        """Encoded evidence for this key and a verifier's ``nonce`` (a freshness challenge)."""
+        return make_evidence(attester, self.spki_der, nonce).encode()
+
+
+def load_certificate(cert: bytes) -> x509.Certificate:
+    """Parse a PEM or DER certificate; raise AttestationError on anything else."""
+    try:
+        if cert.lstrip().startswith(b"-----BEGIN"):
+            return x509.load_pem_x509_certificate(cert)
+        return x509.load_der_x509_certificate(cert)
+    except ValueError as e:
+        raise AttestationError(f"not an X.509 certificate: {e}") from e
+
+
+def certificate_spki(cert: x509.Certificate) -> bytes:
+    """DER SubjectPublicKeyInfo of ``cert``."""
+    return cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def certificate_evidence(cert: x509.Certificate) -> TaggedEvidence:
+    """The tagged evidence in ``cert``; AttestationError when absent or malformed."""
+    try:
+        ext = cert.extensions.get_extension_for_oid(TAGGED_EVIDENCE_OID)
+    except x509.ExtensionNotFound as e:
+        raise AttestationError(
+            f"certificate carries no attestation evidence (extension {TAGGED_EVIDENCE_OID.dotted_string} missing)"
+        ) from e
+    value = ext.value
+    if not isinstance(value, x509.UnrecognizedExtension):
+        raise AttestationError("evidence extension has an unexpected type")
+    return TaggedEvidence.decode(value.value)
+
+
+@dataclass(frozen=True)
+class Appraisal:
+    """A peer's verified evidence together with the decision that was recorded for it."""
+
+    evidence: VerifiedEvidence | None
+    decision: Decision
+
+
+class PeerVerifier:
+    """Appraises peers' RA-TLS certificates and fresh evidence against one policy."""
+
+    def __init__(
+        self,
+        me: str,
+        policy: Policy,
+        verifiers: Sequence[Verifier] | Mapping[int, Verifier],
+        decisions: DecisionLog,
+    ) -> None:
+        self.me = me
+        self.policy = policy
+        self._verifiers = dict(verifiers) if isinstance(verifiers, Mapping) else {v.evidence_tag: v for v in verifiers}
+        self.decisions = decisions
+
+    def verify_evidence(self, evidence: TaggedEvidence, spki_der: bytes, nonce: bytes | None = None) -> VerifiedEvidence:
+        """Check ``evidence`` is genuine, bound to ``spki_der`` (and ``nonce``) and meets policy.
+
+        Raises AttestationError with the reasons for refusal.
+        """
+        verified = self.verify_genuine(evidence, spki_der, nonce)
+        self.check_policy(verified)
+        return verified
+
+    def check_policy(self, verified: VerifiedEvidence) -> None:
+        """Raise AttestationError listing every policy violation of ``verified``."""
+        reasons = self.policy.evaluate(verified)
+        if reasons:
+            raise AttestationError("; ".join(reasons))
+
+    def verify_genuine(self, evidence: TaggedEvidence, spki_der: bytes, nonce: bytes | None = None) -> VerifiedEvidence:
+        """Check the evidence kind is acceptable, the quote genuine and bound to the key and nonce."""
+        verifier = self._verifiers.get(evidence.tag)
+        kind = verifier.tee if verifier else ("tdx" if evidence.tag == TDX_EVIDENCE_TAG else f"tag {evidence.tag}")
+        if kind not in self.policy.tee:
+            hint = " (simulated evidence proves nothing about the host)" if kind == "simulated" else ""
+            raise AttestationError(f"evidence kind is {kind!r}; policy accepts only {sorted(self.policy.tee)}{hint}")
+        if verifier is None:
+            raise AttestationError(f"no verifier configured for evidence kind {kind!r}")
+        claims = evidence.parsed_claims()
+        if not claims.matches_public_key(spki_der):
+            raise AttestationError("evidence is bound to another key: claims' pubkey-hash does not match the TLS key")
+        if nonce is not None and claims.nonce != nonce:
+            raise AttestationError("evidence does not answer our challenge nonce (stale or replayed evidence)")
+        verified = verifier.verify(evidence.quote)
+        if not report_data_matches(verified.report.report_data, evidence.claims):
+            raise AttestationError("quote REPORTDATA does not commit to the claims: quote not bound to this key")
+        return verified
+
+    def appraise(
+        self,
+        peer: str,
+        *,
+        certificate: bytes | x509.Certificate,
+        evidence: bytes | None = None,
+        nonce: bytes | None = None,
+    ) -> Appraisal:
+        """Appraise a peer's certificate (or ``evidence`` for the certificate's key) and record it.
+
+        Never raises for a refusal: the returned decision says what happened and why.
+        """
+        verified: VerifiedEvidence | None = None
+        tee = mrtd = ""
+        try:
+            cert = certificate if isinstance(certificate, x509.Certificate) else load_certificate(certificate)
+            now = dt.datetime.now(dt.timezone.utc)
+            if not cert.not_valid_before_utc - _CLOCK_SKEW <= now <= cert.not_valid_after_utc:
+                raise AttestationError(
+                    f"certificate not valid now (valid {cert.not_valid_before_utc:%Y-%m-%d %H:%M} to "
+                    f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC)"
+                )
+            tagged = TaggedEvidence.decode(evidence) if evidence is not None else certificate_evidence(cert)
+            genuine = self.verify_genuine(tagged, certificate_spki(cert), nonce)
+            tee, mrtd = genuine.tee, genuine.report.mrtd.hex()
+            self.check_policy(genuine)
+            verified = genuine
+            what = "fresh evidence" if evidence is not None or nonce is not None else "certificate evidence"
+            decision = Decision(self.me, peer, "accepted", f"{what} verified and meets policy", tee, mrtd)
+        except AttestationError as e:
+            decision = Decision(self.me, peer, "refused", str(e), tee, mrtd)
+            verified = None
+        return Appraisal(verified, self.decisions.record(decision))
