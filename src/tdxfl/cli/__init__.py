@@ -16,9 +16,9 @@ def main(verbose: int) -> None:
 
 
 def _register() -> None:
-    from tdxfl.cli import attest
+    from tdxfl.cli import attest, federation
 
-    for module in (attest,):
+    for module in (federation, attest):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -1,7 +1,215 @@
-"""``tdxfl attest`` and ``tdxfl verify-quote`` (owned by the TDX attestation work)."""
+"""``tdxfl attest`` and ``tdxfl verify-quote``: this TD's measurements, and checking evidence.
+
+``attest`` quotes zero REPORTDATA and prints the measurements with a policy block that pins
+them (paste it into the peers' configuration). ``verify-quote`` verifies a raw quote file or
+an RA-TLS certificate against DCAP collateral and a policy and prints the decision; its exit
+status is 0 when accepted and 1 when refused.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
 import click
 
-COMMANDS: list[click.Command] = []
+from tdxfl.attestation.interfaces import REPORT_DATA_SIZE, Attester, AttestationError, VerifiedEvidence
+from tdxfl.attestation.policy import Policy, PolicyError
+from tdxfl.attestation.report import QuoteFormatError, parse_quote
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        if len(value) <= 1:
+            return "[" + "".join(_toml_value(v) for v in value) + "]"
+        return "[\n" + "".join(f"    {_toml_value(v)},\n" for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def policy_toml(policy: Policy) -> str:
+    """``policy`` as TOML key/value lines (a table body that ``Policy.from_dict`` reads back)."""
+    return "".join(f"{key} = {_toml_value(value)}\n" for key, value in policy.to_dict().items())
+
+
+def _attester(configfs: str | None, simulated: bool) -> Attester:
+    if simulated:
+        from tdxfl.attestation.simulated import SimulatedAttester
+
+        return SimulatedAttester()
+    from tdxfl.attestation.tdx.configfs import DEFAULT_ROOT, TdxAttester
+
+    return TdxAttester(configfs or DEFAULT_ROOT)
+
+
+@click.command("attest")
+@click.option("--configfs", type=click.Path(file_okay=False), help="configfs-tsm report directory.")
+@click.option("--simulated", is_flag=True, help="Use the simulated TD (development only; proves nothing).")
+def attest(configfs: str | None, simulated: bool) -> None:
+    """Print this TD's measurements and a TOML policy block that pins them."""
+    attester = _attester(configfs, simulated)
+    try:
+        report = parse_quote(attester.quote(bytes(REPORT_DATA_SIZE))).report
+    except (AttestationError, QuoteFormatError) as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"# {attester.tee} TD measurements")
+    for key, value in report.to_dict().items():
+        if key != "report_data":
+            shown = ", ".join(value) or "none" if isinstance(value, list) else value
+            click.echo(f"# {key:<18} {shown}")
+    policy = Policy(
+        tee=frozenset({attester.tee}),
+        mrtd=frozenset({report.mrtd}),
+        rtmr0=frozenset({report.rtmrs[0]}),
+        rtmr1=frozenset({report.rtmrs[1]}),
+        rtmr2=frozenset({report.rtmrs[2]}),
+        rtmr3=frozenset({report.rtmrs[3]}),
+    )
+    click.echo("# Policy admitting exactly this TD; paste it into the peers' policy table.")
+    if attester.tee == "tdx":
+        click.echo("# Cloud TDX hosts usually need allow_dynamic_platform/allow_cached_keys/allow_smt = true.")
+    click.echo(policy_toml(policy), nl=False)
+
+
+def parse_time(value: str) -> int:
+    """Unix seconds from ``value``: an integer, or ISO 8601 (UTC when no offset is given)."""
+    text = value.strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as e:
+        raise click.BadParameter(f"{value!r} is neither unix seconds nor ISO 8601") from e
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return int(when.timestamp())
+
+
+def load_policy(path: str | None, table: str | None) -> Policy:
+    """The policy in TOML file ``path`` (its top level, or the dotted ``table`` in it)."""
+    if path is None:
+        return Policy(mrtd=None)
+    try:
+        data: Any = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        for part in (table or "").split(".") if table else ():
+            data = data[part]
+        if not isinstance(data, dict):
+            raise PolicyError(f"{table!r} is not a table")
+        return Policy.from_dict(data)
+    except (OSError, tomllib.TOMLDecodeError, KeyError, PolicyError) as e:
+        raise click.BadParameter(f"{path}: {e}", param_hint="--policy") from e
+
+
+def _evidence_summary(ev: VerifiedEvidence) -> dict[str, Any]:
+    return {
+        "tee": ev.tee,
+        "tcb_status": ev.tcb_status,
+        "advisory_ids": list(ev.advisory_ids),
+        "platform": {
+            "dynamic_platform": ev.platform.dynamic_platform,
+            "cached_keys": ev.platform.cached_keys,
+            "smt_enabled": ev.platform.smt_enabled,
+        },
+        "report": ev.report.to_dict(),
+    }
+
+
+def _verify(data: bytes, collateral: str | None, pccs_url: str | None, cache_dir: str | None, now: int | None,
+            policy: Policy) -> tuple[VerifiedEvidence, str]:
+    """Verify a raw quote or an RA-TLS certificate; return the evidence and what was checked."""
+    from tdxfl.attestation import ratls
+    from tdxfl.attestation.decisions import DecisionLog
+    from tdxfl.attestation.interfaces import Verifier
+    from tdxfl.attestation.tdx.collateral import collateral_source
+    from tdxfl.attestation.tdx.dcap import TdxVerifier
+
+    source = collateral_source(collateral, pccs_url, cache_dir, hint="give --collateral FILE or --pccs-url URL")
+    tdx = TdxVerifier(source, as_of=now)
+    stripped = data.lstrip()
+    if not (stripped.startswith(b"-----BEGIN") or data[:1] == b"\x30"):
+        return tdx.verify(data), "quote"
+    cert = ratls.load_certificate(data)
+    verifiers: list[Verifier] = [tdx]
+    try:
+        from tdxfl.attestation.simulated import SimulatedVerifier
+
+        verifiers.append(SimulatedVerifier())
+    except ImportError:
+        pass
+    checker = ratls.PeerVerifier("verify-quote", policy, verifiers, DecisionLog())
+    when = dt.datetime.fromtimestamp(now, dt.timezone.utc) if now is not None else dt.datetime.now(dt.timezone.utc)
+    if not cert.not_valid_before_utc <= when <= cert.not_valid_after_utc:
+        raise AttestationError(
+            f"certificate not valid at {when:%Y-%m-%d %H:%M:%S} UTC (valid {cert.not_valid_before_utc:%Y-%m-%d %H:%M} "
+            f"to {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC)"
+        )
+    evidence = ratls.certificate_evidence(cert)
+    verified = checker.verify_genuine(evidence, ratls.certificate_spki(cert))
+    return verified, "certificate (key binding and REPORTDATA checked)"
+
+
+@click.command("verify-quote")
+@click.argument("quote", type=click.Path(exists=True, dir_okay=False))
+@click.option("--collateral", type=click.Path(exists=True, dir_okay=False), help="Collateral JSON file.")
+@click.option("--pccs-url", help="PCCS/PCS base URL to fetch collateral from (cached on disk).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Collateral cache directory.")
+@click.option("--policy", "policy_file", type=click.Path(exists=True, dir_okay=False), help="Policy TOML file.")
+@click.option("--policy-table", help="Dotted name of the policy table inside the --policy file.")
+@click.option("--as-of", "as_of", help="Verify at this time (ISO 8601 or unix seconds) instead of now.")
+@click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
+def verify_quote(
+    quote: str,
+    collateral: str | None,
+    pccs_url: str | None,
+    cache_dir: str | None,
+    policy_file: str | None,
+    policy_table: str | None,
+    as_of: str | None,
+    as_json: bool,
+) -> None:
+    """Verify QUOTE (a raw TDX quote, or a PEM/DER RA-TLS certificate) and judge it by policy.
+
+    Without --policy, the strict default policy applies with any MRTD. Exit status: 0 accepted,
+    1 refused.
+    """
+    now = parse_time(as_of) if as_of is not None else None
+    policy = load_policy(policy_file, policy_table)
+    data = Path(quote).read_bytes()
+    verified: VerifiedEvidence | None = None
+    what = "evidence"
+    try:
+        verified, what = _verify(data, collateral, pccs_url, cache_dir, now, policy)
+        reasons = policy.evaluate(verified)
+    except AttestationError as e:
+        reasons = [str(e)]
+    accepted = not reasons
+    if as_json:
+        out: dict[str, Any] = {"accepted": accepted, "reasons": reasons, "checked": what}
+        if verified is not None:
+            out["evidence"] = _evidence_summary(verified)
+        click.echo(json.dumps(out, indent=2))
+    else:
+        if verified is not None:
+            r = verified.report
+            click.echo(f"checked:     {what}")
+            click.echo(f"tee:         {verified.tee}")
+            click.echo(f"tcb status:  {verified.tcb_status} advisories: {', '.join(verified.advisory_ids) or 'none'}")
+            p = verified.platform
+            click.echo(f"platform:    dynamic={p.dynamic_platform} cached_keys={p.cached_keys} smt={p.smt_enabled}")
+            click.echo(f"mrtd:        {r.mrtd.hex()}")
+            click.echo(f"attributes:  {', '.join(r.attribute_names()) or 'none'}")
+        if accepted:
+            click.echo("ACCEPTED")
+        else:
+            click.echo("REFUSED: " + "; ".join(reasons))
+    sys.exit(0 if accepted else 1)
+
+
+COMMANDS: list[click.Command] = [attest, verify_quote]

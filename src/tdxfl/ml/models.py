@@ -91,7 +91,7 @@ def build_model(
 
     Models (all end in a softmax, i.e. they output probabilities):
 
-    * ``"small_cnn"`` -- two 3x3 convolutions, max-pool and two dense layers (~0.6M params for
+    * ``"small_cnn"`` -- two 3x3 convolutions, max-pool and two dense layers (~0.15M params for
       8x8x1 digits); reaches >= 0.95 test accuracy on digits within a few epochs.
     * ``"resnet50"`` -- ``keras.applications.ResNet50(weights=None)`` (no download), e.g.
       ``input_shape=(32, 32, 3), num_classes=10`` for CIFAR-10 (~23.6M params, BatchNorm).

@@ -173,6 +173,7 @@ class PccsCollateral:
         return collateral
 
     def _write_cache(self, path: Path, collateral: dcap_qvl.QuoteCollateralV3) -> None:
+        tmp: str | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
@@ -181,3 +182,31 @@ class PccsCollateral:
             os.replace(tmp, path)
         except OSError as e:  # a cache that cannot be written costs a refetch, nothing more
             log.warning("cannot write collateral cache %s: %s", path, e)
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+
+
+class NoCollateral:
+    """The source when none is configured: every TDX quote is refused, saying what to configure."""
+
+    def __init__(self, hint: str = "configure a collateral file or a PCCS URL") -> None:
+        self.hint = hint
+
+    def collateral_for(self, quote: bytes, now: int) -> dcap_qvl.QuoteCollateralV3:
+        """Always raises AttestationError."""
+        raise AttestationError(f"no DCAP collateral to verify a TDX quote: {self.hint}")
+
+
+def collateral_source(
+    collateral_file: str | None = None,
+    pccs_url: str | None = None,
+    cache_dir: str | None = None,
+    *,
+    hint: str = "configure a collateral file or a PCCS URL",
+) -> CollateralSource:
+    """The source for these settings: the file if given, else the PCCS URL, else ``NoCollateral``."""
+    if collateral_file:
+        return FileCollateral(collateral_file)
+    if pccs_url:
+        return PccsCollateral(pccs_url, cache_dir or None)
+    return NoCollateral(hint)

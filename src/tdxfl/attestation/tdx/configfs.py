@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 DEFAULT_ROOT = Path("/sys/kernel/config/tsm/report")
 TDX_PROVIDER = "tdx_guest"
 _MISSING_HINT = (
-    "it is needed to make TDX quotes. Either this machine is not an Intel TDX trust domain, the "
+    "no TDX quote can be made. Either this machine is not an Intel TDX trust domain, the "
     "kernel is too old (needs Linux >= 6.7 with the TDX guest driver, CONFIG_TDX_GUEST_DRIVER / "
     "module tdx_guest), or configfs is not mounted (run: mount -t configfs none /sys/kernel/config)"
 )

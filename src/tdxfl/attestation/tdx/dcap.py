@@ -114,11 +114,16 @@ class TdxVerifier(Verifier):
         except QuoteFormatError as e:
             raise AttestationError(f"not a valid TDX quote: {e}") from e
         now = self.now()
-        collateral = self.collateral.collateral_for(quote, now)
+        try:
+            collateral = self.collateral.collateral_for(quote, now)
+        except AttestationError:
+            raise
+        except Exception as e:  # a custom source's own failure is still a refusal, with its reason
+            raise AttestationError(f"no DCAP collateral for the quote: {e}") from e
         try:
             result = self._qvl.verify_with_policy(quote, collateral, now, reporting_policy(now))
             claims: dict[str, Any] = json.loads(result.to_json())
-        except ValueError as e:
+        except Exception as e:  # dcap-qvl reports every failed check as ValueError
             hint = ""
             if "Expired" in str(e) or "expired" in str(e):
                 hint = " (collateral expired: fetch fresh collateral, or verify as of a time it was valid)"

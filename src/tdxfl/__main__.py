@@ -1,0 +1,5 @@
+"""``python -m tdxfl`` runs the command line."""
+
+from tdxfl.cli import main
+
+main()

@@ -1,0 +1,92 @@
+"""``tdxfl ps``, ``tdxfl worker`` and ``tdxfl demo``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from tdxfl.config import ConfigError, Federation, load_federation
+
+_federation_option = click.option(
+    "-f", "--federation", "federation_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+    help="The federation file (TOML).",
+)
+_set_option = click.option(
+    "--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+    help="Override a federation-file setting (repeatable), e.g. --set training.rounds=3.",
+)
+
+
+def _load(path: Path, overrides: tuple[str, ...]) -> Federation:
+    try:
+        return load_federation(path, overrides)
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from e
+
+
+@click.command()
+@_federation_option
+@_set_option
+@click.option("--name", default=None, help="This party's name (default: the federation's ps).")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where this party writes (default: OUTPUT.DIR/NAME).")
+@click.option("--no-live", is_flag=True, help="No live progress display.")
+def ps(federation_file: Path, overrides: tuple[str, ...], name: str | None, workdir: Path | None, no_live: bool) -> None:
+    """Run the parameter server."""
+    from tdxfl.party import party_context
+    from tdxfl.server.ps import run_parameter_server
+    from tdxfl.server.rounds import FederationError
+
+    fed = _load(federation_file, overrides)
+    ctx = party_context(fed, name or fed.ps.name, workdir)
+    try:
+        result = run_parameter_server(fed, ctx, live=not no_live)
+    except (FederationError, ConfigError) as e:
+        click.echo(f"tdxfl ps: {e}", err=True)
+        sys.exit(1)
+    (ctx.workdir / "result.json").write_text(json.dumps(result.__dict__, indent=2))
+    click.echo(f"final accuracy {result.accuracy:.4f} after {result.rounds} rounds; sealed model {result.checkpoint}")
+
+
+@click.command()
+@_federation_option
+@_set_option
+@click.option("--name", required=True, help="This worker's party name.")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None)
+def worker(federation_file: Path, overrides: tuple[str, ...], name: str, workdir: Path | None) -> None:
+    """Run a worker."""
+    from tdxfl.client.worker import run_worker
+    from tdxfl.party import party_context
+    from tdxfl.transport.attested import AttestationRefused
+
+    fed = _load(federation_file, overrides)
+    ctx = party_context(fed, name, workdir)
+    try:
+        result = run_worker(fed, ctx)
+    except (AttestationRefused, ConnectionError) as e:
+        click.echo(f"tdxfl worker {name}: {e}", err=True)
+        sys.exit(1)
+    click.echo(f"worker {name}: {result.steps} updates sent, {result.rejected} refused")
+
+
+@click.command()
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run directory (default: a new directory under ./runs).")
+@click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the run summary as JSON here.")
+@click.option("--mode", type=click.Choice(["sync-gradients", "fedavg"]), default="sync-gradients")
+@_set_option
+def demo(workdir: Path | None, summary_json: Path | None, mode: str, overrides: tuple[str, ...]) -> None:
+    """Run a whole federation on this machine: 1 PS + 2 workers, simulated TDs, digits data."""
+    from tdxfl.demo import run_demo
+
+    summary = run_demo(workdir, mode=mode, overrides=overrides)
+    if summary_json:
+        summary_json.write_text(json.dumps(summary, indent=2))
+    sys.exit(0 if summary["ok"] else 1)
+
+
+COMMANDS: list[click.Command] = [ps, worker, demo]

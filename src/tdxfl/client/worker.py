@@ -1,0 +1,116 @@
+"""The worker: attest the parameter server and be attested by it, then train on local data and
+send only gradients (sync-gradients) or weights (fedavg) until the server says done."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from tdxfl.config import Federation
+from tdxfl.core.records import TensorSet
+from tdxfl.party import PartyContext
+from tdxfl.transport.attested import AttestationRefused, AttestedChannel, connect
+from tdxfl.transport.proto import tdxfl_pb2 as pb
+from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
+from tdxfl.transport.tensors import as_dtype, decode_stream, encode_stream
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerResult:
+    """What a worker did."""
+
+    steps: int
+    rejected: int
+    reconnects: int
+
+
+def connect_with_retry(federation: Federation, ctx: PartyContext) -> AttestedChannel:
+    """Attested connection to the PS, retrying unreachable servers with exponential backoff.
+
+    A refusal (either side's attestation) is final and raised at once.
+    """
+    ps, f = federation.ps, federation.faults
+    delay = f.connect_backoff_s
+    for attempt in range(1, f.connect_retries + 1):
+        try:
+            return connect(
+                ctx.name, "worker", ctx.attester, ctx.peer_verifier(federation, "ps"),
+                ps.name, ps.address, ps.enroll_address,
+            )
+        except AttestationRefused:
+            raise
+        except (OSError, grpc.RpcError) as e:
+            if attempt == f.connect_retries:
+                raise ConnectionError(f"parameter server {ps.address} unreachable after {attempt} attempts: {e}") from e
+            log.info("parameter server not reachable (%s); retry %d in %.1fs", type(e).__name__, attempt, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+    raise AssertionError("unreachable")
+
+
+def run_worker(federation: Federation, ctx: PartyContext) -> WorkerResult:
+    """Train until the parameter server finishes; raise on refusal or when the PS is gone."""
+    from tdxfl.ml.data import batches, load_dataset, partition
+    from tdxfl.ml.keras_adapter import KerasAdapter
+    from tdxfl.ml.models import build_model
+
+    t = federation.training
+    index = [w.name for w in federation.workers].index(ctx.name)
+    data = load_dataset(t.dataset, t.data_path or None, seed=t.seed)
+    shard = partition(data.y_train, len(federation.workers), t.partition, t.dirichlet_alpha, t.seed)[index]
+    x, y = data.x_train[shard], data.y_train[shard]
+    log.info("worker %s: %d local samples (shard %d)", ctx.name, len(x), index)
+    adapter = KerasAdapter(build_model(t.model, data.input_shape, data.num_classes, seed=t.seed))
+    specs = adapter.specs()
+    mask = adapter.trainable_mask()
+    batch_iter: Iterator[tuple[np.ndarray, np.ndarray]] = batches(x, y, t.batch_size, seed=t.seed + index)
+    wire = t.wire_dtype if t.wire_dtype != "float32" else None
+    steps = rejected = reconnects = 0
+    version = -1
+    while True:
+        channel = connect_with_retry(federation, ctx)
+        stub = pb_grpc.ParameterServerStub(channel.channel)
+        try:
+            stub.Join(pb.JoinRequest(party=ctx.name, config_digest=federation.training_digest()), timeout=30)
+            while True:
+                header, weights = decode_stream(stub.Pull(pb.PullRequest(after_version=version)))
+                if header.kind == "done":
+                    log.info("worker %s: training finished after %d steps", ctx.name, steps)
+                    return WorkerResult(steps, rejected, reconnects)
+                adapter.set_weights(as_dtype(weights, specs).arrays)
+                version = header.version
+                if t.mode == "sync-gradients":
+                    xb, yb = next(batch_iter)
+                    grads, loss = adapter.compute_gradients(xb, yb)
+                    it = iter(grads)
+                    others = iter(adapter.non_trainable_weights())
+                    arrays = [next(it) if m else next(others) for m in mask]
+                    kind, samples, metrics = "gradients", len(xb), {"loss": loss}
+                else:
+                    out = adapter.train_local(x, y, t.steps_per_round, t.batch_size, t.learning_rate, t.optimizer, seed=t.seed + version)
+                    arrays = adapter.get_weights()
+                    kind, samples, metrics = "weights", len(x), {"loss": out["loss"]}
+                update = TensorSet([s for s in specs], arrays)
+                reply = stub.Push(
+                    encode_stream(kind, version, update, num_samples=samples, metrics=metrics, wire_dtype=wire)
+                )
+                steps += 1
+                if not reply.accepted:
+                    rejected += 1
+                    log.warning("worker %s: update for version %d refused: %s", ctx.name, version, reply.reason)
+        except grpc.RpcError as e:
+            if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise
+            reconnects += 1
+            if reconnects > federation.faults.connect_retries:
+                raise ConnectionError(f"lost the parameter server too often: {e.details()}") from e
+            log.warning("worker %s: connection lost (%s); reconnecting", ctx.name, e.details())
+        finally:
+            channel.close()

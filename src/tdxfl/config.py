@@ -1,0 +1,267 @@
+"""The federation file: one TOML document describing parties, training, attestation and policy.
+
+Loaded into frozen dataclasses; unknown keys are errors (a typo must not silently fall back to
+a default, least of all in a policy). ``--set section.key=value`` CLI overrides are applied to
+the raw document before validation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from tdxfl.attestation.policy import Policy, PolicyError
+
+
+class ConfigError(ValueError):
+    """The federation file is invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Party:
+    """One participant: its unique name, role (``ps`` or ``worker``) and listening addresses."""
+
+    name: str
+    role: str
+    address: str = ""
+    enroll_address: str = ""
+
+
+@dataclass(frozen=True)
+class Training:
+    """What is trained and how."""
+
+    mode: str = "sync-gradients"
+    model: str = "small_cnn"
+    dataset: str = "digits"
+    data_path: str = ""
+    partition: str = "iid"
+    dirichlet_alpha: float = 0.5
+    rounds: int = 10
+    steps_per_round: int = 20
+    batch_size: int = 32
+    optimizer: str = "adam"
+    learning_rate: float = 0.002
+    momentum: float = 0.9
+    seed: int = 0
+    wire_dtype: str = "float32"
+    target_accuracy: float = 0.0
+
+
+@dataclass(frozen=True)
+class Faults:
+    """How the parameter server copes with slow, crashed or misbehaving workers."""
+
+    quorum: int = 0
+    step_timeout_s: float = 30.0
+    on_timeout: str = "continue"
+    join_timeout_s: float = 120.0
+    connect_retries: int = 20
+    connect_backoff_s: float = 0.5
+
+
+@dataclass(frozen=True)
+class SimulatedTdConfig:
+    """The identity a simulated TD claims (hex strings; ``mrtd = "auto"`` hashes the code)."""
+
+    mrtd: str = "auto"
+    rtmr0: str = ""
+    rtmr1: str = ""
+    rtmr2: str = ""
+    rtmr3: str = ""
+    debug: bool = False
+
+
+@dataclass(frozen=True)
+class TdxConfig:
+    """Where the real TDX backend finds configfs-tsm and DCAP collateral."""
+
+    configfs_path: str = "/sys/kernel/config/tsm/report"
+    collateral_file: str = ""
+    pccs_url: str = ""
+    cache_dir: str = ""
+
+
+@dataclass(frozen=True)
+class Attestation:
+    """This party's evidence backend: ``tdx`` (real) or ``simulated`` (explicit opt-in)."""
+
+    mode: str = "tdx"
+    simulated: SimulatedTdConfig = field(default_factory=SimulatedTdConfig)
+    tdx: TdxConfig = field(default_factory=TdxConfig)
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where a party writes metrics, decisions and sealed checkpoints."""
+
+    dir: str = "runs/federation"
+    checkpoint_every: int = 1
+    secret_env: str = "TDXFL_MODEL_SECRET"
+
+
+@dataclass(frozen=True)
+class Federation:
+    """A whole federation file."""
+
+    name: str
+    parties: tuple[Party, ...]
+    training: Training
+    faults: Faults
+    attestation: Attestation
+    policies: Mapping[str, Policy]
+    output: Output
+
+    @property
+    def ps(self) -> Party:
+        """The parameter server party."""
+        return next(p for p in self.parties if p.role == "ps")
+
+    @property
+    def workers(self) -> list[Party]:
+        """Worker parties in file order (a worker's index is its data shard)."""
+        return [p for p in self.parties if p.role == "worker"]
+
+    def party(self, name: str) -> Party:
+        """The party called ``name`` (ConfigError when absent)."""
+        for p in self.parties:
+            if p.name == name:
+                return p
+        raise ConfigError(f"no party named {name!r} in the federation file (have: {[p.name for p in self.parties]})")
+
+    def policy_for(self, role: str) -> Policy:
+        """The policy every party applies to peers of ``role`` (``"workers"`` or ``"ps"``)."""
+        return self.policies[role]
+
+    @property
+    def quorum(self) -> int:
+        """Minimum updates per step (0 in the file means: all workers)."""
+        return self.faults.quorum or len(self.workers)
+
+    def training_digest(self) -> str:
+        """Hash of the training settings: PS and workers must agree on them."""
+        return hashlib.sha256(json.dumps(asdict(self.training), sort_keys=True).encode()).hexdigest()
+
+
+def _build(cls: type, table: Any, where: str) -> Any:
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"[{where}] must be a table")
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(table) - set(known)
+    if unknown:
+        raise ConfigError(f"unknown keys in [{where}]: {', '.join(sorted(unknown))}")
+    kwargs: dict[str, Any] = {}
+    for key, value in table.items():
+        default = getattr(cls(), key) if key in known and _has_default(cls) else None
+        if isinstance(default, (SimulatedTdConfig, TdxConfig)):
+            kwargs[key] = _build(type(default), value, f"{where}.{key}")
+            continue
+        if default is not None and not isinstance(value, type(default)):
+            if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            else:
+                raise ConfigError(f"{where}.{key} must be {type(default).__name__}, got {value!r}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _has_default(cls: type) -> bool:
+    try:
+        cls()
+    except TypeError:
+        return False
+    return True
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+def _default_enroll_address(address: str) -> str:
+    host, _, port = address.rpartition(":")
+    return f"{host}:{int(port) + 1}"
+
+
+def parse_federation(doc: Mapping[str, Any]) -> Federation:
+    """Validate a parsed TOML document into a Federation."""
+    allowed = {"federation", "party", "training", "faults", "attestation", "policy", "output"}
+    unknown = set(doc) - allowed
+    _check(not unknown, f"unknown top-level keys: {', '.join(sorted(unknown))}")
+    meta = doc.get("federation", {})
+    name = meta.get("name", "federation") if isinstance(meta, Mapping) else "federation"
+    parties = []
+    for i, raw in enumerate(doc.get("party", [])):
+        p = _build(Party, raw, f"party #{i + 1}")
+        _check(p.role in ("ps", "worker"), f"party {p.name!r}: role must be 'ps' or 'worker', got {p.role!r}")
+        if p.role == "ps":
+            _check(":" in p.address, f"party {p.name!r}: the ps needs address = \"host:port\"")
+            if not p.enroll_address:
+                p = replace(p, enroll_address=_default_enroll_address(p.address))
+        parties.append(p)
+    names = [p.name for p in parties]
+    _check(len(set(names)) == len(names), f"party names must be unique, got {names}")
+    _check(sum(p.role == "ps" for p in parties) == 1, "exactly one party must have role = \"ps\"")
+    _check(any(p.role == "worker" for p in parties), "at least one party must have role = \"worker\"")
+    training = _build(Training, doc.get("training", {}), "training")
+    _check(training.mode in ("sync-gradients", "fedavg"), f"training.mode must be 'sync-gradients' or 'fedavg', got {training.mode!r}")
+    _check(training.partition in ("iid", "dirichlet"), "training.partition must be 'iid' or 'dirichlet'")
+    _check(training.wire_dtype in ("float32", "float16"), "training.wire_dtype must be 'float32' or 'float16'")
+    _check(training.rounds > 0 and training.steps_per_round > 0 and training.batch_size > 0, "rounds, steps_per_round and batch_size must be positive")
+    faults = _build(Faults, doc.get("faults", {}), "faults")
+    _check(faults.on_timeout in ("continue", "fail"), "faults.on_timeout must be 'continue' or 'fail'")
+    n_workers = sum(p.role == "worker" for p in parties)
+    _check(0 <= faults.quorum <= n_workers, f"faults.quorum must be between 1 and the {n_workers} workers (0 = all)")
+    attestation = _build(Attestation, doc.get("attestation", {}), "attestation")
+    _check(attestation.mode in ("tdx", "simulated"), f"attestation.mode must be 'tdx' or 'simulated', got {attestation.mode!r}")
+    raw_policies = doc.get("policy", {})
+    _check(isinstance(raw_policies, Mapping), "[policy] must be a table of tables")
+    unknown = set(raw_policies) - {"workers", "ps", "keybroker"}
+    _check(not unknown, f"unknown policy tables: {sorted(unknown)} (expected policy.workers, policy.ps)")
+    policies: dict[str, Policy] = {}
+    for role in ("workers", "ps"):
+        _check(role in raw_policies, f"[policy.{role}] is required: what parties demand of the {role}")
+        try:
+            policies[role] = Policy.from_dict(raw_policies[role])
+        except PolicyError as e:
+            raise ConfigError(f"[policy.{role}]: {e}") from e
+    output = _build(Output, doc.get("output", {}), "output")
+    return Federation(str(name), tuple(parties), training, faults, attestation, policies, output)
+
+
+def _coerce(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(doc: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (TOML values; bare words are strings) in place."""
+    for item in overrides:
+        path, sep, value = item.partition("=")
+        _check(bool(sep) and bool(path), f"override {item!r} must look like section.key=value")
+        keys = path.strip().split(".")
+        node = doc
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            _check(isinstance(node, dict), f"override {item!r}: {k} is not a table")
+        node[keys[-1]] = _coerce(value.strip())
+    return doc
+
+
+def load_federation(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Federation:
+    """Read, override and validate a federation file."""
+    try:
+        doc = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ConfigError(f"federation file {path} not found") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"federation file {path} is not valid TOML: {e}") from e
+    return parse_federation(apply_overrides(doc, overrides))

@@ -1,0 +1,91 @@
+"""Per-round training metrics: a JSON-lines file, a live console display, a PNG plot."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+@dataclass(frozen=True)
+class RoundMetrics:
+    """What the parameter server measured in one round."""
+
+    round: int
+    version: int
+    loss: float
+    accuracy: float
+    train_loss: float
+    bytes_in: int
+    bytes_out: int
+    round_s: float
+    contributors: int
+    rejected: int
+
+
+class MetricsRecorder:
+    """Appends rounds to ``metrics.jsonl``, shows progress, and plots at the end."""
+
+    def __init__(self, path: Path, total_rounds: int, *, live: bool = True) -> None:
+        self.path = path
+        self.rounds: list[RoundMetrics] = []
+        self._console = Console(stderr=True)
+        self._progress = Progress(
+            TextColumn("[bold]round"),
+            MofNCompleteColumn(),
+            BarColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=self._console,
+            disable=not live,
+        )
+        self._task = self._progress.add_task("rounds", total=total_rounds, status="waiting for workers")
+
+    def __enter__(self) -> MetricsRecorder:
+        self._progress.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._progress.stop()
+
+    def status(self, text: str) -> None:
+        """Show ``text`` next to the progress bar."""
+        self._progress.update(self._task, status=text)
+
+    def record(self, m: RoundMetrics) -> None:
+        """Persist and display one round."""
+        self.rounds.append(m)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(asdict(m)) + "\n")
+        self._progress.update(
+            self._task,
+            advance=1,
+            status=f"acc {m.accuracy:.3f} loss {m.loss:.3f} in {m.bytes_in / 1e6:.1f} MB out {m.bytes_out / 1e6:.1f} MB",
+        )
+        self._progress.console.print(
+            f"round {m.round:3d}: accuracy {m.accuracy:.4f}  loss {m.loss:.4f}  train-loss {m.train_loss:.4f}  "
+            f"updates {m.contributors} (rejected {m.rejected})  {m.round_s:.2f}s"
+        )
+
+    def plot(self, path: Path) -> None:
+        """Accuracy and loss per round as a PNG."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rounds = [m.round for m in self.rounds]
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+        ax1.plot(rounds, [m.accuracy for m in self.rounds], marker="o")
+        ax1.set(xlabel="round", ylabel="held-out accuracy", title="Accuracy", ylim=(0, 1))
+        ax2.plot(rounds, [m.loss for m in self.rounds], marker="o", label="held-out")
+        ax2.plot(rounds, [m.train_loss for m in self.rounds], marker=".", label="training")
+        ax2.set(xlabel="round", ylabel="loss", title="Loss")
+        ax2.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)

@@ -1,0 +1,140 @@
+"""The parameter server's training loop: publish the global model, collect a quorum of updates,
+aggregate, evaluate every round, checkpoint into sealed storage."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tdxfl.config import ConfigError, Federation
+from tdxfl.core.optimizers import make_optimizer
+from tdxfl.core.strategy import FedAvg, Strategy, SyncGradients
+from tdxfl.party import PartyContext
+from tdxfl.server.metrics import MetricsRecorder, RoundMetrics
+from tdxfl.server.rounds import RoundState
+from tdxfl.server.service import ParameterServerService
+from tdxfl.store.keys import derive_store_key
+from tdxfl.store.model_store import SealedFileStore
+from tdxfl.transport.attested import AttestedServer, role_table
+from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
+from tdxfl.transport.tensors import encode_stream
+
+log = logging.getLogger(__name__)
+FINAL_MODEL = "final"
+
+
+@dataclass
+class TrainingResult:
+    """Outcome of a completed federation, as the parameter server saw it."""
+
+    rounds: int
+    accuracy: float
+    loss: float
+    checkpoint: str
+    wall_s: float
+
+
+def store_key(federation: Federation) -> bytes:
+    """The sealed-store key, derived from the secret in ``output.secret_env`` (never logged)."""
+    secret = os.environ.get(federation.output.secret_env, "")
+    if not secret:
+        raise ConfigError(
+            f"no model secret: set the environment variable {federation.output.secret_env} "
+            "(checkpoints are sealed with a key derived from it)"
+        )
+    return derive_store_key(secret, f"{federation.name}/model-store")
+
+
+def make_strategy(federation: Federation, trainable: list[bool]) -> Strategy:
+    """The aggregation strategy for ``training.mode``."""
+    t = federation.training
+    if t.mode == "fedavg":
+        return FedAvg()
+    return SyncGradients(make_optimizer(t.optimizer, t.learning_rate, t.momentum), trainable)
+
+
+def run_parameter_server(federation: Federation, ctx: PartyContext, *, live: bool = True) -> TrainingResult:
+    """Serve one federation to completion; raise FederationError when it cannot finish."""
+    from tdxfl.ml.data import load_dataset
+    from tdxfl.ml.keras_adapter import KerasAdapter
+    from tdxfl.ml.models import build_model
+
+    t = federation.training
+    started = time.monotonic()
+    store = SealedFileStore(ctx.workdir / "checkpoints", store_key(federation), label="checkpoint")
+    data = load_dataset(t.dataset, t.data_path or None, seed=t.seed)
+    adapter = KerasAdapter(build_model(t.model, data.input_shape, data.num_classes, seed=t.seed))
+    weights = adapter.get_tensor_set()
+    strategy = make_strategy(federation, adapter.trainable_mask())
+    rounds = RoundState(weights.specs, strategy.update_kind)
+    ps = federation.ps
+    server = AttestedServer(
+        ctx.name,
+        ctx.attester,
+        ctx.peer_verifier(federation, "workers"),
+        ps.address,
+        ps.enroll_address,
+        roles=role_table([(w.name, "worker") for w in federation.workers]),
+    )
+    pb_grpc.add_ParameterServerServicer_to_server(ParameterServerService(federation, server, rounds), server.main)
+    server.start()
+    log.info("parameter server %s listening on %s (enrollment %s)", ctx.name, ps.address, ps.enroll_address)
+    steps = t.steps_per_round if t.mode == "sync-gradients" else 1
+    f = federation.faults
+    version = 0
+    metrics_path = ctx.workdir / "metrics.jsonl"
+    metrics_path.unlink(missing_ok=True)
+    loss = accuracy = float("nan")
+    try:
+        with MetricsRecorder(metrics_path, t.rounds, live=live) as recorder:
+            rounds.wait_for_workers(federation.quorum, f.join_timeout_s)
+            for r in range(1, t.rounds + 1):
+                recorder.status(f"training round {r}")
+                t0, in0, out0 = time.monotonic(), rounds.bytes_in, rounds.bytes_out
+                contributors = rejected = 0
+                train_loss = 0.0
+                for _ in range(steps):
+                    rounds.publish(version, list(encode_stream("weights", version, weights)))
+                    step = rounds.collect(
+                        federation.quorum,
+                        f.step_timeout_s,
+                        fail_on_timeout=f.on_timeout == "fail",
+                        grace=f.join_timeout_s,
+                    )
+                    strategy.apply(weights, step.mean)
+                    version += 1
+                    contributors += len(step.contributors)
+                    rejected += len(step.rejected)
+                    train_loss += step.metrics.get("loss", float("nan"))
+                adapter.set_weights(weights.arrays)
+                loss, accuracy = adapter.evaluate(data.x_test, data.y_test)
+                recorder.record(
+                    RoundMetrics(
+                        round=r,
+                        version=version,
+                        loss=loss,
+                        accuracy=accuracy,
+                        train_loss=train_loss / steps,
+                        bytes_in=rounds.bytes_in - in0,
+                        bytes_out=rounds.bytes_out - out0,
+                        round_s=time.monotonic() - t0,
+                        contributors=contributors,
+                        rejected=rejected,
+                    )
+                )
+                meta = {"round": r, "version": version, "accuracy": accuracy, "loss": loss, "model": t.model}
+                if federation.output.checkpoint_every and r % federation.output.checkpoint_every == 0:
+                    store.save(f"round-{r:04d}", weights, meta)
+                if t.target_accuracy and accuracy >= t.target_accuracy:
+                    log.info("target accuracy %.3f reached in round %d", t.target_accuracy, r)
+                    break
+            checkpoint = store.save(FINAL_MODEL, weights, meta)
+            recorder.plot(ctx.workdir / "training.png")
+    finally:
+        rounds.finish()
+        time.sleep(0.5)  # let waiting workers receive "done"
+        server.stop(grace=2.0)
+    return TrainingResult(r, accuracy, loss, checkpoint, time.monotonic() - started)

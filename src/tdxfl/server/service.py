@@ -1,0 +1,84 @@
+"""The ParameterServer gRPC service: authenticates each call's attested peer, then hands the
+work to ``RoundState``. Every refusal goes back to the worker with its reason."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import grpc
+
+from tdxfl.config import Federation
+from tdxfl.core.records import RecordError
+from tdxfl.server.rounds import RoundState
+from tdxfl.transport.attested import AttestedServer
+from tdxfl.transport.proto import tdxfl_pb2 as pb
+from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
+from tdxfl.transport.tensors import Assembler, StreamError, as_dtype, decode_header
+
+log = logging.getLogger(__name__)
+_PULL_WAIT_S = 30.0
+
+
+class ParameterServerService(pb_grpc.ParameterServerServicer):
+    """gRPC face of the parameter server."""
+
+    def __init__(self, federation: Federation, server: AttestedServer, rounds: RoundState) -> None:
+        self._fed = federation
+        self._server = server
+        self._rounds = rounds
+        self._worker_index = {p.name: i for i, p in enumerate(federation.workers)}
+
+    def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
+        peer = self._server.peer_of(context)
+        digest = self._fed.training_digest()
+        if request.config_digest != digest:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "training settings differ from the parameter server's (compare the [training] tables)",
+            )
+        self._rounds.join(peer.party)
+        log.info("worker %s joined", peer.party)
+        return pb.JoinReply(
+            worker_index=self._worker_index[peer.party], num_workers=len(self._worker_index), config_digest=digest
+        )
+
+    def Pull(self, request: pb.PullRequest, context: grpc.ServicerContext) -> Iterator[pb.TensorFrame]:
+        peer = self._server.peer_of(context)
+        while context.is_active():
+            got = self._rounds.frames_after(peer.party, request.after_version, _PULL_WAIT_S)
+            if got is None:
+                continue
+            version, frames = got
+            if version < 0:
+                yield pb.TensorFrame(header=pb.TensorHeader(kind="done"))
+                return
+            yield from frames
+            return
+
+    def Push(self, request_iterator: Iterator[pb.TensorFrame], context: grpc.ServicerContext) -> pb.PushReply:
+        peer = self._server.peer_of(context)
+        try:
+            header = decode_header(next(request_iterator))
+            asm = Assembler(header.specs)
+            for frame in request_iterator:
+                if frame.WhichOneof("frame") != "chunk":
+                    raise StreamError("a second header frame in one stream")
+                asm.feed(frame.chunk)
+            update = as_dtype(asm.finish(), self._rounds.specs)
+        except StopIteration:
+            return self._refuse(peer.party, "empty update stream", malformed=True)
+        except (StreamError, RecordError) as e:
+            return self._refuse(peer.party, str(e), malformed=True)
+        weight = float(header.num_samples) if self._rounds.update_kind == "weights" else 1.0
+        try:
+            self._rounds.submit(peer.party, header.kind, header.version, update, weight, header.metrics)
+        except RecordError as e:  # stale, duplicate or non-finite: submit already recorded it
+            return self._refuse(peer.party, str(e), malformed=False)
+        return pb.PushReply(accepted=True)
+
+    def _refuse(self, party: str, reason: str, *, malformed: bool) -> pb.PushReply:
+        log.warning("update from %s rejected: %s", party, reason)
+        if malformed:
+            self._rounds.reject(party, reason)
+        return pb.PushReply(accepted=False, reason=reason)
