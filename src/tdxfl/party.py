@@ -44,7 +44,11 @@ def make_attester(cfg: Attestation) -> Attester:
 
 def make_verifiers(cfg: Attestation) -> list[Verifier]:
     """One verifier per evidence kind; the policy decides which kinds are acceptable."""
-    return [SimulatedVerifier()]  # TDX verifier wired in once its collateral config lands
+    from tdxfl.attestation.tdx.collateral import collateral_source
+    from tdxfl.attestation.tdx.dcap import TdxVerifier
+
+    t = cfg.tdx
+    return [SimulatedVerifier(), TdxVerifier(collateral_source(t.collateral_file, t.pccs_url, t.cache_dir))]
 
 
 @dataclass

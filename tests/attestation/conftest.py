@@ -1,7 +1,7 @@
 """Shared fixtures for the attestation tests: the real Intel-signed TDX/SGX samples.
 
-The samples live outside the repository; ``TDXFL_TESTDATA`` points at their parent folder
-(default ``<repo>/../shared/testdata``). Tests that need them are skipped when it is absent.
+The samples ship in ``tests/data/tdx`` (``TDXFL_TESTDATA`` may point at another copy's parent
+folder). They are required: a missing sample is a test failure, never a skip.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-TESTDATA = Path(os.environ.get("TDXFL_TESTDATA", REPO.parent / "shared" / "testdata"))
+TESTDATA = Path(os.environ.get("TDXFL_TESTDATA", REPO / "tests" / "data"))
 TDX_DIR = TESTDATA / "tdx"
 #: 2025-07-19 10:00:34 UTC: the samples' collateral is valid at this time
 SAMPLE_TIME = 1752919234
@@ -25,7 +25,7 @@ SAMPLE_MRTD = bytes.fromhex(
 def tdx_dir() -> Path:
     """Folder with tdx_quote, sgx_quote and their collateral JSON."""
     if not (TDX_DIR / "tdx_quote").is_file():
-        pytest.skip(f"TDX sample data not found in {TDX_DIR} (set TDXFL_TESTDATA)")
+        pytest.fail(f"TDX sample data not found in {TDX_DIR} (set TDXFL_TESTDATA)")
     return TDX_DIR
 
 

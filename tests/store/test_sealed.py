@@ -523,3 +523,26 @@ def test_large_streaming_round_trip_bounded_memory(tmp_path: Path) -> None:
     limit = 16 << 20
     assert seal_peak - base_current < limit, f"sealing peaked at {(seal_peak - base_current) / 2**20:.1f} MiB"
     assert open_peak - base_current < limit, f"unsealing peaked at {(open_peak - base_current) / 2**20:.1f} MiB"
+
+
+class _ShortWriter(io.RawIOBase):
+    """A raw stream that accepts at most 7 bytes per write call."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: object) -> int:
+        piece = bytes(memoryview(b)[:7])  # type: ignore[arg-type]
+        self.data += piece
+        return len(piece)
+
+
+def test_short_writes_are_completed() -> None:
+    raw = _ShortWriter()
+    data = os.urandom(3 * CS + 11)
+    with SealedWriter(raw, KEY, label=LABEL, chunk_size=CS) as w:  # type: ignore[arg-type]
+        w.write(data)
+    assert unseal(bytes(raw.data)) == data

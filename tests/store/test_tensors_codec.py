@@ -123,7 +123,7 @@ def craft(header: object, data: bytes = b"", magic: bytes = CODEC_MAGIC) -> io.B
     return io.BytesIO(magic + struct.pack("<Q", len(h)) + h + data)
 
 
-def entry(name: str = "t", dtype: object = "float32", shape: object = (2,)) -> dict[str, object]:
+def entry(name: object = "t", dtype: object = "float32", shape: object = (2,)) -> dict[str, object]:
     return {"name": name, "dtype": dtype, "shape": list(shape) if isinstance(shape, tuple) else shape}
 
 

@@ -177,8 +177,7 @@ class SealedWriter:
         self._index = 0
         self._closed = False
         header_tag = self._cipher.encrypt(_HEADER_NONCE, b"", body)
-        fileobj.write(body)
-        fileobj.write(header_tag)
+        self._write_all(body + header_tag)
         self.bytes_written = len(body) + len(header_tag)
         """Sealed bytes written to ``fileobj`` so far."""
         self.file_id = salt
@@ -192,12 +191,21 @@ class SealedWriter:
         """Whether the stream was finalized or abandoned."""
         return self._closed
 
+    def _write_all(self, data: bytes) -> None:
+        """Write all of ``data``, looping over short writes (raw, unbuffered files may do them)."""
+        view = memoryview(data)
+        while view:
+            n = self._file.write(view)
+            if n is None or n >= len(view):
+                return
+            view = view[n:]
+
     def _emit(self, chunk: memoryview, final: bool) -> None:
         if self._index >= _MAX_CHUNKS:
             raise SealedFileError("too many chunks for one sealed file")
         ciphertext = self._cipher.encrypt(_nonce(self._index), chunk, _aad(self._header_hash, self._index, final))
-        self._file.write(_RECORD.pack(1 if final else 0, len(chunk)))
-        self._file.write(ciphertext)
+        self._write_all(_RECORD.pack(1 if final else 0, len(chunk)))
+        self._write_all(ciphertext)
         self.bytes_written += _RECORD.size + len(ciphertext)
         self._index += 1
 
