@@ -164,3 +164,10 @@ def test_total_size_limit_and_other_framing_errors() -> None:
         decode_tensor_set(io.BytesIO(CODEC_MAGIC + struct.pack("<Q", 3) + b"{x}"))
     with pytest.raises(TensorCodecError, match="header length"):
         decode_tensor_set(io.BytesIO(CODEC_MAGIC + struct.pack("<Q", 1 << 40)))
+
+
+def test_numpy_scalars_in_metadata_become_python_values() -> None:
+    meta = {"accuracy": np.float32(0.5), "round": np.int64(3), "ok": np.bool_(True)}
+    _, meta2 = decode_tensor_set(io.BytesIO(encode(TensorSet([], []), meta)))  # type: ignore[arg-type]
+    assert meta2 == {"accuracy": 0.5, "round": 3, "ok": True}
+    assert type(meta2["round"]) is int

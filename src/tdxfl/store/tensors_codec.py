@@ -60,6 +60,13 @@ A ``read(n)`` callable may return fewer than ``n`` bytes, and must return b"" at
 """
 
 
+def _json_default(value: Any) -> Any:
+    """Let numpy scalars (e.g. a float32 accuracy) through as the equivalent Python values."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON-serializable")
+
+
 def _le_dtype(name: str) -> np.dtype[Any]:
     return np.dtype(name).newbyteorder("<")
 
@@ -71,7 +78,7 @@ def encode_tensor_set(
 
     Arrays that are already C-contiguous little-endian are yielded as views without copying;
     others are converted one tensor at a time. ``metadata`` must be JSON-serializable with string
-    keys. Raises TensorCodecError if specs and arrays disagree or a dtype is not allowed.
+    keys (numpy scalars are accepted and stored as Python numbers). Raises TensorCodecError if specs and arrays disagree or a dtype is not allowed.
     """
     if len(ts.specs) != len(ts.arrays):
         raise TensorCodecError(f"{len(ts.specs)} specs for {len(ts.arrays)} arrays")
@@ -90,7 +97,9 @@ def encode_tensor_set(
         entries.append({"name": spec.name, "dtype": spec.dtype, "shape": [int(d) for d in spec.shape]})
     try:
         header = json.dumps(
-            {"version": CODEC_VERSION, "tensors": entries, "metadata": meta}, separators=(",", ":")
+            {"version": CODEC_VERSION, "tensors": entries, "metadata": meta},
+            separators=(",", ":"),
+            default=_json_default,
         ).encode("utf-8")
     except (TypeError, ValueError) as exc:
         raise TensorCodecError(f"metadata is not JSON-serializable: {exc}") from None
