@@ -47,6 +47,9 @@ def ps(federation_file: Path, overrides: tuple[str, ...], name: str | None, work
     except (FederationError, ConfigError) as e:
         click.echo(f"tdxfl ps: {e}", err=True)
         sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("tdxfl ps: interrupted", err=True)
+        sys.exit(130)
     (ctx.workdir / "result.json").write_text(json.dumps(result.__dict__, indent=2))
     click.echo(f"final accuracy {result.accuracy:.4f} after {result.rounds} rounds; sealed model {result.checkpoint}")
 
@@ -69,6 +72,9 @@ def worker(federation_file: Path, overrides: tuple[str, ...], name: str, workdir
     except (AttestationRefused, ConnectionError) as e:
         click.echo(f"tdxfl worker {name}: {e}", err=True)
         sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo(f"tdxfl worker {name}: interrupted", err=True)
+        sys.exit(130)
     click.echo(f"worker {name}: {result.steps} updates sent, {result.rejected} refused")
 
 
@@ -83,7 +89,11 @@ def demo(workdir: Path | None, summary_json: Path | None, mode: str, overrides: 
     """Run a whole federation on this machine: 1 PS + 2 workers, simulated TDs, digits data."""
     from tdxfl.demo import run_demo
 
-    summary = run_demo(workdir, mode=mode, overrides=overrides)
+    try:
+        summary = run_demo(workdir, mode=mode, overrides=overrides)
+    except KeyboardInterrupt:
+        click.echo("tdxfl demo: interrupted; all parties stopped", err=True)
+        sys.exit(130)
     if summary_json:
         summary_json.write_text(json.dumps(summary, indent=2))
     sys.exit(0 if summary["ok"] else 1)

@@ -1,0 +1,149 @@
+"""Fetch a model key from the key broker: attest the broker, enroll, ask, keep the key in memory.
+
+``fetch_key`` retries (with exponential backoff) only while the broker cannot be reached; a
+refusal by either side -- attestation or the key's release policy -- is final and raised as
+``KeyRefused`` / ``AttestationRefused`` with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import grpc
+
+from tdxfl.attestation.interfaces import Attester
+from tdxfl.attestation.policy import Policy
+from tdxfl.attestation.ratls import PeerVerifier
+from tdxfl.party import PartyContext
+from tdxfl.store.sealed import KEY_SIZE
+from tdxfl.transport.attested import AttestationRefused, connect
+from tdxfl.transport.proto import keybroker_pb2 as kb
+from tdxfl.transport.proto import keybroker_pb2_grpc as kb_grpc
+
+__all__ = ["DEFAULT_BROKER_PARTY", "BrokerUnavailable", "KeyRefused", "fetch_key", "fetch_key_for"]
+
+log = logging.getLogger(__name__)
+DEFAULT_BROKER_PARTY = "keybroker"
+_TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+class KeyRefused(PermissionError):
+    """The broker refused to release the key; ``reason`` says why (from the broker)."""
+
+    def __init__(self, key_name: str, reason: str) -> None:
+        super().__init__(f"key broker refused key {key_name!r}: {reason}")
+        self.key_name = key_name
+        self.reason = reason
+
+
+class BrokerUnavailable(ConnectionError):
+    """The broker could not be reached within the retries."""
+
+
+def _fetch_once(
+    party: str,
+    role: str,
+    attester: Attester,
+    verifier: PeerVerifier,
+    key_name: str,
+    broker_address: str,
+    enroll_address: str,
+    broker_party: str,
+    timeout: float,
+) -> bytes:
+    channel = connect(party, role, attester, verifier, broker_party, broker_address, enroll_address, timeout=timeout)
+    try:
+        reply = kb_grpc.KeyBrokerStub(channel.channel).ReleaseKey(
+            kb.ReleaseKeyRequest(key_name=key_name), timeout=timeout
+        )
+    finally:
+        channel.close()
+    if not reply.released:
+        raise KeyRefused(key_name, reply.reason or "no reason given")
+    if len(reply.key) != KEY_SIZE:
+        raise KeyRefused(key_name, f"broker sent a {len(reply.key)}-byte key, expected {KEY_SIZE}")
+    return bytes(reply.key)
+
+
+def fetch_key(
+    party: str,
+    role: str,
+    attester: Attester,
+    verifier: PeerVerifier,
+    key_name: str,
+    broker_address: str,
+    enroll_address: str,
+    *,
+    broker_party: str = DEFAULT_BROKER_PARTY,
+    retries: int = 10,
+    backoff_s: float = 0.5,
+    max_backoff_s: float = 10.0,
+    timeout: float = 30.0,
+) -> bytes:
+    """Fetch the 32-byte key ``key_name`` from the broker; it is returned in memory only.
+
+    ``verifier`` holds the policy *we* demand of the broker's TD. ``party``/``role`` are how we
+    enroll (the broker's enrollment table must list them); ``broker_party`` is the broker's name
+    (its certificate's TLS name). Unreachable broker: up to ``retries`` further attempts, sleeping
+    ``backoff_s`` doubling up to ``max_backoff_s``; then BrokerUnavailable. Raises KeyRefused
+    when the broker refuses the key, AttestationRefused when either side refuses attestation.
+    """
+    delay = backoff_s
+    last: Exception | None = None
+    for attempt in range(retries + 1):
+        try:
+            key = _fetch_once(
+                party, role, attester, verifier, key_name, broker_address, enroll_address, broker_party, timeout
+            )
+            log.info("fetched key %r from key broker %s", key_name, broker_party)
+            return key
+        except (KeyRefused, AttestationRefused):
+            raise
+        except grpc.RpcError as e:
+            code = e.code() if isinstance(e, grpc.Call) else None
+            if code not in _TRANSIENT:
+                details = e.details() if isinstance(e, grpc.Call) else str(e)
+                raise KeyRefused(key_name, f"broker answered {code.name if code else 'error'}: {details}") from None
+            last = e
+        except OSError as e:  # connection refused / reset while fetching the broker's certificate
+            last = e
+        if attempt < retries:
+            log.info("key broker %s unreachable (%s); retry %d/%d in %.1fs", broker_address, last, attempt + 1, retries, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, max_backoff_s)
+    raise BrokerUnavailable(f"key broker at {broker_address} (enrollment {enroll_address}) unreachable after {retries + 1} attempts: {last}")
+
+
+def fetch_key_for(
+    ctx: PartyContext,
+    broker_policy: Policy,
+    key_name: str,
+    broker_address: str,
+    enroll_address: str,
+    *,
+    broker_party: str = DEFAULT_BROKER_PARTY,
+    retries: int = 10,
+    backoff_s: float = 0.5,
+    max_backoff_s: float = 10.0,
+    timeout: float = 30.0,
+) -> bytes:
+    """``fetch_key`` for a federation party: its name, role, attester, verifiers and decision log.
+
+    ``broker_policy`` is what this party demands of the broker's TD (e.g. ``[policy.keybroker]``).
+    """
+    verifier = PeerVerifier(ctx.name, broker_policy, ctx.verifiers, ctx.decisions)
+    return fetch_key(
+        ctx.name,
+        ctx.role,
+        ctx.attester,
+        verifier,
+        key_name,
+        broker_address,
+        enroll_address,
+        broker_party=broker_party,
+        retries=retries,
+        backoff_s=backoff_s,
+        max_backoff_s=max_backoff_s,
+        timeout=timeout,
+    )

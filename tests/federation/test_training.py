@@ -1,0 +1,97 @@
+"""Training end to end in one process (PS and workers in threads, real attested gRPC)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from tdxfl.config import Federation
+from tdxfl.core.records import TensorSet
+from tdxfl.party import party_context
+from tdxfl.server.ps import TrainingResult, run_parameter_server
+from tdxfl.client.worker import WorkerResult, connect_with_retry, run_worker
+from tdxfl.transport.proto import tdxfl_pb2 as pb
+from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
+from tdxfl.transport.tensors import decode_stream, encode_stream
+
+
+def start(fn: Callable[[], Any], out: dict[str, Any], key: str) -> threading.Thread:
+    def run() -> None:
+        try:
+            out[key] = fn()
+        except BaseException as e:  # surfaced by the test's assertions
+            out[key] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def run_federation(fed: Federation, workers: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    ps = start(lambda: run_parameter_server(fed, party_context(fed, "ps"), live=False), out, "ps")
+    threads = [start(lambda w=w: run_worker(fed, party_context(fed, w)), out, w) for w in workers]
+    ps.join(240)
+    for t in threads:
+        t.join(30)
+    return out
+
+
+def test_sync_gradients_trains_and_seals_checkpoints(make_federation: Callable[..., Federation]) -> None:
+    fed = make_federation(training={"rounds": 3, "steps_per_round": 15})
+    out = run_federation(fed, ["worker-1", "worker-2"])
+    result = out["ps"]
+    assert isinstance(result, TrainingResult), result
+    assert result.rounds == 3 and result.accuracy > 0.6
+    for w in ("worker-1", "worker-2"):
+        assert isinstance(out[w], WorkerResult) and out[w].steps == 45 and out[w].rejected == 0
+    workdir = party_context(fed, "ps").workdir
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and '"accuracy"' in lines[0]
+    assert (workdir / "training.png").stat().st_size > 1000
+    sealed = (workdir / "checkpoints" / "final.sealed").read_bytes()
+    assert sealed.startswith(b"TDXFLSEAL") and b"mlp/" not in sealed
+
+
+def test_fedavg_trains(make_federation: Callable[..., Federation]) -> None:
+    fed = make_federation(training={"mode": "fedavg", "rounds": 3, "steps_per_round": 20, "learning_rate": 0.01})
+    out = run_federation(fed, ["worker-1", "worker-2"])
+    result = out["ps"]
+    assert isinstance(result, TrainingResult), result
+    assert result.accuracy > 0.6
+    assert out["worker-1"].steps == 3
+
+
+def test_garbage_updates_are_rejected_and_honest_worker_keeps_training(make_federation: Callable[..., Federation]) -> None:
+    """worker-2 is attested but malicious: malformed, wrong-shape and NaN updates are refused."""
+    fed = make_federation(training={"rounds": 2, "steps_per_round": 10}, faults={"quorum": 1, "step_timeout_s": 3.0})
+    out: dict[str, Any] = {}
+    ps = start(lambda: run_parameter_server(fed, party_context(fed, "ps"), live=False), out, "ps")
+    honest = start(lambda: run_worker(fed, party_context(fed, "worker-1")), out, "worker-1")
+    ctx = party_context(fed, "worker-2")
+    ch = connect_with_retry(fed, ctx)
+    stub = pb_grpc.ParameterServerStub(ch.channel)
+    stub.Join(pb.JoinRequest(party="worker-2", config_digest=fed.training_digest()))
+    header, weights = decode_stream(stub.Pull(pb.PullRequest(after_version=-1)))
+    version = header.version
+    reasons = []
+    nan = [np.full_like(a, np.nan) for a in weights.arrays]
+    reasons.append(stub.Push(encode_stream("gradients", version, TensorSet(weights.specs, nan))).reason)
+    wrong = TensorSet.from_arrays([s.name for s in weights.specs], [np.zeros(3, np.float32)] * len(weights.specs))
+    reasons.append(stub.Push(encode_stream("gradients", version, wrong)).reason)
+    frames = list(encode_stream("gradients", version, weights))
+    reasons.append(stub.Push(iter(frames[:-1])).reason)  # truncated stream
+    reasons.append(stub.Push(iter([pb.TensorFrame(chunk=b"\x00" * 8)])).reason)  # no header
+    ch.close()
+    ps.join(240)
+    honest.join(30)
+    assert "NaN" in reasons[0]
+    assert "shape" in reasons[1]
+    assert "ended after" in reasons[2]
+    assert "header" in reasons[3]
+    assert isinstance(out["ps"], TrainingResult), out["ps"]
+    assert out["ps"].rounds == 2 and out["ps"].accuracy > 0.3
+    assert isinstance(out["worker-1"], WorkerResult) and out["worker-1"].rejected == 0
