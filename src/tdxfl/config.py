@@ -64,6 +64,7 @@ class Faults:
     join_timeout_s: float = 120.0
     connect_retries: int = 20
     connect_backoff_s: float = 0.5
+    max_concurrent_updates: int = 2
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,7 @@ def parse_federation(doc: Mapping[str, Any]) -> Federation:
     _check(training.rounds > 0 and training.steps_per_round > 0 and training.batch_size > 0, "rounds, steps_per_round and batch_size must be positive")
     faults = _build(Faults, doc.get("faults", {}), "faults")
     _check(faults.on_timeout in ("continue", "fail"), "faults.on_timeout must be 'continue' or 'fail'")
+    _check(faults.max_concurrent_updates >= 1, "faults.max_concurrent_updates must be at least 1")
     n_workers = sum(p.role == "worker" for p in parties)
     _check(0 <= faults.quorum <= n_workers, f"faults.quorum must be between 1 and the {n_workers} workers (0 = all)")
     attestation = _build(Attestation, doc.get("attestation", {}), "attestation")

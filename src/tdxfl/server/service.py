@@ -3,13 +3,15 @@ work to ``RoundState``. Every refusal goes back to the worker with its reason.""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 
 import grpc
 
 from tdxfl.config import Federation
-from tdxfl.core.records import RecordError
+from tdxfl.core.records import RecordError, TensorSpec
 from tdxfl.server.rounds import RoundState
 from tdxfl.transport.attested import AttestedServer
 from tdxfl.transport.proto import tdxfl_pb2 as pb
@@ -20,6 +22,46 @@ log = logging.getLogger(__name__)
 _PULL_WAIT_S = 30.0
 
 
+class StagingPool:
+    """At most ``slots`` updates are received at once, each into a reused preallocated buffer.
+
+    This bounds the server's memory to O(slots x model) however many workers push at the same
+    time; other pushes wait (gRPC flow control holds their senders back). A stream that holds a
+    slot longer than ``transfer_timeout`` seconds is cancelled, so a stalled peer cannot keep it.
+    """
+
+    def __init__(self, slots: int, transfer_timeout: float) -> None:
+        self._sem = threading.BoundedSemaphore(slots)
+        self._lock = threading.Lock()
+        self._free: list[Assembler] = []
+        self._timeout = transfer_timeout
+
+    @contextlib.contextmanager
+    def assembler(self, specs: Sequence[TensorSpec], context: grpc.ServicerContext) -> Iterator[Assembler]:
+        """A reset assembler for ``specs``, held for the duration of the ``with`` block."""
+        if not self._sem.acquire(timeout=self._timeout):
+            raise StreamError(f"server busy: no receive slot free within {self._timeout:.0f}s")
+        watchdog = threading.Timer(self._timeout, context.cancel)
+        watchdog.daemon = True
+        watchdog.start()
+        with self._lock:
+            asm = next((a for a in self._free if a.specs == list(specs)), None)
+            if asm is not None:
+                self._free.remove(asm)
+        try:
+            if asm is None:
+                asm = Assembler(specs)
+            asm.reset()
+            yield asm
+        finally:
+            watchdog.cancel()
+            with self._lock:
+                if asm is not None:
+                    self._free.append(asm)
+                    del self._free[: -4]
+            self._sem.release()
+
+
 class ParameterServerService(pb_grpc.ParameterServerServicer):
     """gRPC face of the parameter server."""
 
@@ -28,6 +70,7 @@ class ParameterServerService(pb_grpc.ParameterServerServicer):
         self._server = server
         self._rounds = rounds
         self._worker_index = {p.name: i for i, p in enumerate(federation.workers)}
+        self._staging = StagingPool(federation.faults.max_concurrent_updates, federation.faults.step_timeout_s)
 
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
         peer = self._server.peer_of(context)
@@ -60,21 +103,21 @@ class ParameterServerService(pb_grpc.ParameterServerServicer):
         peer = self._server.peer_of(context)
         try:
             header = decode_header(next(request_iterator))
-            asm = Assembler(header.specs)
-            for frame in request_iterator:
-                if frame.WhichOneof("frame") != "chunk":
-                    raise StreamError("a second header frame in one stream")
-                asm.feed(frame.chunk)
-            update = as_dtype(asm.finish(), self._rounds.specs)
+            with self._staging.assembler(header.specs, context) as asm:
+                for frame in request_iterator:
+                    if frame.WhichOneof("frame") != "chunk":
+                        raise StreamError("a second header frame in one stream")
+                    asm.feed(frame.chunk)
+                update = as_dtype(asm.finish(), self._rounds.specs)
+                weight = float(header.num_samples) if self._rounds.update_kind == "weights" else 1.0
+                try:
+                    self._rounds.submit(peer.party, header.kind, header.version, update, weight, header.metrics)
+                except RecordError as e:  # stale, duplicate or non-finite: submit already recorded it
+                    return self._refuse(peer.party, str(e), malformed=False)
         except StopIteration:
             return self._refuse(peer.party, "empty update stream", malformed=True)
         except (StreamError, RecordError) as e:
             return self._refuse(peer.party, str(e), malformed=True)
-        weight = float(header.num_samples) if self._rounds.update_kind == "weights" else 1.0
-        try:
-            self._rounds.submit(peer.party, header.kind, header.version, update, weight, header.metrics)
-        except RecordError as e:  # stale, duplicate or non-finite: submit already recorded it
-            return self._refuse(peer.party, str(e), malformed=False)
         return pb.PushReply(accepted=True)
 
     def _refuse(self, party: str, reason: str, *, malformed: bool) -> pb.PushReply:

@@ -116,6 +116,10 @@ class Assembler:
         self.specs = list(specs)
         self.arrays = [np.empty(s.shape, dtype=np.dtype(s.dtype).newbyteorder("<")) for s in self.specs]
         self._views = [memoryview(a.reshape(-1).view(np.uint8)) for a in self.arrays]
+        self.reset()
+
+    def reset(self) -> None:
+        """Start filling the same buffers again (for reuse across streams)."""
         self._index = 0
         self._offset = 0
         self.received = 0

@@ -1,0 +1,260 @@
+"""``tdxfl unseal`` and ``tdxfl export``: open sealed checkpoints on the model owner's trusted node.
+
+``unseal`` decrypts a checkpoint written by the parameter server's ``SealedFileStore`` (label
+``checkpoint``) with a key from the local broker keystore and writes ``model.npz`` (the weights,
+by variable name) and ``model.keras`` (the model rebuilt with ``tdxfl.ml.models.build_model``).
+The whole file is authenticated before anything is written: a truncated or tampered file, or
+one sealed under another key, is refused and leaves no output behind. ``export`` re-seals a
+checkpoint under another keystore key (e.g. one whose policy admits an inference TD).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from tdxfl.core.records import TensorSet
+
+_FILE = click.Path(dir_okay=False, exists=True, path_type=Path)
+_PATH = click.Path(dir_okay=False, path_type=Path)
+
+__all__ = ["COMMANDS", "export", "export_model", "load_sealed", "unseal", "unseal_model"]
+
+
+class UnsealError(Exception):
+    """The sealed model cannot be opened or rebuilt; the message says why."""
+
+
+def load_sealed(sealed: Path, key: bytes, label: str = "checkpoint") -> tuple[TensorSet, dict[str, Any]]:
+    """Authenticate and decode the sealed model file ``sealed`` (``<name>.sealed``) with ``key``.
+
+    Raises UnsealError for a missing, truncated, tampered, renamed or wrongly keyed file.
+    """
+    from tdxfl.store.model_store import SEALED_SUFFIX, ModelStoreError, SealedFileStore
+    from tdxfl.store.sealed import SealedFileError
+
+    if not sealed.name.endswith(SEALED_SUFFIX):
+        raise UnsealError(f"{sealed} is not a sealed model file (expected a name ending in {SEALED_SUFFIX})")
+    if not sealed.is_file():
+        raise UnsealError(f"{sealed} does not exist")
+    name = sealed.name[: -len(SEALED_SUFFIX)]
+    try:
+        store = SealedFileStore(sealed.parent, key, label=label)
+        return store.load(name)
+    except SealedFileError as e:
+        raise UnsealError(f"refusing {sealed}: {e} (the file is truncated, tampered with, or sealed under another key)") from None
+    except (ModelStoreError, ValueError) as e:
+        raise UnsealError(f"refusing {sealed}: {e}") from None
+
+
+def _atomic_private_write(target: Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` for a temporary file beside ``target``, chmod 600, rename over it."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=target.suffix, dir=target.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _model_params(
+    meta: dict[str, Any], model: str | None, input_shape: Sequence[int] | None, num_classes: int | None
+) -> tuple[str, tuple[int, ...], int]:
+    name = model or meta.get("model")
+    shape = input_shape or meta.get("input_shape")
+    classes = num_classes or meta.get("num_classes")
+    missing = [
+        opt for opt, value in (("--model", name), ("--input-shape", shape), ("--num-classes", classes)) if not value
+    ]
+    if missing:
+        raise UnsealError(f"the checkpoint metadata does not say; give {', '.join(missing)}")
+    try:
+        return str(name), tuple(int(d) for d in shape), int(classes)  # type: ignore[union-attr,arg-type]
+    except (TypeError, ValueError):
+        raise UnsealError(f"bad model parameters: input_shape={shape!r} num_classes={classes!r}") from None
+
+
+def unseal_model(
+    sealed: Path,
+    key: bytes,
+    out_dir: Path,
+    *,
+    model: str | None = None,
+    input_shape: Sequence[int] | None = None,
+    num_classes: int | None = None,
+    label: str = "checkpoint",
+    write_keras: bool = True,
+    force: bool = False,
+) -> dict[str, Path]:
+    """Unseal ``sealed`` into ``out_dir``/model.npz (and model.keras); return the written paths.
+
+    The model architecture comes from the checkpoint metadata (``model``, ``input_shape``,
+    ``num_classes``) where present, else from the arguments (which take precedence). Nothing is
+    written unless the file authenticates completely and the weights fit the rebuilt model.
+    """
+    tensors, meta = load_sealed(sealed, key, label)
+    out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    targets = {"npz": out_dir / "model.npz"}
+    if write_keras:
+        targets["keras"] = out_dir / "model.keras"
+    existing = [str(p) for p in targets.values() if p.exists()]
+    if existing and not force:
+        raise UnsealError(f"refusing to overwrite {', '.join(existing)} (use --force)")
+    keras_model = None
+    if write_keras:
+        from tdxfl.ml.keras_adapter import KerasAdapter
+        from tdxfl.ml.models import build_model
+
+        name, shape, classes = _model_params(meta, model, input_shape, num_classes)
+        try:
+            keras_model = build_model(name, shape, classes)
+            adapter = KerasAdapter(keras_model)
+        except ValueError as e:
+            raise UnsealError(str(e)) from None
+        want = [(s.name, tuple(s.shape)) for s in adapter.specs()]
+        got = [(s.name, tuple(s.shape)) for s in tensors.specs]
+        if want != got:
+            diff = next(((w, g) for w, g in zip(want, got) if w != g), None)
+            raise UnsealError(
+                f"checkpoint weights do not fit model {name!r} with input shape {shape} and {classes} classes "
+                f"({len(got)} tensors vs {len(want)} expected; first difference: {diff})"
+            )
+        adapter.set_weights(tensors.arrays)
+    arrays = {spec.name: array for spec, array in zip(tensors.specs, tensors.arrays)}
+
+    def save_npz(tmp: Path) -> None:
+        with tmp.open("wb") as f:
+            np.savez(f, **arrays)  # type: ignore[arg-type]
+
+    _atomic_private_write(targets["npz"], save_npz)
+    if keras_model is not None:
+        _atomic_private_write(targets["keras"], lambda tmp: keras_model.save(tmp))
+    return targets
+
+
+def export_model(sealed: Path, key: bytes, to_key: bytes, out_dir: Path, *, label: str = "checkpoint",
+                 out_label: str | None = None) -> Path:
+    """Re-seal ``sealed`` (opened with ``key``) under ``to_key`` into ``out_dir``/<same name>.sealed."""
+    from tdxfl.store.model_store import SEALED_SUFFIX, SealedFileStore
+
+    tensors, meta = load_sealed(sealed, key, label)
+    name = sealed.name[: -len(SEALED_SUFFIX)]
+    target = SealedFileStore(out_dir, to_key, label=out_label or label)
+    if target.path_for(name).resolve() == sealed.resolve():
+        raise UnsealError("export would overwrite its input; choose another --out directory")
+    return Path(target.save(name, tensors, meta))
+
+
+def _key_from_keystore(keystore: Path, key_name: str, key_file: Path | None, passphrase_env: str | None) -> bytes:
+    from tdxfl.cli.keybroker import open_keystore
+    from tdxfl.keybroker.keystore import KeystoreError
+
+    store = open_keystore(keystore, key_file, passphrase_env)
+    try:
+        return bytes(store.get(key_name).key)
+    except KeystoreError as e:
+        raise click.ClickException(str(e)) from e
+
+
+def _shape(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip())
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: use comma-separated integers, e.g. 8,8,1") from None
+
+
+_keystore_opts = [
+    click.option("--keystore", required=True, type=_FILE, help="The broker keystore holding the key."),
+    click.option("--key", "key_name", required=True, help="Name of the key the model is sealed under."),
+    click.option("--key-file", type=_FILE, help="Key file protecting the keystore (instead of a passphrase)."),
+    click.option("--passphrase-env", metavar="VAR", help="Environment variable holding the keystore passphrase."),
+    click.option("--label", default="checkpoint", show_default=True, help="Sealed-file label."),
+]
+
+
+def _with_keystore_opts(f: Any) -> Any:
+    for option in reversed(_keystore_opts):
+        f = option(f)
+    return f
+
+
+@click.command()
+@click.argument("sealed", type=_FILE)
+@_with_keystore_opts
+@click.option("--model", default=None, help="Model name for build_model (default: from the checkpoint).")
+@click.option("--input-shape", default=None, help="e.g. 8,8,1 (default: from the checkpoint).")
+@click.option("--num-classes", type=int, default=None, help="Number of classes (default: from the checkpoint).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--npz-only", is_flag=True, help="Write only model.npz (no Keras rebuild).")
+@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+def unseal(
+    sealed: Path,
+    keystore: Path,
+    key_name: str,
+    key_file: Path | None,
+    passphrase_env: str | None,
+    label: str,
+    model: str | None,
+    input_shape: str | None,
+    num_classes: int | None,
+    out_dir: Path,
+    npz_only: bool,
+    force: bool,
+) -> None:
+    """Unseal a sealed checkpoint SEALED into OUT/model.npz and OUT/model.keras."""
+    key = _key_from_keystore(keystore, key_name, key_file, passphrase_env)
+    try:
+        written = unseal_model(
+            sealed, key, out_dir, model=model, input_shape=_shape(input_shape), num_classes=num_classes,
+            label=label, write_keras=not npz_only, force=force,
+        )
+    except UnsealError as e:
+        raise click.ClickException(str(e)) from e
+    for path in written.values():
+        click.echo(f"wrote {path}")
+
+
+@click.command()
+@click.argument("sealed", type=_FILE)
+@_with_keystore_opts
+@click.option("--to-key", required=True, help="Keystore key to re-seal under.")
+@click.option("--out-label", default=None, help="Label of the re-sealed file (default: --label).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+def export(
+    sealed: Path,
+    keystore: Path,
+    key_name: str,
+    key_file: Path | None,
+    passphrase_env: str | None,
+    label: str,
+    to_key: str,
+    out_label: str | None,
+    out_dir: Path,
+) -> None:
+    """Re-seal checkpoint SEALED under keystore key --to-key into OUT."""
+    from tdxfl.cli.keybroker import open_keystore
+    from tdxfl.keybroker.keystore import KeystoreError
+
+    store = open_keystore(keystore, key_file, passphrase_env)
+    try:
+        key, new_key = store.get(key_name).key, store.get(to_key).key
+        path = export_model(sealed, key, new_key, out_dir, label=label, out_label=out_label)
+    except (KeystoreError, UnsealError) as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"wrote {path}")
+
+
+COMMANDS = [unseal, export]
