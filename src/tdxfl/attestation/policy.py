@@ -111,11 +111,18 @@ class Policy:
         """True when simulated evidence is refused."""
         return "simulated" not in self.tee
 
+    def tee_refusal(self, kind: str) -> str | None:
+        """The reason evidence of ``kind`` is refused outright, or None if the kind is accepted."""
+        if kind in self.tee:
+            return None
+        hint = " (simulated evidence proves nothing about the host)" if kind == "simulated" else ""
+        return f"evidence kind is {kind!r}; policy accepts only {sorted(self.tee)}{hint}"
+
     def evaluate(self, ev: VerifiedEvidence) -> list[str]:
         """Return the reasons ``ev`` violates this policy; an empty list means accepted."""
-        if ev.tee not in self.tee:
-            hint = " (simulated evidence proves nothing about the host)" if ev.tee == "simulated" else ""
-            return [f"evidence kind is {ev.tee!r}; policy accepts only {sorted(self.tee)}{hint}"]
+        refusal = self.tee_refusal(ev.tee)
+        if refusal:
+            return [refusal]
         reasons: list[str] = []
         r = ev.report
         values = {
@@ -140,11 +147,11 @@ class Policy:
         if bad_advisories:
             reasons.append(f"advisories {bad_advisories} are not accepted (policy accepts {sorted(self.accepted_advisories)})")
         p = ev.platform
-        for flag, allowed, name in (
+        for flag, permitted, name in (
             (p.dynamic_platform, self.allow_dynamic_platform, "dynamic platform"),
             (p.cached_keys, self.allow_cached_keys, "cached keys"),
             (p.smt_enabled, self.allow_smt, "SMT"),
         ):
-            if flag and not allowed:
+            if flag and not permitted:
                 reasons.append(f"platform has {name} enabled (policy: allow_{name.lower().replace(' ', '_')} = false)")
         return reasons

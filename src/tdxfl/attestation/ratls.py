@@ -183,9 +183,9 @@ class PeerVerifier:
         """Check the evidence kind is acceptable, the quote genuine and bound to the key and nonce."""
         verifier = self._verifiers.get(evidence.tag)
         kind = verifier.tee if verifier else ("tdx" if evidence.tag == TDX_EVIDENCE_TAG else f"tag {evidence.tag}")
-        if kind not in self.policy.tee:
-            hint = " (simulated evidence proves nothing about the host)" if kind == "simulated" else ""
-            raise AttestationError(f"evidence kind is {kind!r}; policy accepts only {sorted(self.policy.tee)}{hint}")
+        refusal = self.policy.tee_refusal(kind)
+        if refusal:
+            raise AttestationError(refusal)
         if verifier is None:
             raise AttestationError(f"no verifier configured for evidence kind {kind!r}")
         claims = evidence.parsed_claims()

@@ -71,7 +71,7 @@ def encode_stream(
     )
     pending = bytearray()
     for a in arrays:
-        view = memoryview(a.reshape(-1).view(np.uint8))
+        view = a.reshape(-1).view(np.uint8).data
         pos = 0
         if pending:
             take = min(chunk_bytes - len(pending), len(view))
@@ -115,7 +115,7 @@ class Assembler:
     def __init__(self, specs: Sequence[TensorSpec]) -> None:
         self.specs = list(specs)
         self.arrays = [np.empty(s.shape, dtype=np.dtype(s.dtype).newbyteorder("<")) for s in self.specs]
-        self._views = [memoryview(a.reshape(-1).view(np.uint8)) for a in self.arrays]
+        self._views = [a.reshape(-1).view(np.uint8).data for a in self.arrays]
         self.reset()
 
     def reset(self) -> None:

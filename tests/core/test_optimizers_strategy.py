@@ -1,0 +1,68 @@
+"""Server-side optimizers and aggregation strategies (numpy)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tdxfl.core.optimizers import SGD, Adam, make_optimizer
+from tdxfl.core.records import RecordError, TensorSet
+from tdxfl.core.strategy import FedAvg, RoundAccumulator, SyncGradients
+
+
+def test_adam_matches_keras() -> None:
+    import keras
+    w0 = np.array([1.0, -2.0, 3.0], np.float32)
+    grads = [np.array([0.5, -1.0, 2.0], np.float32), np.array([0.1, 0.3, -0.2], np.float32)]
+    var = keras.Variable(w0.copy())
+    opt = keras.optimizers.Adam(learning_rate=0.01)
+    mine = [w0.copy()]
+    ours = Adam(0.01)
+    for g in grads:
+        opt.apply_gradients([(keras.ops.convert_to_tensor(g), var)])
+        ours.apply(mine, [g])
+    np.testing.assert_allclose(mine[0], np.asarray(var.numpy()), rtol=1e-5)
+
+
+def test_sgd_momentum() -> None:
+    w = [np.zeros(2, np.float32)]
+    opt = SGD(0.1, momentum=0.9)
+    opt.apply(w, [np.ones(2, np.float32)])
+    opt.apply(w, [np.ones(2, np.float32)])
+    np.testing.assert_allclose(w[0], [-0.1 - 0.19, -0.1 - 0.19], rtol=1e-6)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        make_optimizer("lbfgs", 0.1)
+
+
+def ts(*arrays: np.ndarray) -> TensorSet:
+    return TensorSet.from_arrays([f"t{i}" for i in range(len(arrays))], list(arrays))
+
+
+def test_accumulator_weighted_mean_and_validation() -> None:
+    base = ts(np.zeros(3, np.float32), np.zeros((2, 2), np.float32))
+    acc = RoundAccumulator(base.specs)
+    acc.add(ts(np.ones(3, np.float32), np.ones((2, 2), np.float32)), 1.0)
+    acc.add(ts(np.full(3, 4, np.float32), np.full((2, 2), 4, np.float32)), 3.0)
+    mean = acc.mean()
+    np.testing.assert_allclose(mean[0], 3.25)
+    with pytest.raises(RecordError, match="NaN"):
+        acc.add(ts(np.array([1, np.nan, 1], np.float32), np.ones((2, 2), np.float32)), 1.0)
+    with pytest.raises(RecordError, match="shape"):
+        acc.add(ts(np.ones(4, np.float32), np.ones((2, 2), np.float32)), 1.0)
+    with pytest.raises(RecordError, match="expected 2 tensors"):
+        acc.add(ts(np.ones(3, np.float32)), 1.0)
+    assert acc.count == 2  # refused updates left the sum untouched
+    np.testing.assert_allclose(acc.mean()[0], 3.25)
+
+
+def test_sync_gradients_applies_optimizer_and_averages_state() -> None:
+    weights = ts(np.ones(2, np.float32), np.zeros(2, np.float32))
+    SyncGradients(SGD(0.5), [True, False]).apply(weights, [np.ones(2, np.float32), np.full(2, 7, np.float32)])
+    np.testing.assert_allclose(weights.arrays[0], 0.5)
+    np.testing.assert_allclose(weights.arrays[1], 7)
+
+
+def test_fedavg_replaces_weights() -> None:
+    weights = ts(np.ones(2, np.float32))
+    FedAvg().apply(weights, [np.full(2, 3, np.float32)])
+    np.testing.assert_allclose(weights.arrays[0], 3)

@@ -1,0 +1,85 @@
+"""The PS's step synchronisation: quorum, timeouts, stale and duplicate updates."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from tdxfl.core.records import RecordError, TensorSet
+from tdxfl.server.rounds import FederationError, RoundState
+
+SPECS = TensorSet.from_arrays(["w"], [np.zeros(4, np.float32)]).specs
+
+
+def update(value: float) -> TensorSet:
+    return TensorSet(SPECS, [np.full(4, value, np.float32)])
+
+
+def state(*workers: str) -> RoundState:
+    s = RoundState(SPECS, "gradients")
+    for w in workers:
+        s.join(w)
+    s.publish(0, [])
+    return s
+
+
+def test_waits_for_every_active_worker() -> None:
+    s = state("a", "b")
+    s.submit("a", "gradients", 0, update(1), 1.0, {"loss": 2.0})
+    threading.Timer(0.3, lambda: s.submit("b", "gradients", 0, update(3), 1.0, {"loss": 4.0})).start()
+    t0 = time.monotonic()
+    r = s.collect(2, 10, fail_on_timeout=True, grace=0)
+    assert 0.2 < time.monotonic() - t0 < 5
+    assert sorted(r.contributors) == ["a", "b"] and r.metrics["loss"] == 3.0
+    np.testing.assert_allclose(r.mean[0], 2.0)
+
+
+def test_silent_worker_dropped_after_timeout_when_quorum_met() -> None:
+    s = state("a", "b")
+    s.submit("a", "gradients", 0, update(1), 1.0, {})
+    r = s.collect(1, 0.3, fail_on_timeout=False, grace=0)
+    assert r.contributors == ["a"] and "b" not in s.active
+
+
+def test_timeout_fails_when_configured() -> None:
+    s = state("a", "b")
+    s.submit("a", "gradients", 0, update(1), 1.0, {})
+    with pytest.raises(FederationError, match=r"no update from \['b'\]"):
+        s.collect(1, 0.3, fail_on_timeout=True, grace=0)
+
+
+def test_below_quorum_is_a_clear_error() -> None:
+    s = state("a", "b", "c")
+    s.submit("a", "gradients", 0, update(1), 1.0, {})
+    with pytest.raises(FederationError, match="only 1 update.*quorum is 2"):
+        s.collect(2, 0.2, fail_on_timeout=False, grace=0.2)
+
+
+def test_stale_duplicate_and_wrong_kind_refused() -> None:
+    s = state("a")
+    with pytest.raises(RecordError, match="stale"):
+        s.submit("a", "gradients", 5, update(1), 1.0, {})
+    with pytest.raises(RecordError, match="expects 'gradients'"):
+        s.submit("a", "weights", 0, update(1), 1.0, {})
+    s.submit("a", "gradients", 0, update(1), 1.0, {})
+    with pytest.raises(RecordError, match="already sent"):
+        s.submit("a", "gradients", 0, update(1), 1.0, {})
+
+
+def test_rejected_worker_is_not_waited_for() -> None:
+    s = state("a", "b")
+    s.submit("a", "gradients", 0, update(1), 1.0, {})
+    with pytest.raises(RecordError):
+        s.submit("b", "gradients", 0, update(float("nan")), 1.0, {})
+    r = s.collect(2, 10, fail_on_timeout=True, grace=0)
+    assert r.contributors == ["a"] and "b" in r.rejected
+
+
+def test_wait_for_workers_times_out_clearly() -> None:
+    s = RoundState(SPECS, "gradients")
+    s.join("a")
+    with pytest.raises(FederationError, match="only 1 of the 2 required workers joined"):
+        s.wait_for_workers(2, 0.2)
