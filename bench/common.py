@@ -1,0 +1,210 @@
+"""Shared helpers for the tdxfl benchmark suite (bench/ only; nothing here is imported by src/).
+
+Every benchmark process imports this first: it quiets gRPC / TF / the simulated-TD warning, and
+offers the federation-document builder (a copy of tests/conftest.py's ``federation_doc`` without
+pytest), tensor-set synthesis from cached specs, timing helpers and subprocess helpers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TDXFL_MODEL_SECRET", "benchmark secret, not for production")
+logging.basicConfig(level=logging.ERROR)
+
+import numpy as np  # noqa: E402
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+PYTHON = sys.executable
+RESNET50_SPECS = BENCH_DIR / "resnet50_cifar10_specs.json"
+MB = 1e6
+
+
+def log(msg: str) -> None:
+    """Progress goes to stderr; stdout is reserved for the JSON result lines."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def median(xs: list[float]) -> float:
+    return float(statistics.median(xs)) if xs else float("nan")
+
+
+def rss_kb(field: str = "VmRSS") -> int:
+    """A field of /proc/self/status in kB (VmRSS, VmHWM, ...)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return -1
+
+
+def reset_hwm() -> bool:
+    """Reset this process's VmHWM to the current RSS (Linux >= 4.0, clear_refs 5)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+# -- tensor sets ------------------------------------------------------------------------------
+def load_specs(path: Path = RESNET50_SPECS) -> tuple[list[Any], list[bool]]:
+    """(TensorSpecs, trainable mask) from a cached specs JSON (see resnet50_cifar10_specs.json)."""
+    from tdxfl.core.records import TensorSpec
+
+    doc = json.loads(Path(path).read_text())
+    specs = [TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in doc["tensors"]]
+    return specs, [bool(t.get("trainable", True)) for t in doc["tensors"]]
+
+
+def synthetic_specs(params: int, *, tensors: int = 20) -> list[Any]:
+    """About ``params`` float32 parameters in ``tensors`` tensors (for small-model runs)."""
+    from tdxfl.core.records import TensorSpec
+
+    per = max(1, params // tensors)
+    rows = max(1, int(per**0.5))
+    return [TensorSpec(f"layer{i}/kernel", "float32", (rows, per // rows)) for i in range(tensors)]
+
+
+def random_set(specs: list[Any], seed: int, scale: float = 1.0) -> Any:
+    """A TensorSet of standard-normal float32 values (times ``scale``) with these specs."""
+    from tdxfl.core.records import TensorSet
+
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for s in specs:
+        a = rng.standard_normal(s.shape, dtype=np.float32)
+        if scale != 1.0:
+            a *= np.float32(scale)
+        arrays.append(a.astype(s.dtype, copy=False))
+    return TensorSet(list(specs), arrays)
+
+
+def nbytes(specs: list[Any]) -> int:
+    return sum(s.nbytes for s in specs)
+
+
+# -- federations -----------------------------------------------------------------------------
+def free_port() -> int:
+    from tdxfl.demo import free_port as fp
+
+    return fp()
+
+
+def federation_doc(workdir: Path, workers: list[str], **sections: dict[str, Any]) -> dict[str, Any]:
+    """A federation document (1 PS + ``workers``, simulated TDs), as tests/conftest.py builds it."""
+    from tdxfl.attestation.simulated import code_measurement
+
+    mrtd = code_measurement().hex()
+    doc: dict[str, Any] = {
+        "federation": {"name": "bench-fed"},
+        "party": [
+            {"name": "ps", "role": "ps", "address": f"127.0.0.1:{free_port()}", "enroll_address": f"127.0.0.1:{free_port()}"},
+            *({"name": w, "role": "worker"} for w in workers),
+        ],
+        "training": {"model": "mlp", "dataset": "digits", "rounds": 1, "steps_per_round": 1, "batch_size": 32,
+                     "optimizer": "adam", "learning_rate": 0.01},
+        "faults": {"step_timeout_s": 300.0, "join_timeout_s": 120.0, "connect_retries": 40, "connect_backoff_s": 0.1},
+        "attestation": {"mode": "simulated"},
+        "policy": {
+            "workers": {"tee": ["simulated"], "mrtd": [mrtd]},
+            "ps": {"tee": ["simulated"], "mrtd": [mrtd]},
+        },
+        "output": {"dir": str(workdir)},
+    }
+    for name, table in sections.items():
+        doc[name] = {**doc.get(name, {}), **table}
+    return doc
+
+
+def write_federation(workdir: Path, workers: list[str], **sections: dict[str, Any]) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "federation.json"
+    path.write_text(json.dumps(federation_doc(workdir, workers, **sections)))
+    return path
+
+
+def read_federation(path: Path | str) -> Any:
+    from tdxfl.config import parse_federation
+
+    return parse_federation(json.loads(Path(path).read_text()))
+
+
+def wait_port(address: str, timeout: float = 30.0) -> None:
+    """Block until something accepts TCP connections on ``host:port``."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=1.0):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+# -- subprocesses ----------------------------------------------------------------------------
+def bench_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def spawn(module: str, *args: str, **kw: Any) -> subprocess.Popen[bytes]:
+    """``python -m bench.<module> args...`` in the repo root (stdout/stderr inherited unless given)."""
+    return subprocess.Popen([PYTHON, "-m", f"bench.{module}", *args], cwd=REPO, env=bench_env(), **kw)
+
+
+def run_json(module: str, *args: str, timeout: float = 600.0) -> Any:
+    """Run ``python -m bench.<module> args...`` and parse the last stdout line as JSON."""
+    proc = subprocess.run(
+        [PYTHON, "-m", f"bench.{module}", *args], cwd=REPO, env=bench_env(), stdout=subprocess.PIPE, timeout=timeout
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench.{module} {' '.join(args)} exited with {proc.returncode}")
+    lines = [ln for ln in proc.stdout.decode().splitlines() if ln.strip()]
+    return json.loads(lines[-1])
+
+
+def result(rid: str, value: float | None, baseline: float | None, target: float | None, unit: str, *,
+           ok: bool, ratio: float | None = None, **detail: Any) -> dict[str, Any]:
+    """One result record; ``ratio`` defaults to value / baseline."""
+    if ratio is None and value is not None and baseline:
+        ratio = value / baseline
+    out: dict[str, Any] = {
+        "id": rid,
+        "value": _round(value),
+        "baseline": _round(baseline),
+        "ratio": _round(ratio),
+        "target": target,
+        "unit": unit,
+        "ok": bool(ok),
+    }
+    if detail:
+        out["detail"] = {k: _round(v) for k, v in detail.items()}
+    return out
+
+
+def _round(v: Any) -> Any:
+    if isinstance(v, float):
+        return round(v, 4)
+    if isinstance(v, dict):
+        return {k: _round(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_round(x) for x in v]
+    return v
