@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tdxfl.config import ConfigError, apply_overrides, load_federation, parse_federation
-from conftest import federation_doc
+from fedtools import federation_doc
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "cifar10-resnet50.toml"
 MRTD = "ab" * 48

@@ -9,7 +9,6 @@ import pytest
 
 from tdxfl.attestation.policy import Policy
 from tdxfl.attestation.simulated import SimulatedAttester, SimulatedTd, SimulatedVerifier
-from tdxfl.demo import free_port
 from tdxfl.keybroker.keystore import Keystore
 from tdxfl.keybroker.server import parse_broker_config, start_keybroker
 
@@ -29,7 +28,8 @@ def keystore(tmp_path: Path) -> Keystore:
 @pytest.fixture
 def broker(tmp_path: Path, keystore: Keystore) -> Iterator[Running]:
     """A broker (simulated TD) serving ``keystore``; enrollment admits GOOD and OTHER TDs, DEBUG too."""
-    address, enroll = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    # Port 0: the kernel picks free ports at bind time (no race with other tests picking ports).
+    address = enroll = "127.0.0.1:0"
     doc = {
         "broker": {"name": "keybroker", "address": address, "enroll_address": enroll,
                    "keystore": "broker/keystore", "audit_log": "broker/audit.jsonl"},
@@ -43,7 +43,8 @@ def broker(tmp_path: Path, keystore: Keystore) -> Iterator[Running]:
         config, keystore, attester=SimulatedAttester(SimulatedTd(mrtd=BROKER_MRTD)), verifiers=[SimulatedVerifier()]
     )
     try:
-        yield Running(running, keystore, address, enroll)
+        ports = running.server.port, running.server.enroll_port
+        yield Running(running, keystore, f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[1]}")
     finally:
         running.stop(grace=None)
 
