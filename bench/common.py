@@ -7,6 +7,7 @@ pytest), tensor-set synthesis from cached specs, timing helpers and subprocess h
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -103,11 +104,16 @@ def free_port() -> int:
     return fp()
 
 
-def federation_doc(workdir: Path, workers: list[str], **sections: dict[str, Any]) -> dict[str, Any]:
-    """A federation document (1 PS + ``workers``, simulated TDs), as tests/conftest.py builds it."""
-    from tdxfl.attestation.simulated import code_measurement
+#: Simulated MRTD pinned for every bench party. The default ("auto") hashes the installed tdxfl
+#: sources when each process starts, so an edit to src/ between the PS's start and a worker's
+#: start (others work in this tree concurrently) would make the PS refuse the worker.
+BENCH_MRTD = hashlib.sha384(b"tdxfl bench simulated TD").hexdigest()
 
-    mrtd = code_measurement().hex()
+
+def federation_doc(workdir: Path, workers: list[str], **sections: dict[str, Any]) -> dict[str, Any]:
+    """A federation document (1 PS + ``workers``, simulated TDs), as tests/conftest.py builds it,
+    with the simulated MRTD pinned (``BENCH_MRTD``) instead of hashed from the sources."""
+    mrtd = BENCH_MRTD
     doc: dict[str, Any] = {
         "federation": {"name": "bench-fed"},
         "party": [
@@ -117,7 +123,7 @@ def federation_doc(workdir: Path, workers: list[str], **sections: dict[str, Any]
         "training": {"model": "mlp", "dataset": "digits", "rounds": 1, "steps_per_round": 1, "batch_size": 32,
                      "optimizer": "adam", "learning_rate": 0.01},
         "faults": {"step_timeout_s": 300.0, "join_timeout_s": 120.0, "connect_retries": 40, "connect_backoff_s": 0.1},
-        "attestation": {"mode": "simulated"},
+        "attestation": {"mode": "simulated", "simulated": {"mrtd": mrtd}},
         "policy": {
             "workers": {"tee": ["simulated"], "mrtd": [mrtd]},
             "ps": {"tee": ["simulated"], "mrtd": [mrtd]},
@@ -140,6 +146,21 @@ def read_federation(path: Path | str) -> Any:
     from tdxfl.config import parse_federation
 
     return parse_federation(json.loads(Path(path).read_text()))
+
+
+def wait_joined(rounds: Any, count: int, procs: list[Any], timeout: float) -> None:
+    """``rounds.wait_for_workers`` that gives up as soon as a worker process died."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            rounds.wait_for_workers(count, 0.5)
+            return
+        except Exception:  # FederationError: not yet
+            dead = [p for p in procs if p.poll() not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"a worker process exited with {dead[0].returncode} before joining") from None
+            if time.monotonic() > deadline:
+                raise
 
 
 def wait_port(address: str, timeout: float = 30.0) -> None:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    wait_joined,
     load_specs,
     log,
     median,
@@ -43,9 +44,75 @@ from bench.common import (
 )
 from bench.tls_baseline import BioTls, _self_signed
 
-MODES = ("tls", "secure", "insecure", "fp16")
+MODES = ("tls", "secure", "insecure", "fp16", "pre")
 WORKERS = ("worker-1", "worker-2")
 PARTY_KEY = "x-bench-party"
+
+
+class WireFrame(bytes):
+    """An already serialized ``TensorFrame`` (``RoundState.frames_after`` sums ``len(f.chunk)``)."""
+
+    @property
+    def chunk(self) -> bytes:
+        return self
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def encode_serialized(kind: str, version: int, tensors: Any, chunk_bytes: int = 1 << 20) -> list[WireFrame]:
+    """``encode_stream``'s frames already in protobuf wire form, each built with one copy.
+
+    A chunk frame is field 2 (bytes) of ``TensorFrame``: tag 0x12, varint length, the bytes.
+    Experiment for the "pre-serialize published frames once" proposal (see README).
+    """
+    import numpy as np
+
+    from tdxfl.transport.tensors import encode_stream
+
+    header = next(encode_stream(kind, version, tensors))  # header only: the generator stops there
+    out = [WireFrame(header.SerializeToString())]
+    views = [memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8)) for a in tensors.arrays]
+    parts: list[Any] = []
+    fill = 0
+    for v in views:
+        pos = 0
+        while pos < len(v):
+            take = min(chunk_bytes - fill, len(v) - pos)
+            parts.append(v[pos : pos + take])
+            fill += take
+            pos += take
+            if fill == chunk_bytes:
+                out.append(WireFrame(b"".join([b"\x12" + _varint(fill), *parts])))
+                parts, fill = [], 0
+    if fill:
+        out.append(WireFrame(b"".join([b"\x12" + _varint(fill), *parts])))
+    return out
+
+
+def add_preserialized_servicer(service: Any, server: Any) -> None:
+    """Register ``service`` with Pull's responses passed through unserialized (they are WireFrames)."""
+    import grpc
+
+    from tdxfl.transport.proto import tdxfl_pb2 as pb
+
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("tdxfl.v1.ParameterServer", {
+        "Join": grpc.unary_unary_rpc_method_handler(
+            service.Join, request_deserializer=pb.JoinRequest.FromString, response_serializer=pb.JoinReply.SerializeToString),
+        "Pull": grpc.unary_stream_rpc_method_handler(
+            service.Pull, request_deserializer=pb.PullRequest.FromString, response_serializer=None),
+        "Push": grpc.stream_unary_rpc_method_handler(
+            service.Push, request_deserializer=pb.TensorFrame.FromString, response_serializer=pb.PushReply.SerializeToString),
+    }),))
 
 
 class InsecureShim:
@@ -87,6 +154,16 @@ def ps_main(args: argparse.Namespace) -> None:
     plain_port = plain.add_insecure_port("127.0.0.1:0")
     server.start()
     plain.start()
+    pre_addr = ""
+    if "pre" in args.schedule.split(","):  # experiment: a second attested endpoint, Pull pre-serialized
+        from bench.common import free_port
+
+        pre_addr = f"127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
+        a, e = pre_addr.split(",")
+        pre_server = AttestedServer("ps", ctx.attester, ctx.peer_verifier(fed, "workers"), a, e,
+                                    roles=role_table([(w.name, "worker") for w in fed.workers]))
+        add_preserialized_servicer(ParameterServerService(fed, pre_server, rounds), pre_server.main)
+        pre_server.start()
     # the raw-TLS baseline lives in the same processes, so its rounds interleave with the others
     cert, key = _self_signed(str(workdir))
     tls_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -99,7 +176,7 @@ def ps_main(args: argparse.Namespace) -> None:
     schedule = args.schedule.split(",")
     procs = [
         spawn("p1_round", "worker", "--fed", str(fed_path), "--name", w, "--plain", f"127.0.0.1:{plain_port}",
-              "--tls", f"{listener.getsockname()[1]}:{cert}", "--schedule", args.schedule, "--out", str(workdir / f"{w}.json"))
+              "--tls", f"{listener.getsockname()[1]}:{cert}", "--pre", pre_addr, "--schedule", args.schedule, "--out", str(workdir / f"{w}.json"))
         for w in WORKERS
     ]
     try:
@@ -109,7 +186,7 @@ def ps_main(args: argparse.Namespace) -> None:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conns.append(BioTls(raw, tls_ctx, server_side=True))
         bufs = [memoryview(bytearray(model_bytes)) for _ in conns]
-        rounds.wait_for_workers(len(WORKERS), 120.0)
+        wait_joined(rounds, len(WORKERS), procs, 120.0)
         records = []
         for v, mode in enumerate(schedule):
             gc.collect()
@@ -126,7 +203,10 @@ def ps_main(args: argparse.Namespace) -> None:
                 log(f"P1 round {v} (raw tls baseline): {t2 - t0:.3f}s")
                 continue
             t0 = time.monotonic()
-            frames = list(encode_stream("weights", v, weights))
+            if mode == "pre":
+                frames = encode_serialized("weights", v, weights)  # type: ignore[assignment]
+            else:
+                frames = list(encode_stream("weights", v, weights))
             t1 = time.monotonic()
             rounds.publish(v, frames)
             step = rounds.collect(len(WORKERS), 300.0, fail_on_timeout=True, grace=0.0)
@@ -182,6 +262,12 @@ def worker_main(args: argparse.Namespace) -> None:
     ch = connect(args.name, "worker", ctx.attester, ctx.peer_verifier(fed, "ps"), fed.ps.name, fed.ps.address, fed.ps.enroll_address)
     secure = pb_grpc.ParameterServerStub(ch.channel)
     plain = pb_grpc.ParameterServerStub(grpc.insecure_channel(args.plain, options=GRPC_OPTIONS))
+    pre = None
+    if args.pre:
+        a, e = args.pre.split(",")
+        pre_ch = connect(args.name, "worker", ctx.attester, ctx.peer_verifier(fed, "ps"), fed.ps.name, a, e)
+        pre = pb_grpc.ParameterServerStub(pre_ch.channel)
+        pre.Join(pb.JoinRequest(party=args.name, config_digest=fed.training_digest()), timeout=30)
     md = ((PARTY_KEY, args.name),)
     tls_port, tls_cert = args.tls.split(":", 1)
     tls_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -200,7 +286,7 @@ def worker_main(args: argparse.Namespace) -> None:
             tls.recv_exact(tls_buf)
             tls.sendall(tls_payload)
             continue
-        stub = plain if mode == "insecure" else secure
+        stub = plain if mode == "insecure" else pre if mode == "pre" else secure
         it = iter(stub.Pull(pb.PullRequest(after_version=v - 1), metadata=md))
         header = decode_header(next(it))  # arrives once the PS publishes
         t_first = time.monotonic()
@@ -247,6 +333,7 @@ def main() -> None:
     w.add_argument("--name", required=True)
     w.add_argument("--plain", required=True)
     w.add_argument("--tls", required=True)
+    w.add_argument("--pre", default="")
     w.add_argument("--schedule", required=True)
     w.add_argument("--out", required=True)
     args = ap.parse_args()

@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import log, nbytes, random_set, read_federation, reset_hwm, rss_kb, spawn, synthetic_specs, write_federation
+from bench.common import wait_joined, log, nbytes, random_set, read_federation, reset_hwm, rss_kb, spawn, synthetic_specs, write_federation
 
 
 def ps_main(args: argparse.Namespace) -> None:
@@ -54,7 +54,7 @@ def ps_main(args: argparse.Namespace) -> None:
     procs = [spawn("p2_memory", "worker", "--fed", str(fed_path), "--names", ",".join(g), "--params", str(args.params))
              for g in groups]
     try:
-        rounds.wait_for_workers(args.workers, 180.0)
+        wait_joined(rounds, args.workers, procs, 180.0)
         frames = list(encode_stream("weights", 0, weights))
         gc.collect()
         time.sleep(0.5)

@@ -38,6 +38,7 @@ class Training:
     """What is trained and how."""
 
     mode: str = "sync-gradients"
+    framework: str = "keras"
     model: str = "small_cnn"
     dataset: str = "digits"
     data_path: str = ""
@@ -212,6 +213,7 @@ def parse_federation(doc: Mapping[str, Any]) -> Federation:
     _check(any(p.role == "worker" for p in parties), "at least one party must have role = \"worker\"")
     training = _build(Training, doc.get("training", {}), "training")
     _check(training.mode in ("sync-gradients", "fedavg"), f"training.mode must be 'sync-gradients' or 'fedavg', got {training.mode!r}")
+    _check(training.framework in ("keras", "torch"), f"training.framework must be 'keras' or 'torch', got {training.framework!r}")
     _check(training.partition in ("iid", "dirichlet"), "training.partition must be 'iid' or 'dirichlet'")
     _check(training.wire_dtype in ("float32", "float16"), "training.wire_dtype must be 'float32' or 'float16'")
     _check(training.rounds > 0 and training.steps_per_round > 0 and training.batch_size > 0, "rounds, steps_per_round and batch_size must be positive")

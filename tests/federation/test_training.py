@@ -95,3 +95,11 @@ def test_garbage_updates_are_rejected_and_honest_worker_keeps_training(make_fede
     assert isinstance(out["ps"], TrainingResult), out["ps"]
     assert out["ps"].rounds == 2 and out["ps"].accuracy > 0.3
     assert isinstance(out["worker-1"], WorkerResult) and out["worker-1"].rejected == 0
+
+
+def test_pytorch_workers_and_ps_train_together(make_federation: Callable[..., Federation]) -> None:
+    fed = make_federation(training={"framework": "torch", "model": "small_cnn", "rounds": 2, "steps_per_round": 30, "learning_rate": 0.002})
+    out = run_federation(fed, ["worker-1", "worker-2"])
+    result = out["ps"]
+    assert isinstance(result, TrainingResult), result
+    assert result.accuracy > 0.8

@@ -99,7 +99,8 @@ def test_new_key_requires_a_policy(tmp_path: Path) -> None:
 def test_group_without_subcommand_serves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[Path, str | None]] = []
     monkeypatch.setattr(
-        "tdxfl.keybroker.server.run_keybroker", lambda path, passphrase=None: calls.append((path, passphrase))
+        "tdxfl.keybroker.server.run_keybroker",
+        lambda path, passphrase=None, key_file=None: calls.append((path, passphrase)),
     )
     cfg = broker_toml(tmp_path)
     r = invoke("--config", str(cfg), "--passphrase-env", "KS_PASS")
@@ -186,3 +187,12 @@ def test_serve_reports_missing_keystore(tmp_path: Path) -> None:
     cfg = broker_toml(tmp_path)
     r = invoke("--config", str(cfg), "--passphrase-env", "KS_PASS", "serve")
     assert r.exit_code != 0 and "no keystore" in r.output
+
+
+def test_options_accepted_after_the_subcommand(tmp_path: Path) -> None:
+    cfg = broker_toml(tmp_path)
+    r = invoke("new-key", "model", "--config", str(cfg), "--passphrase-env", "KS_PASS",
+               "--policy-file", str(policy_file(tmp_path)))
+    assert r.exit_code == 0, r.output
+    r = invoke("list", "--config", str(cfg), "--passphrase-env", "KS_PASS")
+    assert r.exit_code == 0 and r.output.startswith("model\t"), r.output

@@ -106,7 +106,7 @@ def _boot(vng: Path, kernel: Path, image: Path, shared: Path, phase: str, log: P
     # the standard library and this checkout's src/, and skipping site saves seconds under TCG.
     command = f"{sys.executable} -S {GUEST_SCRIPT} {phase} {GUEST_SHARED}"
     argv = [
-        str(vng), "--run", str(kernel), "--disable-kvm", "--force-9p", "--memory", "1G", "--cpus", "2",
+        str(vng), "--run", str(kernel), "--verbose", "--disable-kvm", "--force-9p", "--memory", "1G", "--cpus", "2",
         "--append", "cryptomgr.notests=1", "--rodir", f"{GUEST_SHARED}={shared}",
         f"--qemu-opts={drive}", "--exec", command,
     ]  # fmt: skip

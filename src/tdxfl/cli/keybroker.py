@@ -8,9 +8,11 @@ keystore protected by a key file uses ``broker.key_file`` or ``--key-file``.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,15 +101,52 @@ def _read_policy(policy_file: Path | None) -> Policy:
         raise click.UsageError(f"{policy_file}: {e}") from e
 
 
+_GROUP_OPTIONS = [
+    click.option("--config", "config", type=_PATH, help="broker.toml"),
+    click.option("--keystore", type=_PATH, help="Keystore file (default: broker.keystore from --config)."),
+    click.option("--key-file", type=_PATH, help="Key file protecting the keystore (instead of a passphrase)."),
+    click.option("--passphrase-env", metavar="VAR", help="Read the keystore passphrase from this environment variable."),
+]
+
+
+def _common_options(f: Callable[..., None]) -> Callable[..., None]:
+    """Accept the group's options after the subcommand too (``keybroker list --config X``)."""
+
+    @functools.wraps(f)
+    def wrapper(
+        opts: _Opts,
+        *args: Any,
+        config: Path | None = None,
+        keystore: Path | None = None,
+        key_file: Path | None = None,
+        passphrase_env: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        merged = _Opts(
+            config or opts.config,
+            keystore or opts.keystore,
+            key_file or opts.key_file,
+            passphrase_env or opts.passphrase_env,
+        )
+        f(merged, *args, **kwargs)
+
+    for option in reversed(_GROUP_OPTIONS):
+        wrapper = option(wrapper)
+    return click.pass_obj(wrapper)
+
+
 def _roles(text: str) -> list[str]:
     return [r.strip() for r in text.split(",") if r.strip()]
 
 
+def _group_options(f: Callable[..., None]) -> Callable[..., None]:
+    for option in reversed(_GROUP_OPTIONS):
+        f = option(f)
+    return f
+
+
 @click.group("keybroker", invoke_without_command=True)
-@click.option("--config", "config", type=_PATH, help="broker.toml")
-@click.option("--keystore", type=_PATH, help="Keystore file (default: broker.keystore from --config).")
-@click.option("--key-file", type=_PATH, help="Key file protecting the keystore (instead of a passphrase).")
-@click.option("--passphrase-env", metavar="VAR", help="Read the keystore passphrase from this environment variable.")
+@_group_options
 @click.pass_context
 def keybroker(
     ctx: click.Context, config: Path | None, keystore: Path | None, key_file: Path | None, passphrase_env: str | None
@@ -122,23 +161,21 @@ def keybroker(
 
 
 @keybroker.command()
-@click.option("--config", "config", type=_PATH, help="broker.toml (or give it to the group).")
-@click.pass_obj
-def serve(opts: _Opts, config: Path | None = None) -> None:
+@_common_options
+def serve(opts: _Opts) -> None:
     """Serve the key broker until interrupted."""
     from tdxfl.keybroker.audit import AuditChainError
     from tdxfl.keybroker.keystore import KeystoreError
     from tdxfl.keybroker.server import run_keybroker
 
-    config = config or opts.config
+    config = opts.config
     if config is None:
         raise click.UsageError("serve needs --config broker.toml")
-    opts.config = config
     cfg = _broker_config(opts)
     key_file = opts.key_file or cfg.key_file
     passphrase = None if key_file is not None else get_passphrase(opts.passphrase_env)
     try:
-        run_keybroker(config, passphrase=passphrase)
+        run_keybroker(config, passphrase=passphrase, key_file=key_file)
     except (KeystoreError, AuditChainError, ConfigError) as e:
         raise click.ClickException(str(e)) from e
 
@@ -147,7 +184,7 @@ def serve(opts: _Opts, config: Path | None = None) -> None:
 @click.argument("name")
 @click.option("--policy-file", type=_PATH, help="TOML policy table the fetching TD must meet.")
 @click.option("--roles", default="ps,worker", show_default=True, help="Comma-separated roles allowed to fetch it.")
-@click.pass_obj
+@_common_options
 def new_key(opts: _Opts, name: str, policy_file: Path | None, roles: str) -> None:
     """Generate a random 32-byte key NAME (creating the keystore if needed)."""
     from tdxfl.keybroker.keystore import KeystoreError
@@ -166,7 +203,7 @@ def new_key(opts: _Opts, name: str, policy_file: Path | None, roles: str) -> Non
 @click.argument("name")
 @click.option("--policy-file", type=_PATH, help="New TOML policy table.")
 @click.option("--roles", default=None, help="New comma-separated roles.")
-@click.pass_obj
+@_common_options
 def set_policy(opts: _Opts, name: str, policy_file: Path | None, roles: str | None) -> None:
     """Replace key NAME's release policy and/or roles."""
     from tdxfl.keybroker.keystore import KeystoreError
@@ -185,7 +222,7 @@ def set_policy(opts: _Opts, name: str, policy_file: Path | None, roles: str | No
 
 @keybroker.command("list")
 @click.option("--policies", is_flag=True, help="Also print each key's policy.")
-@click.pass_obj
+@_common_options
 def list_keys(opts: _Opts, policies: bool) -> None:
     """List the keys (never their bytes)."""
     from tdxfl.cli.attest import policy_toml
@@ -208,7 +245,7 @@ def list_keys(opts: _Opts, policies: bool) -> None:
 @keybroker.command("verify-audit")
 @click.option("--audit-log", type=_PATH, help="Audit log (default: broker.audit_log from --config).")
 @click.option("--chain-only", is_flag=True, help="Check the hash chain only, not the MACs (no keystore needed).")
-@click.pass_obj
+@_common_options
 def verify_audit(opts: _Opts, audit_log: Path | None, chain_only: bool) -> None:
     """Verify the audit log's hash chain (and MACs); exit 1 naming the first broken line."""
     from tdxfl.keybroker.audit import AuditChainError, verify_chain

@@ -112,6 +112,9 @@ def unseal_model(
     if existing and not force:
         raise UnsealError(f"refusing to overwrite {', '.join(existing)} (use --force)")
     keras_model = None
+    framework = meta.get("framework", "keras")
+    if write_keras and framework != "keras":
+        raise UnsealError(f"checkpoint was trained with {framework!r}, not Keras: use --npz-only for the weights")
     if write_keras:
         from tdxfl.ml.keras_adapter import KerasAdapter
         from tdxfl.ml.models import build_model

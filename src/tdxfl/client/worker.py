@@ -58,8 +58,7 @@ def connect_with_retry(federation: Federation, ctx: PartyContext) -> AttestedCha
 def run_worker(federation: Federation, ctx: PartyContext) -> WorkerResult:
     """Train until the parameter server finishes; raise on refusal or when the PS is gone."""
     from tdxfl.ml.data import batches, load_dataset, partition
-    from tdxfl.ml.keras_adapter import KerasAdapter
-    from tdxfl.ml.models import build_model
+    from tdxfl.ml.factory import make_adapter
 
     t = federation.training
     index = [w.name for w in federation.workers].index(ctx.name)
@@ -67,7 +66,7 @@ def run_worker(federation: Federation, ctx: PartyContext) -> WorkerResult:
     shard = partition(data.y_train, len(federation.workers), t.partition, t.dirichlet_alpha, t.seed)[index]
     x, y = data.x_train[shard], data.y_train[shard]
     log.info("worker %s: %d local samples (shard %d)", ctx.name, len(x), index)
-    adapter = KerasAdapter(build_model(t.model, data.input_shape, data.num_classes, seed=t.seed))
+    adapter = make_adapter(t.framework, t.model, data.input_shape, data.num_classes, seed=t.seed)
     specs = adapter.specs()
     mask = adapter.trainable_mask()
     batch_iter: Iterator[tuple[np.ndarray, np.ndarray]] = batches(x, y, t.batch_size, seed=t.seed + index)

@@ -97,10 +97,8 @@ def verify_chain(path: str | os.PathLike[str], mac_key: bytes | None = None) -> 
                 n, f"sequence number is {entry['seq']!r}, expected {i} (entries deleted, inserted or reordered)"
             )
         if entry["prev"] != prev:
-            raise AuditChainError(
-                n, "previous-entry hash does not match line " f"{n - 1} (entries deleted, inserted, reordered or replaced)"
-                if n > 1 else "first entry does not start the chain (entries deleted before it)"
-            )
+            where = f"does not follow line {n - 1}" if n > 1 else "does not start the chain"
+            raise AuditChainError(n, f"previous-entry hash {where} (entries deleted, inserted, reordered or replaced)")
         if mac_key is not None:
             mac = entry.get("mac")
             if not isinstance(mac, str) or not hmac.compare_digest(mac, _mac(mac_key, entry["hash"])):

@@ -27,6 +27,7 @@ Relative paths are resolved against the directory of ``broker.toml``.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -46,6 +47,8 @@ from tdxfl.keybroker.keystore import Keystore
 from tdxfl.keybroker.service import KeyBrokerService
 from tdxfl.transport.attested import AttestedServer, split_address
 from tdxfl.transport.proto import keybroker_pb2_grpc as kb_grpc
+
+log = logging.getLogger(__name__)
 
 __all__ = ["BrokerConfig", "KeyBroker", "load_broker_config", "parse_broker_config", "run_keybroker", "start_keybroker"]
 
@@ -218,20 +221,22 @@ def run_keybroker(
     config_path: str | os.PathLike[str],
     *,
     passphrase: str | None = None,
+    key_file: str | os.PathLike[str] | None = None,
     stop: threading.Event | None = None,
 ) -> None:
     """Serve the broker described by ``config_path`` until SIGINT/SIGTERM (or ``stop`` is set).
 
-    The keystore is opened with ``passphrase`` or, when ``broker.key_file`` is set, that file.
+    The keystore is opened with ``key_file`` (else ``broker.key_file``) when one is named,
+    otherwise with ``passphrase``. Raises KeystoreError, AuditChainError or ConfigError.
     """
-    import logging
-
     config = load_broker_config(config_path)
-    keystore = Keystore.open(config.keystore, passphrase=passphrase if config.key_file is None else None,
-                             key_file=config.key_file)
+    key_file = key_file or config.key_file
+    keystore = Keystore.open(
+        config.keystore, passphrase=passphrase if key_file is None else None, key_file=key_file
+    )
     broker = start_keybroker(config, keystore)
     entries, head = broker.audit.head
-    logging.getLogger(__name__).warning(
+    log.warning(
         "key broker %s serving %d key(s) on %s (enrollment %s); audit log %s has %d entries, head %s",
         config.name, len(keystore.list()), config.address, config.enroll_address, config.audit_log, entries, head,
     )

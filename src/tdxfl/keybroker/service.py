@@ -6,7 +6,10 @@ request the broker re-appraises the peer's pinned certificate against the *key's
 certificate's embedded evidence is checked as genuine and bound to the TLS key; its nonce was
 checked at enrollment and is not re-checked) and requires the peer's enrolled role to be one the
 key allows. The key travels only inside the mutual RA-TLS channel. Every release and refusal is
-appended to the audit log (before any key leaves) and recorded as a ``Decision``.
+appended to the audit log (before any key leaves; if the log cannot be written nothing is
+released) and recorded as a ``Decision``. Calls from certificates that are not enrolled are
+aborted UNAUTHENTICATED by ``peer_of`` before any key is looked at; enrollment refusals are
+recorded by the AttestedServer in the broker's decision log, not in the audit log.
 """
 
 from __future__ import annotations

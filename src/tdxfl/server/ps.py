@@ -59,14 +59,13 @@ def make_strategy(federation: Federation, trainable: list[bool]) -> Strategy:
 def run_parameter_server(federation: Federation, ctx: PartyContext, *, live: bool = True) -> TrainingResult:
     """Serve one federation to completion; raise FederationError when it cannot finish."""
     from tdxfl.ml.data import load_dataset
-    from tdxfl.ml.keras_adapter import KerasAdapter
-    from tdxfl.ml.models import build_model
+    from tdxfl.ml.factory import make_adapter
 
     t = federation.training
     started = time.monotonic()
     store = SealedFileStore(ctx.workdir / "checkpoints", store_key(federation), label="checkpoint")
     data = load_dataset(t.dataset, t.data_path or None, seed=t.seed)
-    adapter = KerasAdapter(build_model(t.model, data.input_shape, data.num_classes, seed=t.seed))
+    adapter = make_adapter(t.framework, t.model, data.input_shape, data.num_classes, seed=t.seed)
     weights = adapter.get_tensor_set()
     strategy = make_strategy(federation, adapter.trainable_mask())
     rounds = RoundState(weights.specs, strategy.update_kind)

@@ -56,6 +56,9 @@ __all__ = [
     "DEFAULT_INTEGRITY",
     "KEY_MAX_BYTES",
     "KEY_MIN_BYTES",
+    "NO_DEVICE_MAPPER_MESSAGE",
+    "WRONG_KEY_MESSAGE",
+    "Pbkdf",
     "CryptsetupMissingError",
     "NoDeviceMapperError",
     "VolumeError",
@@ -162,7 +165,7 @@ def _run(
             check=False,
         )
     except FileNotFoundError:
-        hint = _INSTALL_HINT.get(program, f"install {program}")
+        hint = _INSTALL_HINT.get(Path(program).name, f"install {Path(program).name}")
         raise CryptsetupMissingError(f"{what}: {program} not found; {hint}") from None
     except subprocess.TimeoutExpired:
         raise VolumeError(f"{what}: {program} did not finish within {timeout} s") from None
@@ -206,7 +209,9 @@ def _tool(name: str) -> str:
 
 
 def _dm_present() -> bool:
-    if Path("/dev/mapper/control").exists():
+    # Not /dev/mapper/control: a stale node can exist (libdevmapper or a package may create it)
+    # on a kernel without device-mapper. The kernel lists the driver as a misc device.
+    if Path("/sys/class/misc/device-mapper").exists():
         return True
     try:
         return any(line.split()[-1:] == ["device-mapper"] for line in Path("/proc/misc").read_text().splitlines())

@@ -4,7 +4,8 @@ Runs *inside* the test VM (a Debian kernel with dm-crypt, booted by virtme-ng ov
 root file system) as ``<venv python> guest_lifecycle.py PHASE SHARED_DIR``, where
 
 * PHASE is ``boot1`` (create the volume on /dev/vda, open, write, close, reopen and verify,
-  refuse a wrong key) or ``boot2`` (the "second machine": open, read and verify, close);
+  refuse a wrong key; all through the Python API) or ``boot2`` (the "second machine": open
+  with ``tdxfl volume open --key-fd`` fed from a pipe, read and verify, ``tdxfl volume close``);
 * SHARED_DIR is a read-only directory the test shares from a host tmpfs, holding
   ``key.hex`` (the test-only volume key) and ``payload.bin`` (what to store). The key goes
   from that file into memory and on to cryptsetup's stdin through tdxfl.store.luks.
@@ -85,16 +86,39 @@ def boot1(key: bytes, payload: bytes) -> None:
     assert not mapper_path(NAME).exists(), "a wrong key left a mapping behind"
 
 
+def cli(*args: str) -> None:
+    """Run ``tdxfl volume ARGS`` in this process (saves a second interpreter start under TCG)."""
+    # click comes from the venv's (or the installation's) site-packages, which -S leaves off sys.path.
+    import site
+
+    venv = Path(sys.executable).parent.parent
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for candidate in [str(venv / "lib" / version / "site-packages"), *site.getsitepackages()]:
+        if Path(candidate).is_dir() and candidate not in sys.path:
+            sys.path.append(candidate)
+    from tdxfl.cli.volume import volume
+
+    volume.main(args=list(args), prog_name="tdxfl volume", standalone_mode=False)
+
+
 def boot2(key: bytes, payload: bytes) -> None:
-    open_volume(DEVICE, key, NAME, MOUNT)
-    step(f"second machine: opened {DEVICE} and mounted on {MOUNT}")
+    # The second machine uses the CLI, with the key handed over on a pipe (--key-fd).
+    r, w = os.pipe()
+    os.write(w, key)
+    os.close(w)
+    cli("open", str(DEVICE), "--name", NAME, "--mount", str(MOUNT), "--key-fd", str(r))
+    step(f"second machine: tdxfl volume open {DEVICE} --key-fd: mounted on {MOUNT}")
     check_payload(payload)
-    close_volume(NAME, MOUNT)
-    step("closed")
+    cli("close", "--name", NAME, "--mount", str(MOUNT))
+    assert not mapper_path(NAME).exists(), "mapping still present after tdxfl volume close"
+    step("tdxfl volume close: closed")
 
 
 def main() -> None:
     phase, shared = sys.argv[1], Path(sys.argv[2])
+    # Test-environment speed-up only: udevd under TCG takes seconds per dm event, so let
+    # libdevmapper create the /dev/mapper nodes itself instead of waiting for udev.
+    os.environ["DM_DISABLE_UDEV"] = "1"
     step(f"{phase}: kernel {os.uname().release}")
     subprocess.run(["modprobe", "-a", "virtio_blk", "ext4", "dm-mod", "dm-crypt", "dm-integrity"], check=True)
     key = bytes.fromhex((shared / "key.hex").read_text().strip())

@@ -1,0 +1,172 @@
+"""Micro-benchmarks of the per-round CPU work on the 94 MB ResNet-50 tensor set (one process).
+
+``python -m bench.micro --reps R`` prints one JSON object of MB/s (or seconds) for:
+
+* ``encode``: ``list(encode_stream(...))`` (the PS's publish; one ``tobytes`` copy per chunk);
+* ``encode_fp16``: the same with ``wire_dtype="float16"`` (the worker's fp16 push);
+* ``serialize`` / ``parse``: protobuf ``SerializeToString`` / ``FromString`` of every frame (what
+  gRPC does per frame per stream on each side);
+* ``assemble``: ``Assembler.feed`` of every chunk + ``finish`` (the receiver's copy);
+* ``as_dtype_fp16``: float16 wire arrays back to float32 (the PS on an fp16 push);
+* ``accumulate``: ``RoundAccumulator.add`` (validate + weighted add) of one update;
+* ``accumulate_alt``: a candidate replacement for the weighted add (see the README): no
+  temporary when the weight is 1.0, else a blockwise multiply-add into the running sum;
+* ``unseal_read`` / ``unseal_read_into``: ``SealedReader.readinto`` over a sealed 94 MB stream
+  as shipped, and with a candidate that decrypts whole chunks straight into the caller's buffer
+  (``AESGCM.decrypt_into``) instead of decrypt-to-bytes + copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from bench.common import MB, load_specs, median, nbytes, random_set
+
+
+def best_of(fn: Callable[[], Any], reps: int) -> float:
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return median(ts)
+
+
+def accumulate_alt(acc_sum: list[np.ndarray], arrays: list[np.ndarray], weight: float, block: int = 1 << 18) -> None:
+    """Candidate for RoundAccumulator.add's loop: no full-size temporary per tensor."""
+    for acc, a in zip(acc_sum, arrays):
+        if weight == 1.0:
+            acc += a
+            continue
+        w = np.float32(weight) if acc.dtype == np.float32 else weight
+        fa, fs = a.reshape(-1), acc.reshape(-1)
+        tmp = np.empty(min(block, fa.size), dtype=acc.dtype)
+        for i in range(0, fa.size, block):
+            n = min(block, fa.size - i)
+            np.multiply(fa[i : i + n], w, out=tmp[:n])
+            fs[i : i + n] += tmp[:n]
+
+
+def readinto_decrypt_into(reader: Any, buffer: Any) -> int:
+    """Candidate SealedReader.readinto: whole chunks are decrypted straight into ``buffer``."""
+    from tdxfl.store.sealed import _RECORD, TAG_SIZE, SealedFileError, _aad, _nonce
+
+    target = memoryview(buffer).cast("B")
+    got = 0
+    while got < len(target):
+        if reader._pending:
+            take = min(len(target) - got, len(reader._pending))
+            target[got : got + take] = reader._pending[:take]
+            reader._pending = reader._pending[take:]
+            got += take
+            continue
+        if reader._done:
+            break
+        room = len(target) - got
+        if room < reader._chunk_size:  # partial chunk: fall back to the shipped path
+            chunk = reader._next_chunk()
+            if chunk is None:
+                break
+            reader._pending = memoryview(chunk)
+            continue
+        index = reader._index
+        record = bytearray(_RECORD.size)
+        if reader._read_into(memoryview(record)) != _RECORD.size:
+            raise SealedFileError("truncated")
+        flag, length = _RECORD.unpack(record)
+        if flag > 1 or length > reader._chunk_size or (flag == 0 and length != reader._chunk_size):
+            raise SealedFileError("malformed record")
+        view = memoryview(reader._cbuf)[: length + TAG_SIZE]
+        if reader._read_into(view) != len(view):
+            raise SealedFileError("truncated")
+        reader._cipher.decrypt_into(_nonce(index), view, _aad(reader._header_hash, index, flag == 1), target[got : got + length])
+        reader._index += 1
+        got += length
+        if flag == 1:
+            reader._done = True
+    return got
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=5)
+    args = ap.parse_args()
+
+    from tdxfl.core.strategy import RoundAccumulator
+    from tdxfl.store.sealed import SealedReader, SealedWriter
+    from tdxfl.transport.proto import tdxfl_pb2 as pb
+    from tdxfl.transport.tensors import Assembler, as_dtype, decode_header, encode_stream
+
+    specs, _ = load_specs()
+    size = nbytes(specs)
+    ts = random_set(specs, 5, scale=1e-3)
+    r = args.reps
+    out: dict[str, float] = {"model_MB": size / MB}
+
+    out["encode"] = size / MB / best_of(lambda: list(encode_stream("weights", 0, ts)), r)
+    out["encode_fp16"] = size / MB / best_of(lambda: list(encode_stream("gradients", 0, ts, wire_dtype="float16")), r)
+    frames = list(encode_stream("weights", 0, ts))
+    wire = [f.SerializeToString() for f in frames]
+    out["serialize"] = size / MB / best_of(lambda: [f.SerializeToString() for f in frames], r)
+    out["parse"] = size / MB / best_of(lambda: [pb.TensorFrame.FromString(w) for w in wire], r)
+    header = decode_header(frames[0])
+
+    def assemble() -> None:
+        asm = Assembler(header.specs)
+        for f in frames[1:]:
+            asm.feed(f.chunk)
+        asm.finish()
+
+    out["assemble"] = size / MB / best_of(assemble, r)
+    f16 = list(encode_stream("gradients", 0, ts, wire_dtype="float16"))
+    h16 = decode_header(f16[0])
+    asm16 = Assembler(h16.specs)
+    for f in f16[1:]:
+        asm16.feed(f.chunk)
+    got16 = asm16.finish()
+    out["as_dtype_fp16_s"] = best_of(lambda: as_dtype(got16, specs), r)
+    acc = RoundAccumulator(specs)
+    acc.add(ts, 1.0)  # first touch of the running sum
+    out["accumulate_s"] = best_of(lambda: acc.add(ts, 1.0), r)
+    out["accumulate_w32_s"] = best_of(lambda: acc.add(ts, 32.0), r)
+    sums = [np.zeros(s.shape, np.float32) for s in specs]
+    out["accumulate_alt_s"] = best_of(lambda: (ts.check_finite(), accumulate_alt(sums, ts.arrays, 1.0)), r)
+    out["accumulate_alt_w32_s"] = best_of(lambda: (ts.check_finite(), accumulate_alt(sums, ts.arrays, 32.0)), r)
+    # check the candidate computes what the shipped code does
+    a1, a2 = RoundAccumulator(specs), [np.zeros(s.shape, np.float32) for s in specs]
+    a1.add(ts, 3.0)
+    accumulate_alt(a2, ts.arrays, 3.0)
+    assert all(np.array_equal(x, y) for x, y in zip(a1._sum, a2)), "accumulate_alt differs"
+
+    key = os.urandom(32)
+    sealed = io.BytesIO()
+    with SealedWriter(sealed, key, label="checkpoint") as w:
+        for a in ts.arrays:
+            w.write(a.reshape(-1).view(np.uint8))
+    blob = sealed.getvalue()
+    dst = bytearray(size)
+
+    def unseal(into: bool) -> None:
+        reader = SealedReader(io.BytesIO(blob), key, label="checkpoint")
+        view = memoryview(dst)
+        got = readinto_decrypt_into(reader, view) if into else reader.readinto(view)
+        assert got == size and reader.at_end
+
+    out["unseal_read"] = size / MB / best_of(lambda: unseal(False), r)
+    ref = bytes(dst)
+    out["unseal_read_into"] = size / MB / best_of(lambda: unseal(True), r)
+    assert bytes(dst) == ref, "decrypt_into candidate differs"
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""P3: mutual RA-TLS connection set-up vs a plain TLS gRPC connection; P3-tdx: DCAP verify time.
+
+``python -m bench.p3_connect serve --workdir DIR`` runs a PS endpoint (AttestedServer with
+simulated attestation, the real ParameterServerService) until stdin closes;
+``python -m bench.p3_connect client --fed F --reps R`` (another process) measures, interleaved:
+
+* ``ratls``: ``connect()`` (fetch the server certificate, Attest, appraise, Challenge, create
+  our RA-TLS identity, Enroll) + the first RPC (Join) on the new mutual-TLS channel;
+* ``tls``: a plain server-authenticated TLS gRPC channel to the same server's TLS port (the
+  enrollment port: same certificate, no client certificate) + its first RPC (Challenge);
+* ``mtls``: mutual TLS to the main port with an already enrolled identity + Join (the
+  handshake cost without any attestation work, for the breakdown).
+
+Every channel gets ``grpc.use_local_subchannel_pool`` so no connection is reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import log, median, read_federation, write_federation
+
+LOCAL_POOL = [("grpc.use_local_subchannel_pool", 1)]
+SAMPLE_TIME = 1752919234  # tests/attestation/conftest.py: the sample collateral is valid then
+
+
+def serve_main(args: argparse.Namespace) -> None:
+    from tdxfl.core.records import TensorSpec
+    from tdxfl.party import party_context
+    from tdxfl.server.rounds import RoundState
+    from tdxfl.server.service import ParameterServerService
+    from tdxfl.transport.attested import AttestedServer, role_table
+    from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
+
+    workdir = Path(args.workdir)
+    fed_path = write_federation(workdir, ["worker-1", "worker-2"])
+    fed = read_federation(fed_path)
+    ctx = party_context(fed, "ps", workdir / "ps")
+    rounds = RoundState([TensorSpec("w", "float32", (4,))], "gradients")
+    server = AttestedServer(
+        "ps", ctx.attester, ctx.peer_verifier(fed, "workers"), fed.ps.address, fed.ps.enroll_address,
+        roles=role_table([(w.name, "worker") for w in fed.workers]),
+    )
+    pb_grpc.add_ParameterServerServicer_to_server(ParameterServerService(fed, server, rounds), server.main)  # type: ignore[arg-type]
+    server.start()
+    print(json.dumps({"fed": str(fed_path)}), flush=True)
+    sys.stdin.read()  # until the parent closes our stdin
+    server.stop(None)
+
+
+def client_main(args: argparse.Namespace) -> None:
+    import grpc
+
+    import tdxfl.transport.attested as att
+    from tdxfl.party import party_context
+    from tdxfl.transport.proto import tdxfl_pb2 as pb
+    from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
+
+    fed = read_federation(args.fed)
+    ctx = party_context(fed, "worker-1", Path(args.fed).parent / "worker-1")
+    verifier = ctx.peer_verifier(fed, "ps")
+    ps = fed.ps
+    override = [("grpc.ssl_target_name_override", att.tls_name(ps.name))]
+    join = pb.JoinRequest(party="worker-1", config_digest=fed.training_digest())
+
+    # breakdown of connect(): wrap its steps (module-level names it looks up at call time)
+    parts: dict[str, float] = {}
+
+    def timed(name: str, fn: Any) -> Any:
+        def wrapper(*a: Any, **kw: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                parts[name] = parts.get(name, 0.0) + time.perf_counter() - t
+        return wrapper
+
+    att.fetch_server_certificate = timed("fetch_cert", att.fetch_server_certificate)
+    att.TlsIdentity = type("TimedTlsIdentity", (att.TlsIdentity,), {"create": classmethod(
+        lambda cls, *a, **kw: timed("identity_create", att.TlsIdentity.__mro__[1].create)(*a, **kw))})
+    verifier.appraise = timed("appraise_server", verifier.appraise)  # type: ignore[method-assign]
+
+    def ratls() -> float:
+        t = time.perf_counter()
+        ch = att.connect("worker-1", "worker", ctx.attester, verifier, ps.name, ps.address, ps.enroll_address)
+        t_conn = time.perf_counter()
+        pb_grpc.ParameterServerStub(ch.channel).Join(join, timeout=30)
+        dt = time.perf_counter() - t
+        parts["mtls_join"] = parts.get("mtls_join", 0.0) + time.perf_counter() - t_conn
+        ch.close()
+        return dt
+
+    server_cert = att.fetch_server_certificate(ps.enroll_address)
+
+    def plain_tls() -> float:
+        t = time.perf_counter()
+        ch = grpc.secure_channel(ps.enroll_address, grpc.ssl_channel_credentials(root_certificates=server_cert),
+                                 options=override + LOCAL_POOL)
+        pb_grpc.EnrollmentStub(ch).Challenge(pb.ChallengeRequest(party="worker-1"), timeout=30)
+        dt = time.perf_counter() - t
+        ch.close()
+        return dt
+
+    # a second party stays enrolled for the mtls case (re-enrolling worker-1 replaces its certificate)
+    ctx2 = party_context(fed, "worker-2", Path(args.fed).parent / "worker-2")
+    enrolled = att.connect("worker-2", "worker", ctx2.attester, ctx2.peer_verifier(fed, "ps"), ps.name, ps.address, ps.enroll_address)
+    join2 = pb.JoinRequest(party="worker-2", config_digest=fed.training_digest())
+
+    def mtls() -> float:
+        creds = grpc.ssl_channel_credentials(root_certificates=enrolled.server_cert_pem,
+                                             private_key=enrolled.identity.private_key_pem(),
+                                             certificate_chain=enrolled.identity.cert_pem)
+        t = time.perf_counter()
+        ch = grpc.secure_channel(ps.address, creds, options=att.GRPC_OPTIONS + override + LOCAL_POOL)
+        pb_grpc.ParameterServerStub(ch).Join(join2, timeout=30)
+        dt = time.perf_counter() - t
+        ch.close()
+        return dt
+
+    times: dict[str, list[float]] = {"ratls": [], "tls": [], "mtls": []}
+    for i in range(args.reps + 2):
+        parts_before = dict(parts)
+        r = {"ratls": ratls(), "tls": plain_tls(), "mtls": mtls()}
+        if i < 2:  # warm-up: first-use costs (imports, grpc channel machinery)
+            for k in list(parts):
+                parts[k] = parts_before.get(k, 0.0)
+            continue
+        for k, v in r.items():
+            times[k].append(v)
+    n = args.reps
+    out = {k: median(v) * 1000 for k, v in times.items()}
+    out["breakdown_ms"] = {k: v / n * 1000 for k, v in parts.items()}
+    out["samples_ms"] = {k: [round(x * 1000, 2) for x in v] for k, v in times.items()}
+    print(json.dumps(out))
+
+
+def tdx_main(args: argparse.Namespace) -> None:
+    """P3-tdx: ``TdxVerifier.verify`` on the shared sample quote, cached collateral, as of SAMPLE_TIME."""
+    from bench.common import REPO
+    from tdxfl.attestation.tdx.collateral import FileCollateral
+    from tdxfl.attestation.tdx.dcap import TdxVerifier, reporting_policy
+
+    data = REPO / "tests" / "data" / "tdx"
+    quote = (data / "tdx_quote").read_bytes()
+    t = time.perf_counter()
+    verifier = TdxVerifier(FileCollateral(data / "tdx_quote_collateral.json"), as_of=SAMPLE_TIME)
+    first = verifier.verify(quote)
+    cold = time.perf_counter() - t
+    assert first.tcb_status, first
+    verify, raw = [], []
+    collateral = verifier.collateral.collateral_for(quote, SAMPLE_TIME)
+    for _ in range(args.reps):
+        t = time.perf_counter()
+        verifier.verify(quote)
+        verify.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        verifier._qvl.verify_with_policy(quote, collateral, SAMPLE_TIME, reporting_policy(SAMPLE_TIME))
+        raw.append(time.perf_counter() - t)
+    print(json.dumps({"verify_ms": median(verify) * 1000, "raw_qvl_ms": median(raw) * 1000, "cold_ms": cold * 1000,
+                      "tcb_status": first.tcb_status}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve")
+    s.add_argument("--workdir", required=True)
+    c = sub.add_parser("client")
+    c.add_argument("--fed", required=True)
+    c.add_argument("--reps", type=int, default=20)
+    t = sub.add_parser("tdx")
+    t.add_argument("--reps", type=int, default=30)
+    args = ap.parse_args()
+    {"serve": serve_main, "client": client_main, "tdx": tdx_main}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

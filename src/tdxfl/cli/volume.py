@@ -1,0 +1,199 @@
+"""``tdxfl volume create|open|close``: LUKS2 volumes with integrity for checkpoints at rest.
+
+The volume key is never typed by a person, never on the command line and never in a file:
+:func:`resolve_key` takes it from ``--key-fd N`` (raw bytes read to end of file from an
+inherited pipe, the way a supervisor hands it over) or ``--key-env VAR`` (hex in an
+environment variable, for tests and development; the variable is removed from this process's
+environment once read so that cryptsetup and mount do not inherit it). Once the key broker
+exists, it becomes the default source when neither option is given (see
+:func:`fetch_key_from_broker`).
+
+Example (a test)::
+
+    TDXFL_VOLUME_KEY=$(openssl rand -hex 32) tdxfl volume create ckpt.img --size 64M --key-env TDXFL_VOLUME_KEY
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tdxfl.store.luks import KEY_MAX_BYTES, KEY_MIN_BYTES, Pbkdf, VolumeError, close_volume, create_volume, open_volume
+
+__all__ = ["COMMANDS", "fetch_key_from_broker", "parse_size", "resolve_key", "volume"]
+
+_SIZE_RE = re.compile(r"(?i)\s*(\d+)\s*([kmgt]?)(?:i?b)?\s*")
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``"64M"``, ``"64MiB"``, ``"1G"`` or a plain byte count -> bytes (binary units)."""
+    match = _SIZE_RE.fullmatch(text)
+    if match is None:
+        raise ValueError(f"invalid size {text!r}: use a number with an optional K, M, G or T suffix (e.g. 64M)")
+    return int(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
+def fetch_key_from_broker(volume_id: str) -> bytes:
+    """Hook for the key broker (not built yet): return the key of volume ``volume_id``.
+
+    When the broker exists this will attest this TD to it over RA-TLS and receive the key in
+    memory. Until then it refuses, so that no command silently falls back to a weaker source.
+    """
+    raise click.UsageError(
+        f"no key source for volume {volume_id!r}: pass --key-fd N (a pipe) or --key-env VAR (hex, tests only); "
+        "the key broker is not available yet"
+    )
+
+
+def _read_fd(fd: int) -> bytes:
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        while True:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > KEY_MAX_BYTES:
+                raise click.BadParameter(f"more than {KEY_MAX_BYTES} bytes on the key descriptor", param_hint="--key-fd")
+    except OSError as e:
+        raise click.BadParameter(f"cannot read file descriptor {fd}: {e.strerror}", param_hint="--key-fd") from None
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    return b"".join(chunks)
+
+
+def resolve_key(
+    *,
+    key_env: str | None,
+    key_fd: int | None,
+    volume_id: str,
+    environ: MutableMapping[str, str] | None = None,
+    broker: Callable[[str], bytes] = fetch_key_from_broker,
+) -> bytes:
+    """Return the volume key from exactly one non-interactive source.
+
+    * ``key_fd``: read raw bytes to end of file from that inherited descriptor (then close it);
+    * ``key_env``: hex in that environment variable, which is then *removed* from ``environ``
+      (default ``os.environ``) so child processes never inherit it;
+    * neither: ``broker(volume_id)`` (the key broker hook; refuses until the broker exists).
+
+    The key must be 32 to 8192 bytes. Error messages never contain key material.
+    """
+    if key_env is not None and key_fd is not None:
+        raise click.UsageError("give only one of --key-env and --key-fd")
+    if key_fd is not None:
+        key = _read_fd(key_fd)
+        source = f"file descriptor {key_fd}"
+    elif key_env is not None:
+        env = os.environ if environ is None else environ
+        text = env.pop(key_env, None)
+        if text is None:
+            raise click.BadParameter(f"environment variable {key_env} is not set", param_hint="--key-env")
+        try:
+            key = bytes.fromhex(text.strip())
+        except ValueError:
+            raise click.BadParameter(f"environment variable {key_env} does not hold hex", param_hint="--key-env") from None
+        source = f"environment variable {key_env}"
+    else:
+        key = broker(volume_id)
+        source = "the key broker"
+    if not KEY_MIN_BYTES <= len(key) <= KEY_MAX_BYTES:
+        raise click.UsageError(f"the key from {source} must be {KEY_MIN_BYTES} to {KEY_MAX_BYTES} bytes, got {len(key)}")
+    return key
+
+
+def _key_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    function = click.option(
+        "--key-fd", type=click.IntRange(min=0), metavar="N",
+        help="Read the key (32+ raw bytes, to end of file) from inherited file descriptor N.",
+    )(function)  # fmt: skip
+    function = click.option(
+        "--key-env", metavar="VAR", help="Read the key as hex from environment variable VAR (tests/development)."
+    )(function)
+    return function
+
+
+def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    try:
+        return parse_size(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+@click.group("volume")
+def volume() -> None:
+    """LUKS2 volumes with integrity (authenticated encryption) for checkpoints at rest."""
+
+
+@volume.command("create")
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("--size", default="64M", show_default=True, callback=_size, help="Image size (K/M/G suffixes; 32M at least).")
+@click.option("--pbkdf", type=click.Choice(["argon2id", "pbkdf2"]), default="argon2id", show_default=True,
+              help="Key derivation; pbkdf2 only for tests.")  # fmt: skip
+@click.option("--pbkdf-memory", type=click.IntRange(min=1), metavar="KIB", help="argon2id memory cost in KiB.")
+@click.option("--iter-time", type=click.IntRange(min=1), metavar="MS", help="KDF time target in milliseconds.")
+@click.option("--pbkdf-iterations", type=click.IntRange(min=1), metavar="N",
+              help="Force the KDF iteration count (tests only: skips cryptsetup's benchmark).")  # fmt: skip
+@_key_options
+def create(
+    image: str,
+    size: int,
+    pbkdf: Pbkdf,
+    pbkdf_memory: int | None,
+    iter_time: int | None,
+    pbkdf_iterations: int | None,
+    key_env: str | None,
+    key_fd: int | None,
+) -> None:
+    """Create IMAGE: allocate, luksFormat (aes-xts-plain64 + hmac-sha256), mkfs.ext4."""
+    key = resolve_key(key_env=key_env, key_fd=key_fd, volume_id=Path(image).name)
+    try:
+        create_volume(
+            image, key, size, pbkdf=pbkdf, pbkdf_memory_kib=pbkdf_memory,
+            iter_time_ms=iter_time, pbkdf_iterations=pbkdf_iterations,
+        )  # fmt: skip
+    except (VolumeError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"created {image} ({size} bytes, LUKS2 with integrity)")
+
+
+@volume.command("open")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.option("--name", required=True, help="Device-mapper name (/dev/mapper/NAME).")
+@click.option("--mount", "mountpoint", required=True, type=click.Path(file_okay=False), help="Where to mount it.")
+@click.option("--read-only", is_flag=True, help="Map and mount read-only.")
+@_key_options
+def open_(image: str, name: str, mountpoint: str, read_only: bool, key_env: str | None, key_fd: int | None) -> None:
+    """Unlock IMAGE as /dev/mapper/NAME and mount it on --mount."""
+    key = resolve_key(key_env=key_env, key_fd=key_fd, volume_id=Path(image).name)
+    try:
+        open_volume(image, key, name, mountpoint, read_only=read_only)
+    except (VolumeError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"opened {image} as /dev/mapper/{name} on {mountpoint}")
+
+
+@volume.command("close")
+@click.option("--name", required=True, help="Device-mapper name given to open.")
+@click.option("--mount", "mountpoint", required=True, type=click.Path(file_okay=False), help="Its mount point.")
+def close(name: str, mountpoint: str) -> None:
+    """Unmount --mount and close /dev/mapper/NAME."""
+    try:
+        close_volume(name, mountpoint)
+    except (VolumeError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"closed {name}")
+
+
+COMMANDS = [volume]
