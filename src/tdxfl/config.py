@@ -109,6 +109,16 @@ class Output:
 
 
 @dataclass(frozen=True)
+class KeyBrokerRef:
+    """Where parties fetch the model key: the broker's party name, addresses and the key's name."""
+
+    name: str = "keybroker"
+    address: str = ""
+    enroll_address: str = ""
+    key: str = "model"
+
+
+@dataclass(frozen=True)
 class Federation:
     """A whole federation file."""
 
@@ -119,6 +129,7 @@ class Federation:
     attestation: Attestation
     policies: Mapping[str, Policy]
     output: Output
+    keybroker: KeyBrokerRef | None = None
 
     @property
     def ps(self) -> Party:
@@ -138,7 +149,7 @@ class Federation:
         raise ConfigError(f"no party named {name!r} in the federation file (have: {[p.name for p in self.parties]})")
 
     def policy_for(self, role: str) -> Policy:
-        """The policy every party applies to peers of ``role`` (``"workers"`` or ``"ps"``)."""
+        """The policy every party applies to peers of ``role`` (``"workers"``, ``"ps"``, ``"keybroker"``)."""
         return self.policies[role]
 
     @property
@@ -193,7 +204,7 @@ def _default_enroll_address(address: str) -> str:
 
 def parse_federation(doc: Mapping[str, Any]) -> Federation:
     """Validate a parsed TOML document into a Federation."""
-    allowed = {"federation", "party", "training", "faults", "attestation", "policy", "output"}
+    allowed = {"federation", "party", "training", "faults", "attestation", "policy", "output", "keybroker"}
     unknown = set(doc) - allowed
     _check(not unknown, f"unknown top-level keys: {', '.join(sorted(unknown))}")
     meta = doc.get("federation", {})
@@ -228,15 +239,21 @@ def parse_federation(doc: Mapping[str, Any]) -> Federation:
     _check(isinstance(raw_policies, Mapping), "[policy] must be a table of tables")
     unknown = set(raw_policies) - {"workers", "ps", "keybroker"}
     _check(not unknown, f"unknown policy tables: {sorted(unknown)} (expected policy.workers, policy.ps)")
+    keybroker = None
+    if "keybroker" in doc:
+        keybroker = _build(KeyBrokerRef, doc["keybroker"], "keybroker")
+        _check(":" in keybroker.address, "keybroker.address must be \"host:port\"")
+        if not keybroker.enroll_address:
+            keybroker = replace(keybroker, enroll_address=_default_enroll_address(keybroker.address))
     policies: dict[str, Policy] = {}
-    for role in ("workers", "ps"):
+    for role in ("workers", "ps", "keybroker") if keybroker else ("workers", "ps"):
         _check(role in raw_policies, f"[policy.{role}] is required: what parties demand of the {role}")
         try:
             policies[role] = Policy.from_dict(raw_policies[role])
         except PolicyError as e:
             raise ConfigError(f"[policy.{role}]: {e}") from e
     output = _build(Output, doc.get("output", {}), "output")
-    return Federation(str(name), tuple(parties), training, faults, attestation, policies, output)
+    return Federation(str(name), tuple(parties), training, faults, attestation, policies, output, keybroker)
 
 
 def _coerce(text: str) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,3 +82,34 @@ def party_context(federation: Federation, name: str, workdir: Path | None = None
         verifiers=make_verifiers(federation.attestation),
         decisions=DecisionLog(wd / "attestation.jsonl"),
     )
+
+
+def model_key(federation: Federation, ctx: PartyContext) -> bytes:
+    """The 32-byte model key for sealed storage, in memory only.
+
+    With a ``[keybroker]`` table, it is released by the key broker to this attested TD over
+    RA-TLS; otherwise (development) it is derived from the secret in ``output.secret_env``.
+    """
+    broker = federation.keybroker
+    if broker is not None:
+        from tdxfl.keybroker.client import fetch_key_for
+
+        return fetch_key_for(
+            ctx,
+            federation.policy_for("keybroker"),
+            broker.key,
+            broker.address,
+            broker.enroll_address,
+            broker_party=broker.name,
+            retries=federation.faults.connect_retries,
+            backoff_s=federation.faults.connect_backoff_s,
+        )
+    from tdxfl.store.keys import derive_store_key
+
+    secret = os.environ.get(federation.output.secret_env, "")
+    if not secret:
+        raise ConfigError(
+            f"no model key: configure a [keybroker], or (development) set the environment variable "
+            f"{federation.output.secret_env} to a secret the key is derived from"
+        )
+    return derive_store_key(secret, f"{federation.name}/model-store")

@@ -44,6 +44,11 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     pairs = {(a["verifier"], a["peer"]) for a in summary["attestation"] if a["result"] == "accepted"}
     assert {("ps", "worker-1"), ("ps", "worker-2"), ("worker-1", "ps"), ("worker-2", "ps")} <= pairs
     assert Path(summary["checkpoint"]).read_bytes().startswith(b"TDXFLSEAL")
+    # the model owner's trusted node unsealed the final model: same accuracy as the PS measured
+    assert summary["unsealed_accuracy"] == summary["accuracy"]
+    released = {(r["party"], r["key"]) for r in summary["key_releases"] if r["decision"] == "released"}
+    assert released == {("ps", "model"), ("worker-1", "model"), ("worker-2", "model")}
+    assert ("keybroker", "ps") in {(a["verifier"], a["peer"]) for a in summary["attestation"]}
     out = proc.stderr.decode()
     assert "SIMULATED" in out and "Attestation decisions" in out
 

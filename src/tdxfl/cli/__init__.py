@@ -16,9 +16,9 @@ def main(verbose: int) -> None:
 
 
 def _register() -> None:
-    from tdxfl.cli import attest, federation
+    from tdxfl.cli import attest, federation, keybroker, model, volume
 
-    for module in (federation, attest):
+    for module in (federation, attest, keybroker, model, volume):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -13,7 +13,8 @@ import numpy as np
 
 from tdxfl.config import Federation
 from tdxfl.core.records import TensorSet
-from tdxfl.party import PartyContext
+from tdxfl.party import PartyContext, model_key
+from tdxfl.store.model_store import SealedFileStore
 from tdxfl.transport.attested import AttestationRefused, AttestedChannel, connect
 from tdxfl.transport.proto import tdxfl_pb2 as pb
 from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
@@ -61,6 +62,7 @@ def run_worker(federation: Federation, ctx: PartyContext) -> WorkerResult:
     from tdxfl.ml.factory import make_adapter
 
     t = federation.training
+    store = SealedFileStore(ctx.workdir / "sealed", model_key(federation, ctx), label="worker-state")
     index = [w.name for w in federation.workers].index(ctx.name)
     data = load_dataset(t.dataset, t.data_path or None, seed=t.seed)
     shard = partition(data.y_train, len(federation.workers), t.partition, t.dirichlet_alpha, t.seed)[index]
@@ -72,6 +74,7 @@ def run_worker(federation: Federation, ctx: PartyContext) -> WorkerResult:
     batch_iter: Iterator[tuple[np.ndarray, np.ndarray]] = batches(x, y, t.batch_size, seed=t.seed + index)
     wire = t.wire_dtype if t.wire_dtype != "float32" else None
     steps = rejected = reconnects = 0
+    losses: list[float] = []
     version = -1
     while True:
         channel = connect_with_retry(federation, ctx)
@@ -82,6 +85,11 @@ def run_worker(federation: Federation, ctx: PartyContext) -> WorkerResult:
                 header, weights = decode_stream(stub.Pull(pb.PullRequest(after_version=version)))
                 if header.kind == "done":
                     log.info("worker %s: training finished after %d steps", ctx.name, steps)
+                    store.save(
+                        "training-log",
+                        TensorSet.from_arrays(["loss"], [np.asarray(losses, np.float32)]),
+                        {"steps": steps, "rejected": rejected, "samples": len(x)},
+                    )
                     return WorkerResult(steps, rejected, reconnects)
                 adapter.set_weights(as_dtype(weights, specs).arrays)
                 version = header.version
@@ -101,6 +109,7 @@ def run_worker(federation: Federation, ctx: PartyContext) -> WorkerResult:
                     encode_stream(kind, version, update, num_samples=samples, metrics=metrics, wire_dtype=wire)
                 )
                 steps += 1
+                losses.append(float(metrics["loss"]))
                 if not reply.accepted:
                     rejected += 1
                     log.warning("worker %s: update for version %d refused: %s", ctx.name, version, reply.reason)

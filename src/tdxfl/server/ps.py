@@ -4,19 +4,17 @@ aggregate, evaluate every round, checkpoint into sealed storage."""
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tdxfl.config import ConfigError, Federation
+from tdxfl.config import Federation
 from tdxfl.core.optimizers import make_optimizer
 from tdxfl.core.strategy import FedAvg, Strategy, SyncGradients
-from tdxfl.party import PartyContext
+from tdxfl.party import PartyContext, model_key
 from tdxfl.server.metrics import MetricsRecorder, RoundMetrics
 from tdxfl.server.rounds import RoundState
 from tdxfl.server.service import ParameterServerService
-from tdxfl.store.keys import derive_store_key
 from tdxfl.store.model_store import SealedFileStore
 from tdxfl.transport.attested import AttestedServer, role_table
 from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
@@ -37,17 +35,6 @@ class TrainingResult:
     wall_s: float
 
 
-def store_key(federation: Federation) -> bytes:
-    """The sealed-store key, derived from the secret in ``output.secret_env`` (never logged)."""
-    secret = os.environ.get(federation.output.secret_env, "")
-    if not secret:
-        raise ConfigError(
-            f"no model secret: set the environment variable {federation.output.secret_env} "
-            "(checkpoints are sealed with a key derived from it)"
-        )
-    return derive_store_key(secret, f"{federation.name}/model-store")
-
-
 def make_strategy(federation: Federation, trainable: list[bool]) -> Strategy:
     """The aggregation strategy for ``training.mode``."""
     t = federation.training
@@ -63,7 +50,7 @@ def run_parameter_server(federation: Federation, ctx: PartyContext, *, live: boo
 
     t = federation.training
     started = time.monotonic()
-    store = SealedFileStore(ctx.workdir / "checkpoints", store_key(federation), label="checkpoint")
+    store = SealedFileStore(ctx.workdir / "checkpoints", model_key(federation, ctx), label="checkpoint")
     data = load_dataset(t.dataset, t.data_path or None, seed=t.seed)
     adapter = make_adapter(t.framework, t.model, data.input_shape, data.num_classes, seed=t.seed)
     weights = adapter.get_tensor_set()
@@ -124,7 +111,10 @@ def run_parameter_server(federation: Federation, ctx: PartyContext, *, live: boo
                         rejected=rejected,
                     )
                 )
-                meta = {"round": r, "version": version, "accuracy": accuracy, "loss": loss, "model": t.model}
+                meta = {
+                    "round": r, "version": version, "accuracy": accuracy, "loss": loss, "model": t.model,
+                    "framework": t.framework, "input_shape": list(data.input_shape), "num_classes": data.num_classes,
+                }
                 if federation.output.checkpoint_every and r % federation.output.checkpoint_every == 0:
                     store.save(f"round-{r:04d}", weights, meta)
                 if t.target_accuracy and accuracy >= t.target_accuracy:
