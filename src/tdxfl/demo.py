@@ -29,6 +29,8 @@ from tdxfl.attestation.decisions import DecisionLog
 from tdxfl.attestation.simulated import code_measurement
 
 WORKERS = ("worker-1", "worker-2")
+#: the demo keystore's passphrase (random unless this variable is set)
+PASSPHRASE_ENV = "TDXFL_DEMO_KEYSTORE_PASSPHRASE"
 _console = Console(stderr=True)
 
 
@@ -191,16 +193,16 @@ def run_demo(workdir: Path | None = None, *, mode: str = "sync-gradients", overr
     (workdir / "broker.toml").write_text(broker, encoding="utf-8")
     fed_file = workdir / "federation.toml"
     fed_file.write_text(demo_federation(workdir, mode, broker), encoding="utf-8")
-    passphrase = secrets.token_urlsafe(24)
+    passphrase = os.environ.get(PASSPHRASE_ENV) or secrets.token_urlsafe(24)
     _create_model_key(workdir, broker, passphrase)
-    env = {**os.environ, "TDXFL_DEMO_KEYSTORE_PASSPHRASE": passphrase, "GRPC_VERBOSITY": "ERROR", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, PASSPHRASE_ENV: passphrase, "GRPC_VERBOSITY": "ERROR", "TF_CPP_MIN_LOG_LEVEL": "3"}
     sets = [a for o in overrides for a in ("--set", o)]
     common = ["-f", str(fed_file), *sets]
     _console.print(f"[bold]tdxfl demo[/]: key broker + parameter server + {len(WORKERS)} workers, mode {mode}, run dir {workdir}")
     _console.print("[yellow]All parties run in SIMULATED TDs: the attestation flow is real, the evidence is not.[/]")
     procs: dict[str, subprocess.Popen[bytes]] = {
         "keybroker": _spawn(
-            ["keybroker", "--config", str(workdir / "broker.toml"), "--passphrase-env", "TDXFL_DEMO_KEYSTORE_PASSPHRASE"],
+            ["keybroker", "--config", str(workdir / "broker.toml"), "--passphrase-env", PASSPHRASE_ENV],
             workdir / "keybroker.log", env,
         ),
         "ps": _spawn(

@@ -7,10 +7,12 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-from tdxfl.demo import demo_federation
+from tdxfl.demo import PASSPHRASE_ENV, demo_federation
+from tdxfl.keybroker.keystore import Keystore
 
 ENV = {**os.environ, "GRPC_VERBOSITY": "ERROR", "TF_CPP_MIN_LOG_LEVEL": "3", "TDXFL_MODEL_SECRET": "test-only secret"}
 
@@ -31,9 +33,10 @@ def wait_for(predicate, timeout: float) -> bool:  # type: ignore[no-untyped-def]
 
 def test_demo_end_to_end(tmp_path: Path) -> None:
     summary_file = tmp_path / "summary.json"
+    passphrase = "test-only keystore passphrase"
     proc = subprocess.run(
         [sys.executable, "-m", "tdxfl", "demo", "--workdir", str(tmp_path / "run"), "--summary-json", str(summary_file)],
-        env=ENV, capture_output=True, timeout=300,
+        env={**ENV, PASSPHRASE_ENV: passphrase}, capture_output=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     summary = json.loads(summary_file.read_text())
@@ -51,6 +54,14 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert ("keybroker", "ps") in {(a["verifier"], a["peer"]) for a in summary["attestation"]}
     out = proc.stderr.decode()
     assert "SIMULATED" in out and "Attestation decisions" in out
+    # the model key never reached the disk outside the broker's sealed keystore, nor the output
+    key = Keystore.open(tmp_path / "run" / "keybroker" / "keystore", passphrase=passphrase).get("model").key
+    needles = [key, key.hex().encode(), key.hex().upper().encode()]
+    for f in [*tmp_path.rglob("*"), *Path(tempfile.gettempdir()).glob("*")]:
+        if f.is_file() and f.stat().st_size < 200 << 20:
+            data = f.read_bytes()
+            assert not any(n in data for n in needles), f"model key found in {f}"
+    assert not any(n.decode(errors="ignore") in out for n in needles[1:])
 
 
 def _federation(tmp_path: Path) -> Path:
