@@ -49,40 +49,37 @@ fi
 # --- virtme-ng ---------------------------------------------------------------------------
 if [[ ! -x $(dirname "$python")/vng ]]; then
     log "installing virtme-ng into $(dirname "$(dirname "$python")")"
-    "$python" -m pip install -q --disable-pip-version-check 'virtme-ng>=1.30'
+    "$python" -m pip install -q --disable-pip-version-check 'virtme-ng==1.42'
 fi
 
 # --- the Debian kernel -------------------------------------------------------------------
 resolve_version() {
-    local dep
-    dep=$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: linux-image-\(.*-amd64\)$/\1/p' | head -n1)
-    printf '%s' "$dep"
+    apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: linux-image-\(.*-amd64\)$/\1/p' | head -n1
 }
 version=${TDXFL_VM_KERNEL:-}
-if [[ -z $version ]]; then
-    # Reuse what is cached (no network) when it is complete; otherwise ask apt.
-    if [[ -f $cache/current ]] && [[ -f $cache/$(cat "$cache/current")/.complete ]]; then
-        version=$(cat "$cache/current")
-    else
-        version=$(resolve_version)
-        if [[ -z $version ]]; then
-            apt_update_once
-            version=$(resolve_version)
-        fi
-    fi
+if [[ -z $version ]] && [[ -f $cache/current ]] && [[ -f $cache/$(cat "$cache/current")/.complete ]]; then
+    version=$(cat "$cache/current")  # reuse what is cached: no network
 fi
-[[ -n $version ]] || { log "cannot resolve the Debian kernel version (apt-cache depends linux-image-amd64)"; exit 1; }
 
-dest=$cache/$version
-if [[ ! -f $dest/.complete ]]; then
-    log "fetching linux-image-$version"
+fetch_kernel() {  # download linux-image-$version into $work; 1 if apt cannot
+    (cd "$work" && apt-get download -qq "linux-image-$version" >/dev/null 2>&1)
+}
+if [[ -z $version ]] || [[ ! -f $cache/$version/.complete ]]; then
     mkdir -p "$cache"
     work=$(mktemp -d "$cache/.work.XXXXXX")
     trap 'rm -rf "$work"' EXIT
-    if ! (cd "$work" && apt-get download -qq "linux-image-$version" >/dev/null 2>&1); then
+    [[ -n $version ]] || version=$(resolve_version)
+    if [[ -z $version ]] || ! fetch_kernel; then
+        # Stale or missing package lists (Debian drops superseded kernel ABIs): refresh, retry.
         apt_update_once
-        (cd "$work" && apt-get download -qq "linux-image-$version" >/dev/null)
+        [[ -n ${TDXFL_VM_KERNEL:-} ]] || version=$(resolve_version)
+        [[ -n $version ]] || { log "cannot resolve the Debian kernel (apt-cache depends linux-image-amd64)"; exit 1; }
+        fetch_kernel || { log "cannot download linux-image-$version"; exit 1; }
     fi
+fi
+dest=$cache/$version
+if [[ ! -f $dest/.complete ]]; then
+    log "unpacking linux-image-$version"
     dpkg-deb -x "$work"/linux-image-"$version"_*.deb "$work/root"
     moddir=$work/root/lib/modules/$version
     # Prune: keep only the modules the guest loads (virtme-ng's 9p/overlay/virtio root, the
@@ -97,17 +94,16 @@ if [[ ! -f $dest/.complete ]]; then
         cryptd crypto_simd hmac sha256_generic sha256-ssse3 sha512_generic sha512-ssse3
         algif_skcipher algif_hash algif_aead af_alg
     )
-    declare -A keep=()
-    # modules.dep lines: "kernel/path/mod.ko: kernel/dep1.ko kernel/dep2.ko"
+    declare -A want=() keep=()
+    for w in "${wanted[@]}"; do want[${w//-/_}]=1; done
+    # modules.dep lines: "kernel/path/mod.ko[.xz]: kernel/dep1.ko ..." (dependencies are transitive)
     while IFS= read -r line; do
         mod=${line%%:*}
-        base=$(basename "$mod"); base=${base%%.ko*}
-        for w in "${wanted[@]}"; do
-            if [[ ${base//-/_} == "${w//-/_}" ]]; then
-                keep[$mod]=1
-                for dep in ${line#*:}; do keep[$dep]=1; done
-            fi
-        done
+        base=${mod##*/}; base=${base%%.ko*}
+        if [[ -n ${want[${base//-/_}]:-} ]]; then
+            keep[$mod]=1
+            for dep in ${line#*:}; do keep[$dep]=1; done
+        fi
     done <"$moddir/modules.dep"
     while IFS= read -r -d '' ko; do
         rel=${ko#"$moddir"/}

@@ -202,6 +202,13 @@ def _default_enroll_address(address: str) -> str:
     return f"{host}:{int(port) + 1}"
 
 
+def parse_attestation(table: Any) -> Attestation:
+    """Validate an ``[attestation]`` table (shared by federation and key-broker files)."""
+    attestation: Attestation = _build(Attestation, table, "attestation")
+    _check(attestation.mode in ("tdx", "simulated"), f"attestation.mode must be 'tdx' or 'simulated', got {attestation.mode!r}")
+    return attestation
+
+
 def parse_federation(doc: Mapping[str, Any]) -> Federation:
     """Validate a parsed TOML document into a Federation."""
     allowed = {"federation", "party", "training", "faults", "attestation", "policy", "output", "keybroker"}
@@ -233,8 +240,7 @@ def parse_federation(doc: Mapping[str, Any]) -> Federation:
     _check(faults.max_concurrent_updates >= 1, "faults.max_concurrent_updates must be at least 1")
     n_workers = sum(p.role == "worker" for p in parties)
     _check(0 <= faults.quorum <= n_workers, f"faults.quorum must be between 1 and the {n_workers} workers (0 = all)")
-    attestation = _build(Attestation, doc.get("attestation", {}), "attestation")
-    _check(attestation.mode in ("tdx", "simulated"), f"attestation.mode must be 'tdx' or 'simulated', got {attestation.mode!r}")
+    attestation = parse_attestation(doc.get("attestation", {}))
     raw_policies = doc.get("policy", {})
     _check(isinstance(raw_policies, Mapping), "[policy] must be a table of tables")
     unknown = set(raw_policies) - {"workers", "ps", "keybroker"}

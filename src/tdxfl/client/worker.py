@@ -15,9 +15,10 @@ from tdxfl.config import Federation
 from tdxfl.core.records import TensorSet
 from tdxfl.party import PartyContext, model_key
 from tdxfl.store.model_store import SealedFileStore
-from tdxfl.transport.attested import AttestationRefused, AttestedChannel, connect
+from tdxfl.transport.attested import AttestedChannel, connect
 from tdxfl.transport.proto import tdxfl_pb2 as pb
 from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
+from tdxfl.transport.retry import with_backoff
 from tdxfl.transport.tensors import as_dtype, decode_stream, encode_stream
 
 log = logging.getLogger(__name__)
@@ -33,27 +34,19 @@ class WorkerResult:
 
 
 def connect_with_retry(federation: Federation, ctx: PartyContext) -> AttestedChannel:
-    """Attested connection to the PS, retrying unreachable servers with exponential backoff.
+    """Attested connection to the PS, retrying an unreachable server with exponential backoff.
 
     A refusal (either side's attestation) is final and raised at once.
     """
     ps, f = federation.ps, federation.faults
-    delay = f.connect_backoff_s
-    for attempt in range(1, f.connect_retries + 1):
-        try:
-            return connect(
-                ctx.name, "worker", ctx.attester, ctx.peer_verifier(federation, "ps"),
-                ps.name, ps.address, ps.enroll_address,
-            )
-        except AttestationRefused:
-            raise
-        except (OSError, grpc.RpcError) as e:
-            if attempt == f.connect_retries:
-                raise ConnectionError(f"parameter server {ps.address} unreachable after {attempt} attempts: {e}") from e
-            log.info("parameter server not reachable (%s); retry %d in %.1fs", type(e).__name__, attempt, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 10.0)
-    raise AssertionError("unreachable")
+    return with_backoff(
+        lambda: connect(
+            ctx.name, "worker", ctx.attester, ctx.peer_verifier(federation, "ps"), ps.name, ps.address, ps.enroll_address
+        ),
+        what=f"parameter server {ps.address}",
+        retries=f.connect_retries,
+        backoff_s=f.connect_backoff_s,
+    )
 
 
 def run_worker(federation: Federation, ctx: PartyContext) -> WorkerResult:

@@ -8,7 +8,6 @@ refusal by either side -- attestation or the key's release policy -- is final an
 from __future__ import annotations
 
 import logging
-import time
 
 import grpc
 
@@ -18,6 +17,7 @@ from tdxfl.attestation.ratls import PeerVerifier
 from tdxfl.party import PartyContext
 from tdxfl.store.sealed import KEY_SIZE
 from tdxfl.transport.attested import AttestationRefused, connect
+from tdxfl.transport.retry import is_transient, with_backoff
 from tdxfl.transport.proto import keybroker_pb2 as kb
 from tdxfl.transport.proto import keybroker_pb2_grpc as kb_grpc
 
@@ -25,7 +25,6 @@ __all__ = ["DEFAULT_BROKER_PARTY", "BrokerUnavailable", "KeyRefused", "fetch_key
 
 log = logging.getLogger(__name__)
 DEFAULT_BROKER_PARTY = "keybroker"
-_TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
 class KeyRefused(PermissionError):
@@ -89,30 +88,30 @@ def fetch_key(
     ``backoff_s`` doubling up to ``max_backoff_s``; then BrokerUnavailable. Raises KeyRefused
     when the broker refuses the key, AttestationRefused when either side refuses attestation.
     """
-    delay = backoff_s
-    last: Exception | None = None
-    for attempt in range(retries + 1):
+    def attempt() -> bytes:
         try:
-            key = _fetch_once(
+            return _fetch_once(
                 party, role, attester, verifier, key_name, broker_address, enroll_address, broker_party, timeout
             )
-            log.info("fetched key %r from key broker %s", key_name, broker_party)
-            return key
-        except (KeyRefused, AttestationRefused):
-            raise
         except grpc.RpcError as e:
-            code = e.code() if isinstance(e, grpc.Call) else None
-            if code not in _TRANSIENT:
-                details = e.details() if isinstance(e, grpc.Call) else str(e)
-                raise KeyRefused(key_name, f"broker answered {code.name if code else 'error'}: {details}") from None
-            last = e
-        except OSError as e:  # connection refused / reset while fetching the broker's certificate
-            last = e
-        if attempt < retries:
-            log.info("key broker %s unreachable (%s); retry %d/%d in %.1fs", broker_address, last, attempt + 1, retries, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, max_backoff_s)
-    raise BrokerUnavailable(f"key broker at {broker_address} (enrollment {enroll_address}) unreachable after {retries + 1} attempts: {last}")
+            if is_transient(e):
+                raise
+            details = e.details() if isinstance(e, grpc.Call) else str(e)
+            code = e.code().name if isinstance(e, grpc.Call) else "error"
+            raise KeyRefused(key_name, f"broker answered {code}: {details}") from None
+
+    try:
+        key = with_backoff(
+            attempt,
+            what=f"key broker at {broker_address} (enrollment {enroll_address})",
+            retries=retries,
+            backoff_s=backoff_s,
+            max_backoff_s=max_backoff_s,
+        )
+    except ConnectionError as e:
+        raise BrokerUnavailable(str(e)) from e
+    log.info("fetched key %r from key broker %s", key_name, broker_party)
+    return key
 
 
 def fetch_key_for(

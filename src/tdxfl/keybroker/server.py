@@ -33,7 +33,7 @@ import signal
 import threading
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from tdxfl.attestation.decisions import DecisionLog
 from tdxfl.attestation.interfaces import Attester, Verifier
 from tdxfl.attestation.policy import Policy, PolicyError
 from tdxfl.attestation.ratls import PeerVerifier
-from tdxfl.config import Attestation, ConfigError, SimulatedTdConfig, TdxConfig
+from tdxfl.config import Attestation, ConfigError, parse_attestation
 from tdxfl.keybroker.audit import AuditLog
 from tdxfl.keybroker.keystore import Keystore
 from tdxfl.keybroker.service import KeyBrokerService
@@ -68,37 +68,6 @@ class BrokerConfig:
     policy: Policy
     key_file: Path | None = None
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
-
-
-def _dataclass_from(cls: type, table: Any, where: str) -> Any:
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"[{where}] must be a table")
-    known = {f.name for f in fields(cls)}
-    unknown = set(table) - known
-    if unknown:
-        raise ConfigError(f"unknown keys in [{where}]: {', '.join(sorted(unknown))}")
-    defaults = cls()
-    for key, value in table.items():
-        default = getattr(defaults, key)
-        if not isinstance(value, type(default)):
-            raise ConfigError(f"{where}.{key} must be {type(default).__name__}, got {value!r}")
-    return cls(**table)
-
-
-def _attestation(table: Any) -> Attestation:
-    if not isinstance(table, Mapping):
-        raise ConfigError("[attestation] must be a table")
-    unknown = set(table) - {"mode", "simulated", "tdx"}
-    if unknown:
-        raise ConfigError(f"unknown keys in [attestation]: {', '.join(sorted(unknown))}")
-    mode = table.get("mode", "tdx")
-    if mode not in ("tdx", "simulated"):
-        raise ConfigError(f"attestation.mode must be 'tdx' or 'simulated', got {mode!r}")
-    return Attestation(
-        mode=mode,
-        simulated=_dataclass_from(SimulatedTdConfig, table.get("simulated", {}), "attestation.simulated"),
-        tdx=_dataclass_from(TdxConfig, table.get("tdx", {}), "attestation.tdx"),
-    )
 
 
 def parse_broker_config(doc: Mapping[str, Any], base: Path = Path(".")) -> BrokerConfig:
@@ -149,7 +118,7 @@ def parse_broker_config(doc: Mapping[str, Any], base: Path = Path(".")) -> Broke
         keystore=path(b["keystore"]),
         audit_log=audit_log,
         decisions_log=path(b["decisions_log"]) if b.get("decisions_log") else audit_log.with_name("attestation.jsonl"),
-        attestation=_attestation(doc.get("attestation", {})),
+        attestation=parse_attestation(doc.get("attestation", {})),
         enroll=dict(enroll),
         policy=policy,
         key_file=path(b["key_file"]) if b.get("key_file") else None,

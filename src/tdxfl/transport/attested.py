@@ -48,7 +48,7 @@ GRPC_OPTIONS = [
 ]
 
 
-class AttestationRefused(ConnectionError):
+class AttestationRefused(Exception):
     """A peer refused us, or we refused a peer; the message says who and why."""
 
 
