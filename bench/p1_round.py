@@ -49,12 +49,18 @@ WORKERS = ("worker-1", "worker-2")
 PARTY_KEY = "x-bench-party"
 
 
-class WireFrame(bytes):
-    """An already serialized ``TensorFrame`` (``RoundState.frames_after`` sums ``len(f.chunk)``)."""
+class WireFrame:
+    """An already serialized ``TensorFrame``: ``raw`` goes on the wire as is; ``chunk`` only
+    feeds ``RoundState.frames_after``'s byte count."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
 
     @property
     def chunk(self) -> bytes:
-        return self
+        return self.raw
 
 
 def _varint(n: int) -> bytes:
@@ -99,6 +105,10 @@ def encode_serialized(kind: str, version: int, tensors: Any, chunk_bytes: int = 
     return out
 
 
+def _raw(frame: WireFrame) -> bytes:
+    return frame.raw
+
+
 def add_preserialized_servicer(service: Any, server: Any) -> None:
     """Register ``service`` with Pull's responses passed through unserialized (they are WireFrames)."""
     import grpc
@@ -109,7 +119,7 @@ def add_preserialized_servicer(service: Any, server: Any) -> None:
         "Join": grpc.unary_unary_rpc_method_handler(
             service.Join, request_deserializer=pb.JoinRequest.FromString, response_serializer=pb.JoinReply.SerializeToString),
         "Pull": grpc.unary_stream_rpc_method_handler(
-            service.Pull, request_deserializer=pb.PullRequest.FromString, response_serializer=None),
+            service.Pull, request_deserializer=pb.PullRequest.FromString, response_serializer=_raw),
         "Push": grpc.stream_unary_rpc_method_handler(
             service.Push, request_deserializer=pb.TensorFrame.FromString, response_serializer=pb.PushReply.SerializeToString),
     }),))
@@ -209,7 +219,7 @@ def ps_main(args: argparse.Namespace) -> None:
                 frames = list(encode_stream("weights", v, weights))
             t1 = time.monotonic()
             rounds.publish(v, frames)
-            step = rounds.collect(len(WORKERS), 300.0, fail_on_timeout=True, grace=0.0)
+            step = rounds.collect(len(WORKERS), 90.0, fail_on_timeout=True, grace=0.0)
             t2 = time.monotonic()
             assert sorted(step.contributors) == sorted(WORKERS), step
             del frames, step

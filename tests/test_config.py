@@ -15,11 +15,12 @@ MRTD = "ab" * 48
 
 
 def test_example_federation_file_loads_once_measurements_are_filled_in() -> None:
-    fed = load_federation(EXAMPLE, [f'policy.workers.mrtd="{MRTD}"', f'policy.ps.mrtd="{MRTD}"'])
+    fed = load_federation(EXAMPLE, [f'policy.{p}.mrtd="{MRTD}"' for p in ("workers", "ps", "keybroker")])
     assert fed.ps.address == "10.0.0.10:50051" and [w.name for w in fed.workers] == ["worker-1", "worker-2"]
     assert fed.training.model == "resnet50" and fed.training.mode == "sync-gradients"
     assert fed.policy_for("workers").requires_real_tdx and not fed.policy_for("workers").allow_debug
     assert fed.attestation.mode == "tdx" and fed.quorum == 2
+    assert fed.keybroker is not None and fed.keybroker.key == "model" and fed.output.seal_metrics
 
 
 def test_placeholder_measurement_is_refused() -> None:

@@ -106,6 +106,7 @@ class Output:
     dir: str = "runs/federation"
     checkpoint_every: int = 1
     secret_env: str = "TDXFL_MODEL_SECRET"
+    seal_metrics: bool = False
 
 
 @dataclass(frozen=True)

@@ -103,3 +103,21 @@ def test_pytorch_workers_and_ps_train_together(make_federation: Callable[..., Fe
     result = out["ps"]
     assert isinstance(result, TrainingResult), result
     assert result.accuracy > 0.8
+
+
+def test_sealed_metrics_leave_nothing_in_the_clear(make_federation: Callable[..., Federation]) -> None:
+    from tdxfl.party import model_key
+    from tdxfl.store.sealed import read_sealed_bytes
+
+    fed = make_federation(training={"rounds": 2, "steps_per_round": 5}, output={"seal_metrics": True})
+    out = run_federation(fed, ["worker-1", "worker-2"])
+    assert isinstance(out["ps"], TrainingResult), out["ps"]
+    ctx = party_context(fed, "ps")
+    files = {p.name for p in ctx.workdir.rglob("*") if p.is_file()}
+    assert "metrics.jsonl" not in files and "training.png" not in files
+    key = model_key(fed, ctx)
+    lines = read_sealed_bytes(ctx.workdir / "metrics.jsonl.sealed", key, label="metrics").decode().splitlines()
+    assert len(lines) == 2 and '"accuracy"' in lines[0]
+    assert read_sealed_bytes(ctx.workdir / "training.png.sealed", key, label="metrics").startswith(b"\x89PNG")
+    worker_files = {p.name for p in party_context(fed, "worker-1").workdir.rglob("*") if p.is_file()}
+    assert worker_files == {"attestation.jsonl", "training-log.sealed"}

@@ -36,15 +36,17 @@ def _load(path: Path, overrides: tuple[str, ...]) -> Federation:
 @click.option("--no-live", is_flag=True, help="No live progress display.")
 def ps(federation_file: Path, overrides: tuple[str, ...], name: str | None, workdir: Path | None, no_live: bool) -> None:
     """Run the parameter server."""
+    from tdxfl.keybroker.client import KeyRefused
     from tdxfl.party import party_context
     from tdxfl.server.ps import run_parameter_server
     from tdxfl.server.rounds import FederationError
+    from tdxfl.transport.attested import AttestationRefused
 
     fed = _load(federation_file, overrides)
     ctx = party_context(fed, name or fed.ps.name, workdir)
     try:
         result = run_parameter_server(fed, ctx, live=not no_live)
-    except (FederationError, ConfigError) as e:
+    except (FederationError, ConfigError, AttestationRefused, KeyRefused, ConnectionError) as e:
         click.echo(f"tdxfl ps: {e}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
@@ -62,6 +64,7 @@ def ps(federation_file: Path, overrides: tuple[str, ...], name: str | None, work
 def worker(federation_file: Path, overrides: tuple[str, ...], name: str, workdir: Path | None) -> None:
     """Run a worker."""
     from tdxfl.client.worker import run_worker
+    from tdxfl.keybroker.client import KeyRefused
     from tdxfl.party import party_context
     from tdxfl.transport.attested import AttestationRefused
 
@@ -69,7 +72,7 @@ def worker(federation_file: Path, overrides: tuple[str, ...], name: str, workdir
     ctx = party_context(fed, name, workdir)
     try:
         result = run_worker(fed, ctx)
-    except (AttestationRefused, ConnectionError) as e:
+    except (AttestationRefused, KeyRefused, ConnectionError, ConfigError) as e:
         click.echo(f"tdxfl worker {name}: {e}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:

@@ -230,6 +230,25 @@ def unseal(
         click.echo(f"wrote {path}")
 
 
+@click.command("unseal-file")
+@click.argument("sealed", type=_FILE)
+@_with_keystore_opts
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False, path_type=Path))
+def unseal_file(
+    sealed: Path, keystore: Path, key_name: str, key_file: Path | None, passphrase_env: str | None, label: str, out_file: Path
+) -> None:
+    """Unseal any sealed file (e.g. metrics.jsonl.sealed with --label metrics) into OUT."""
+    from tdxfl.store.sealed import SealedFileError, read_sealed_bytes
+
+    key = _key_from_keystore(keystore, key_name, key_file, passphrase_env)
+    try:
+        data = read_sealed_bytes(sealed, key, label=label)
+    except SealedFileError as e:
+        raise click.ClickException(f"{sealed}: {e}") from e
+    out_file.write_bytes(data)
+    click.echo(f"wrote {out_file}")
+
+
 @click.command()
 @click.argument("sealed", type=_FILE)
 @_with_keystore_opts
@@ -260,4 +279,4 @@ def export(
     click.echo(f"wrote {path}")
 
 
-COMMANDS = [unseal, export]
+COMMANDS = [unseal, unseal_file, export]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
@@ -27,11 +29,19 @@ class RoundMetrics:
     rejected: int
 
 
-class MetricsRecorder:
-    """Appends rounds to ``metrics.jsonl``, shows progress, and plots at the end."""
+Sealer = Callable[[Path, bytes], None]
 
-    def __init__(self, path: Path, total_rounds: int, *, live: bool = True) -> None:
+
+class MetricsRecorder:
+    """Appends rounds to ``metrics.jsonl``, shows progress, and plots at the end.
+
+    With ``seal`` (e.g. ``output.seal_metrics``), nothing is written in the clear: the metrics
+    file and the plot go through ``seal(path, data)`` as ``<name>.sealed`` instead.
+    """
+
+    def __init__(self, path: Path, total_rounds: int, *, live: bool = True, seal: Sealer | None = None) -> None:
         self.path = path
+        self._seal = seal
         self.rounds: list[RoundMetrics] = []
         self._console = Console(stderr=True)
         self._progress = Progress(
@@ -59,8 +69,13 @@ class MetricsRecorder:
     def record(self, m: RoundMetrics) -> None:
         """Persist and display one round."""
         self.rounds.append(m)
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(asdict(m)) + "\n")
+        line = json.dumps(asdict(m)) + "\n"
+        if self._seal is None:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(line)
+        else:
+            text = "".join(json.dumps(asdict(r)) + "\n" for r in self.rounds)
+            self._seal(self.path.with_name(self.path.name + ".sealed"), text.encode())
         self._progress.update(
             self._task,
             advance=1,
@@ -87,5 +102,10 @@ class MetricsRecorder:
         ax2.set(xlabel="round", ylabel="loss", title="Loss")
         ax2.legend()
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=100)
         plt.close(fig)
+        if self._seal is None:
+            path.write_bytes(png.getvalue())
+        else:
+            self._seal(path.with_name(path.name + ".sealed"), png.getvalue())

@@ -16,6 +16,7 @@ from tdxfl.server.metrics import MetricsRecorder, RoundMetrics
 from tdxfl.server.rounds import RoundState
 from tdxfl.server.service import ParameterServerService
 from tdxfl.store.model_store import SealedFileStore
+from tdxfl.store.sealed import seal_file
 from tdxfl.transport.attested import AttestedServer, role_table
 from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
 from tdxfl.transport.tensors import encode_stream
@@ -50,7 +51,13 @@ def run_parameter_server(federation: Federation, ctx: PartyContext, *, live: boo
 
     t = federation.training
     started = time.monotonic()
-    store = SealedFileStore(ctx.workdir / "checkpoints", model_key(federation, ctx), label="checkpoint")
+    key = model_key(federation, ctx)
+    store = SealedFileStore(ctx.workdir / "checkpoints", key, label="checkpoint")
+
+    def seal_metrics(path: Path, data: bytes) -> None:
+        seal_file(path, key, data, label="metrics")
+
+    sealer = seal_metrics if federation.output.seal_metrics else None
     data = load_dataset(t.dataset, t.data_path or None, seed=t.seed)
     adapter = make_adapter(t.framework, t.model, data.input_shape, data.num_classes, seed=t.seed)
     weights = adapter.get_tensor_set()
@@ -75,7 +82,7 @@ def run_parameter_server(federation: Federation, ctx: PartyContext, *, live: boo
     metrics_path.unlink(missing_ok=True)
     loss = accuracy = float("nan")
     try:
-        with MetricsRecorder(metrics_path, t.rounds, live=live) as recorder:
+        with MetricsRecorder(metrics_path, t.rounds, live=live, seal=sealer) as recorder:
             rounds.wait_for_workers(federation.quorum, f.join_timeout_s)
             for r in range(1, t.rounds + 1):
                 recorder.status(f"training round {r}")
