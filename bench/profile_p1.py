@@ -30,10 +30,11 @@ def summarize(raw: Path, top: int) -> str:
             continue
         n = int(count)
         frames = stack.split(";")
-        proc = "worker" if "worker" in frames[0] else "ps"
+        procs = [f for f in frames if f.startswith("process ")]
+        proc = "worker" if procs and " worker " in procs[-1] else "ps"
         totals[proc] += n
         funcs = [f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].rsplit("/", 1)[-1] + ")" if " (" in f else f
-                 for f in frames[1:]]
+                 for f in frames if not f.startswith("process ")]
         if funcs:
             by_proc[proc][funcs[-1]] += n
         for f in set(funcs):
@@ -50,7 +51,13 @@ def summarize(raw: Path, top: int) -> str:
     return "\n".join(out)
 
 
+def _cli_summary() -> None:
+    print(summarize(Path(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 15))
+
+
 def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "summarize":  # re-summarize a saved raw profile
+        return _cli_summary()
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--out", default=str(REPO / "bench" / "profiles"))
