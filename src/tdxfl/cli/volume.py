@@ -4,9 +4,9 @@ The volume key is never typed by a person, never on the command line and never i
 :func:`resolve_key` takes it from ``--key-fd N`` (raw bytes read to end of file from an
 inherited pipe, the way a supervisor hands it over) or ``--key-env VAR`` (hex in an
 environment variable, for tests and development; the variable is removed from this process's
-environment once read so that cryptsetup and mount do not inherit it). Once the key broker
-exists, it becomes the default source when neither option is given (see
-:func:`fetch_key_from_broker`).
+environment once read so that cryptsetup and mount do not inherit it). When neither is
+given, :func:`fetch_key_from_broker` is the hook for the key broker (it refuses until it is
+wired to :mod:`tdxfl.keybroker.client`).
 
 Example (a test)::
 
@@ -40,14 +40,17 @@ def parse_size(text: str) -> int:
 
 
 def fetch_key_from_broker(volume_id: str) -> bytes:
-    """Hook for the key broker (not built yet): return the key of volume ``volume_id``.
+    """Hook for the key broker: return the key of volume ``volume_id`` (not wired in yet).
 
-    When the broker exists this will attest this TD to it over RA-TLS and receive the key in
-    memory. Until then it refuses, so that no command silently falls back to a weaker source.
+    The wiring: load the party's federation file, build its PartyContext and call
+    :func:`tdxfl.keybroker.client.fetch_key_for` (RA-TLS: this TD attests itself, the broker is
+    checked against ``[policy.keybroker]``) with a key name derived from ``volume_id``; the
+    32-byte key then stays in memory. Until that is done this refuses, so that no command
+    silently falls back to a weaker source.
     """
     raise click.UsageError(
         f"no key source for volume {volume_id!r}: pass --key-fd N (a pipe) or --key-env VAR (hex, tests only); "
-        "the key broker is not available yet"
+        "fetching volume keys from the key broker is not wired into this command yet"
     )
 
 
@@ -86,7 +89,7 @@ def resolve_key(
     * ``key_fd``: read raw bytes to end of file from that inherited descriptor (then close it);
     * ``key_env``: hex in that environment variable, which is then *removed* from ``environ``
       (default ``os.environ``) so child processes never inherit it;
-    * neither: ``broker(volume_id)`` (the key broker hook; refuses until the broker exists).
+    * neither: ``broker(volume_id)`` (the key broker hook; refuses until it is wired in).
 
     The key must be 32 to 8192 bytes. Error messages never contain key material.
     """
