@@ -35,6 +35,12 @@ def ps_main(args: argparse.Namespace) -> None:
     from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
     from tdxfl.transport.tensors import encode_stream
 
+    if args.server_opt:  # experiment: extra gRPC server channel args (e.g. grpc.http2.bdp_probe=0)
+        import tdxfl.transport.attested as att
+
+        extra = [(k, int(v)) for k, _, v in (o.partition("=") for o in args.server_opt)]
+        att.GRPC_OPTIONS = att.GRPC_OPTIONS + extra  # read by AttestedServer.__init__
+        log(f"P2 experiment: server options {extra}")
     workdir = Path(args.workdir)
     names = [f"w{i:02d}" for i in range(args.workers)]
     fed_path = write_federation(workdir, names)
@@ -143,6 +149,8 @@ def main() -> None:
     p.add_argument("--params", type=int, default=5_000_000)
     p.add_argument("--procs", type=int, default=4)
     p.add_argument("--workdir", required=True)
+    p.add_argument("--server-opt", action="append", default=[], metavar="KEY=INT",
+                   help="experiment: extra gRPC server option for the PS (repeatable)")
     w = sub.add_parser("worker")
     w.add_argument("--fed", required=True)
     w.add_argument("--names", required=True)

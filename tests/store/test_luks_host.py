@@ -235,7 +235,7 @@ def test_resolve_key_from_pipe() -> None:
         ({"key_env": "MISSING", "key_fd": None}, "not set"),
         ({"key_env": "BAD", "key_fd": None}, "does not hold hex"),
         ({"key_env": "SHORT", "key_fd": None}, "32 to 8192 bytes"),
-        ({"key_env": None, "key_fd": None}, "not wired into this command yet"),
+        ({"key_env": None, "key_fd": None}, "no key source for volume"),
     ],
 )
 def test_resolve_key_refusals(kwargs: dict[str, Any], message: str) -> None:
@@ -283,7 +283,7 @@ def test_cli_create_and_open_report_no_device_mapper(tmp_path: Path, cryptsetup:
 def test_cli_without_key_source_points_at_the_broker(tmp_path: Path) -> None:
     result = CliRunner().invoke(volume_cli.volume, ["create", str(tmp_path / "x.img"), "--size", "32M"])
     assert result.exit_code == 2
-    assert "not wired into this command yet" in result.output
+    assert "no key source for volume" in result.output
     assert not (tmp_path / "x.img").exists()
 
 

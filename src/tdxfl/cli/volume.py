@@ -5,8 +5,8 @@ The volume key is never typed by a person, never on the command line and never i
 inherited pipe, the way a supervisor hands it over) or ``--key-env VAR`` (hex in an
 environment variable, for tests and development; the variable is removed from this process's
 environment once read so that cryptsetup and mount do not inherit it). When neither is
-given, :func:`fetch_key_from_broker` is the hook for the key broker (it refuses until it is
-wired to :mod:`tdxfl.keybroker.client`).
+given, ``--federation FED.toml --party NAME`` has the key broker named in the federation file
+release key ``--broker-key`` (default ``volume``) to this attested TD over RA-TLS, into memory.
 
 Example (a test)::
 
@@ -25,7 +25,7 @@ import click
 
 from tdxfl.store.luks import KEY_MAX_BYTES, KEY_MIN_BYTES, Pbkdf, VolumeError, close_volume, create_volume, open_volume
 
-__all__ = ["COMMANDS", "fetch_key_from_broker", "parse_size", "resolve_key", "volume"]
+__all__ = ["COMMANDS", "broker_key_source", "no_key_source", "parse_size", "resolve_key", "volume"]
 
 _SIZE_RE = re.compile(r"(?i)\s*(\d+)\s*([kmgt]?)(?:i?b)?\s*")
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -39,19 +39,37 @@ def parse_size(text: str) -> int:
     return int(match.group(1)) * _UNITS[match.group(2).lower()]
 
 
-def fetch_key_from_broker(volume_id: str) -> bytes:
-    """Hook for the key broker: return the key of volume ``volume_id`` (not wired in yet).
-
-    The wiring: load the party's federation file, build its PartyContext and call
-    :func:`tdxfl.keybroker.client.fetch_key_for` (RA-TLS: this TD attests itself, the broker is
-    checked against ``[policy.keybroker]``) with a key name derived from ``volume_id``; the
-    32-byte key then stays in memory. Until that is done this refuses, so that no command
-    silently falls back to a weaker source.
-    """
+def no_key_source(volume_id: str) -> bytes:
+    """The key source when none was given: refuse (no command silently falls back)."""
     raise click.UsageError(
-        f"no key source for volume {volume_id!r}: pass --key-fd N (a pipe) or --key-env VAR (hex, tests only); "
-        "fetching volume keys from the key broker is not wired into this command yet"
+        f"no key source for volume {volume_id!r}: pass --federation FED.toml --party NAME (key broker), "
+        "--key-fd N (a pipe) or --key-env VAR (hex, tests only)"
     )
+
+
+def broker_key_source(federation_file: str, party: str, key_name: str) -> Callable[[str], bytes]:
+    """A key source that fetches ``key_name`` from the federation's key broker as ``party``."""
+
+    def fetch(volume_id: str) -> bytes:
+        from tdxfl.config import ConfigError, load_federation
+        from tdxfl.keybroker.client import KeyRefused, fetch_key_for
+        from tdxfl.party import party_context
+        from tdxfl.transport.attested import AttestationRefused
+
+        try:
+            fed = load_federation(federation_file)
+            if fed.keybroker is None:
+                raise click.UsageError(f"{federation_file} has no [keybroker] table")
+            ctx = party_context(fed, party)
+            b = fed.keybroker
+            return fetch_key_for(
+                ctx, fed.policy_for("keybroker"), key_name, b.address, b.enroll_address, broker_party=b.name,
+                retries=fed.faults.connect_retries, backoff_s=fed.faults.connect_backoff_s,
+            )  # fmt: skip
+        except (ConfigError, KeyRefused, AttestationRefused, ConnectionError) as e:
+            raise click.ClickException(f"volume {volume_id}: {e}") from None
+
+    return fetch
 
 
 def _read_fd(fd: int) -> bytes:
@@ -82,14 +100,15 @@ def resolve_key(
     key_fd: int | None,
     volume_id: str,
     environ: MutableMapping[str, str] | None = None,
-    broker: Callable[[str], bytes] = fetch_key_from_broker,
+    broker: Callable[[str], bytes] = no_key_source,
 ) -> bytes:
     """Return the volume key from exactly one non-interactive source.
 
     * ``key_fd``: read raw bytes to end of file from that inherited descriptor (then close it);
     * ``key_env``: hex in that environment variable, which is then *removed* from ``environ``
       (default ``os.environ``) so child processes never inherit it;
-    * neither: ``broker(volume_id)`` (the key broker hook; refuses until it is wired in).
+    * neither: ``broker(volume_id)`` (the key broker, when the command was given a federation;
+      otherwise a refusal).
 
     The key must be 32 to 8192 bytes. Error messages never contain key material.
     """
@@ -124,7 +143,23 @@ def _key_options(function: Callable[..., Any]) -> Callable[..., Any]:
     function = click.option(
         "--key-env", metavar="VAR", help="Read the key as hex from environment variable VAR (tests/development)."
     )(function)
+    function = click.option("--broker-key", default="volume", show_default=True, help="Key name at the key broker.")(function)
+    function = click.option("--party", help="This TD's party name in the federation file (with --federation).")(function)
+    function = click.option(
+        "-f", "--federation", "federation_file", type=click.Path(exists=True, dir_okay=False),
+        help="Fetch the key from this federation's key broker over RA-TLS.",
+    )(function)
     return function
+
+
+def _key_source(federation_file: str | None, party: str | None, broker_key: str, *others: object) -> Callable[[str], bytes]:
+    if federation_file is None:
+        return no_key_source
+    if not party:
+        raise click.UsageError("--federation needs --party (this TD's name in the federation file)")
+    if any(o is not None for o in others):
+        raise click.UsageError("give only one key source: --federation, --key-env or --key-fd")
+    return broker_key_source(federation_file, party, broker_key)
 
 
 def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
@@ -158,9 +193,13 @@ def create(
     pbkdf_iterations: int | None,
     key_env: str | None,
     key_fd: int | None,
+    federation_file: str | None,
+    party: str | None,
+    broker_key: str,
 ) -> None:
     """Create IMAGE: allocate, luksFormat (aes-xts-plain64 + hmac-sha256), mkfs.ext4."""
-    key = resolve_key(key_env=key_env, key_fd=key_fd, volume_id=Path(image).name)
+    source = _key_source(federation_file, party, broker_key, key_env, key_fd)
+    key = resolve_key(key_env=key_env, key_fd=key_fd, volume_id=Path(image).name, broker=source)
     try:
         create_volume(
             image, key, size, pbkdf=pbkdf, pbkdf_memory_kib=pbkdf_memory,
@@ -177,9 +216,20 @@ def create(
 @click.option("--mount", "mountpoint", required=True, type=click.Path(file_okay=False), help="Where to mount it.")
 @click.option("--read-only", is_flag=True, help="Map and mount read-only.")
 @_key_options
-def open_(image: str, name: str, mountpoint: str, read_only: bool, key_env: str | None, key_fd: int | None) -> None:
+def open_(
+    image: str,
+    name: str,
+    mountpoint: str,
+    read_only: bool,
+    key_env: str | None,
+    key_fd: int | None,
+    federation_file: str | None,
+    party: str | None,
+    broker_key: str,
+) -> None:
     """Unlock IMAGE as /dev/mapper/NAME and mount it on --mount."""
-    key = resolve_key(key_env=key_env, key_fd=key_fd, volume_id=Path(image).name)
+    source = _key_source(federation_file, party, broker_key, key_env, key_fd)
+    key = resolve_key(key_env=key_env, key_fd=key_fd, volume_id=Path(image).name, broker=source)
     try:
         open_volume(image, key, name, mountpoint, read_only=read_only)
     except (VolumeError, ValueError) as e:
