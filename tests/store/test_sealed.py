@@ -546,3 +546,18 @@ def test_short_writes_are_completed() -> None:
     with SealedWriter(raw, KEY, label=LABEL, chunk_size=CS) as w:  # type: ignore[arg-type]
         w.write(data)
     assert unseal(bytes(raw.data)) == data
+
+
+def test_readinto_never_leaves_unauthenticated_plaintext(tmp_path: Path) -> None:
+    """Whole chunks are decrypted straight into the caller's buffer; a forged chunk is wiped."""
+    key = bytes(range(32))
+    path = tmp_path / "x.sealed"
+    payload = bytes([7]) * (4096 * 3 + 2048)
+    seal_file(path, key, payload, label="t", chunk_size=4096)
+    raw = bytearray(path.read_bytes())
+    raw[-30] ^= 1  # inside the final (partial) chunk's ciphertext
+    path.write_bytes(bytes(raw))
+    buffer = bytearray(len(payload) + 4096)
+    with open_sealed(path, key) as reader, pytest.raises(SealedFileError, match="chunk 3 failed authentication"):
+        reader.readinto(buffer)
+    assert buffer[: 3 * 4096] == payload[: 3 * 4096] and buffer[3 * 4096 :] == bytes(len(buffer) - 3 * 4096)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -65,7 +66,7 @@ def test_replayed_enrollment_certificate_is_refused(served: tuple[Federation, At
     pem = fetch_server_certificate(fed.ps.enroll_address)
     ch = grpc.secure_channel(fed.ps.enroll_address, grpc.ssl_channel_credentials(pem), options=[("grpc.ssl_target_name_override", tls_name("ps"))])
     stub = pb_grpc.EnrollmentStub(ch)
-    nonce = stub.Challenge(pb.ChallengeRequest(party="worker-1")).nonce
+    nonce = stub.Attest(pb.AttestRequest(nonce=os.urandom(32))).challenge
     cert = TlsIdentity.create(w.attester, "worker-1", nonce=nonce).cert_pem
     first = stub.Enroll(pb.EnrollRequest(party="worker-1", role="worker", certificate_pem=cert))
     assert first.accepted, first.reason

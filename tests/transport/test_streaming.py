@@ -12,11 +12,11 @@ from tdxfl.config import Federation
 from tdxfl.core.records import TensorSet
 from tdxfl.party import party_context
 from tdxfl.server.rounds import RoundState
-from tdxfl.server.service import ParameterServerService
+from tdxfl.server.service import ParameterServerService, add_to_server
 from tdxfl.transport.attested import AttestedServer, connect, role_table
 from tdxfl.transport.proto import tdxfl_pb2 as pb
 from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
-from tdxfl.transport.tensors import DEFAULT_CHUNK_BYTES, StreamError, decode_stream, encode_stream
+from tdxfl.transport.tensors import DEFAULT_CHUNK_BYTES, StreamError, decode_stream, encode_stream, serialize_stream
 
 
 def big_set(seed: int) -> TensorSet:
@@ -74,13 +74,13 @@ def test_100mb_update_roundtrips_over_attested_grpc(make_federation: Callable[..
         "ps", ps_ctx.attester, ps_ctx.peer_verifier(fed, "workers"), fed.ps.address, fed.ps.enroll_address,
         roles=role_table([("worker-1", "worker")]),
     )
-    pb_grpc.add_ParameterServerServicer_to_server(ParameterServerService(fed, server, rounds), server.main)
+    add_to_server(ParameterServerService(fed, server, rounds), server.main)
     server.start()
     try:
         channel = connect("worker-1", "worker", w_ctx.attester, w_ctx.peer_verifier(fed, "ps"), "ps", fed.ps.address, fed.ps.enroll_address)
         stub = pb_grpc.ParameterServerStub(channel.channel)
         stub.Join(pb.JoinRequest(party="worker-1", config_digest=fed.training_digest()))
-        frames = list(encode_stream("weights", 0, model))
+        frames = serialize_stream("weights", 0, model)
         assert len(frames) > model.nbytes // DEFAULT_CHUNK_BYTES
         rounds.publish(0, frames)
         _, pulled = decode_stream(stub.Pull(pb.PullRequest(after_version=-1)))

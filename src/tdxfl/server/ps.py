@@ -14,12 +14,11 @@ from tdxfl.core.strategy import FedAvg, Strategy, SyncGradients
 from tdxfl.party import PartyContext, model_key
 from tdxfl.server.metrics import MetricsRecorder, RoundMetrics
 from tdxfl.server.rounds import RoundState
-from tdxfl.server.service import ParameterServerService
+from tdxfl.server.service import ParameterServerService, add_to_server
 from tdxfl.store.model_store import SealedFileStore
 from tdxfl.store.sealed import seal_file
 from tdxfl.transport.attested import AttestedServer, role_table
-from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
-from tdxfl.transport.tensors import encode_stream
+from tdxfl.transport.tensors import serialize_stream
 
 log = logging.getLogger(__name__)
 FINAL_MODEL = "final"
@@ -72,7 +71,7 @@ def run_parameter_server(federation: Federation, ctx: PartyContext, *, live: boo
         ps.enroll_address,
         roles=role_table([(w.name, "worker") for w in federation.workers]),
     )
-    pb_grpc.add_ParameterServerServicer_to_server(ParameterServerService(federation, server, rounds), server.main)
+    add_to_server(ParameterServerService(federation, server, rounds), server.main)
     server.start()
     log.info("parameter server %s listening on %s (enrollment %s)", ctx.name, ps.address, ps.enroll_address)
     steps = t.steps_per_round if t.mode == "sync-gradients" else 1
@@ -90,7 +89,7 @@ def run_parameter_server(federation: Federation, ctx: PartyContext, *, live: boo
                 contributors = rejected = 0
                 train_loss = 0.0
                 for _ in range(steps):
-                    rounds.publish(version, list(encode_stream("weights", version, weights)))
+                    rounds.publish(version, serialize_stream("weights", version, weights))
                     step = rounds.collect(
                         federation.quorum,
                         f.step_timeout_s,

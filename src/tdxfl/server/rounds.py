@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 from tdxfl.core.records import RecordError, TensorSet, TensorSpec
 from tdxfl.core.strategy import RoundAccumulator
-from tdxfl.transport.proto import tdxfl_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ class RoundState:
         self.update_kind = update_kind
         self._cond = threading.Condition()
         self.version = -1
-        self._frames: list[pb.TensorFrame] = []
+        self._frames: list[bytes] = []
         self._done = False
         self._acc: RoundAccumulator | None = None
         self._contributors: list[str] = []
@@ -53,8 +52,9 @@ class RoundState:
         self.bytes_out = 0
 
     # -- training loop side ---------------------------------------------------------------
-    def publish(self, version: int, frames: list[pb.TensorFrame]) -> None:
-        """Make ``frames`` (an encoded model) version ``version`` and open collection for it."""
+    def publish(self, version: int, frames: list[bytes]) -> None:
+        """Make ``frames`` (a model serialized by ``serialize_stream``) version ``version`` and
+        open collection for it."""
         with self._cond:
             self.version = version
             self._frames = frames
@@ -133,7 +133,7 @@ class RoundState:
             self.active.add(party)
             self._cond.notify_all()
 
-    def frames_after(self, party: str, after_version: int, timeout: float) -> tuple[int, list[pb.TensorFrame]] | None:
+    def frames_after(self, party: str, after_version: int, timeout: float) -> tuple[int, list[bytes]] | None:
         """The published frames once version > ``after_version``; ``(-1, [])`` when done; None on timeout."""
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -145,7 +145,7 @@ class RoundState:
                 self._cond.wait(left)
             if self._done:
                 return -1, []
-            self.bytes_out += sum(len(f.chunk) for f in self._frames)
+            self.bytes_out += sum(len(f) for f in self._frames)
             return self.version, self._frames
 
     def submit(self, party: str, kind: str, version: int, update: TensorSet, weight: float, metrics: dict[str, float]) -> None:

@@ -20,6 +20,32 @@ from tdxfl.transport.tensors import Assembler, StreamError, as_dtype, decode_hea
 
 log = logging.getLogger(__name__)
 _PULL_WAIT_S = 30.0
+_DONE = pb.TensorFrame(header=pb.TensorHeader(kind="done")).SerializeToString()
+
+
+def _as_is(frame: bytes) -> bytes:
+    return frame
+
+
+def add_to_server(service: ParameterServerService, server: grpc.Server) -> None:
+    """Register ``service``. Pull's responses are frames serialized once per model version
+    (``serialize_stream``) and sent to every worker as they are, not re-serialized per worker."""
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "tdxfl.v1.ParameterServer",
+                {
+                    "Join": grpc.unary_unary_rpc_method_handler(
+                        service.Join, pb.JoinRequest.FromString, pb.JoinReply.SerializeToString
+                    ),
+                    "Pull": grpc.unary_stream_rpc_method_handler(service.Pull, pb.PullRequest.FromString, _as_is),
+                    "Push": grpc.stream_unary_rpc_method_handler(
+                        service.Push, pb.TensorFrame.FromString, pb.PushReply.SerializeToString
+                    ),
+                },
+            ),
+        )
+    )
 
 
 class StagingPool:
@@ -86,7 +112,8 @@ class ParameterServerService(pb_grpc.ParameterServerServicer):
             worker_index=self._worker_index[peer.party], num_workers=len(self._worker_index), config_digest=digest
         )
 
-    def Pull(self, request: pb.PullRequest, context: grpc.ServicerContext) -> Iterator[pb.TensorFrame]:
+    def Pull(self, request: pb.PullRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
+        """Stream the next model version as pre-serialized ``TensorFrame`` bytes (see add_to_server)."""
         peer = self._server.peer_of(context)
         while context.is_active():
             got = self._rounds.frames_after(peer.party, request.after_version, _PULL_WAIT_S)
@@ -94,7 +121,7 @@ class ParameterServerService(pb_grpc.ParameterServerServicer):
                 continue
             version, frames = got
             if version < 0:
-                yield pb.TensorFrame(header=pb.TensorHeader(kind="done"))
+                yield _DONE
                 return
             yield from frames
             return

@@ -361,8 +361,8 @@ class SealedReader:
             raise SealedFileError("truncated or tampered header: file ends inside the header")
         return bytes(buf)
 
-    def _next_chunk(self) -> bytes | None:
-        """Authenticate and decrypt the next chunk; None once the final chunk has been consumed."""
+    def _read_record(self) -> tuple[int, bool, memoryview] | None:
+        """Read the next chunk record; (index, final, ciphertext+tag) or None after the final one."""
         if self._done:
             return None
         if self._closed:
@@ -377,21 +377,48 @@ class SealedReader:
         flag, length = _RECORD.unpack(record)
         if flag > 1 or length > self._chunk_size or (flag == 0 and length != self._chunk_size):
             raise SealedFileError(f"chunk {index} failed authentication (tampered or wrong key): malformed record")
-        final = flag == 1
         view = memoryview(self._cbuf)[: length + TAG_SIZE]
         if self._read_into(view) != len(view):
             raise SealedFileError(f"truncated: chunk {index} is cut short (missing final chunk)")
-        try:
-            plaintext = self._cipher.decrypt(_nonce(index), view, _aad(self._header_hash, index, final))
-        except InvalidTag:
-            raise SealedFileError(f"chunk {index} failed authentication (tampered or wrong key)") from None
+        return index, flag == 1, view
+
+    def _finish_chunk(self, final: bool) -> None:
         self._index += 1
         if final:
             if self._file.read(1):
                 raise SealedFileError("trailing data after final chunk")
             self._done = True
             self._cbuf = bytearray()
+
+    def _next_chunk(self) -> bytes | None:
+        """Authenticate and decrypt the next chunk; None once the final chunk has been consumed."""
+        record = self._read_record()
+        if record is None:
+            return None
+        index, final, view = record
+        try:
+            plaintext = self._cipher.decrypt(_nonce(index), view, _aad(self._header_hash, index, final))
+        except InvalidTag:
+            raise SealedFileError(f"chunk {index} failed authentication (tampered or wrong key)") from None
+        self._finish_chunk(final)
         return plaintext
+
+    def _next_chunk_into(self, target: memoryview) -> int | None:
+        """Like ``_next_chunk`` but decrypts straight into ``target`` (>= one chunk long), saving a
+        copy; returns the plaintext length. On failure ``target`` is zeroed before raising, so no
+        unauthenticated plaintext is ever left to the caller."""
+        record = self._read_record()
+        if record is None:
+            return None
+        index, final, view = record
+        length = len(view) - TAG_SIZE
+        try:
+            self._cipher.decrypt_into(_nonce(index), view, _aad(self._header_hash, index, final), target[:length])
+        except InvalidTag:
+            target[:length] = bytes(length)
+            raise SealedFileError(f"chunk {index} failed authentication (tampered or wrong key)") from None
+        self._finish_chunk(final)
+        return length
 
     # -- public reading API ------------------------------------------------------------------
 
@@ -426,6 +453,12 @@ class SealedReader:
             return 0
         got = 0
         while got < want:
+            if not self._pending and want - got >= self._chunk_size:
+                n = self._next_chunk_into(target[got:])
+                if n is None:
+                    break
+                got += n
+                continue
             if not self._pending:
                 chunk = self._next_chunk()
                 if chunk is None:

@@ -28,7 +28,6 @@ import grpc
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from tdxfl.attestation.decisions import Decision
-from tdxfl.attestation.evidence import TaggedEvidence
 from tdxfl.attestation.interfaces import Attester, AttestationError
 from tdxfl.attestation.ratls import PeerVerifier, TlsIdentity, certificate_evidence, load_certificate, tls_name
 from tdxfl.transport.proto import tdxfl_pb2 as pb
@@ -41,10 +40,15 @@ MAX_MESSAGE_BYTES = 64 << 20
 GRPC_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    # clients ping every 10 s so a dead peer is noticed within ~15 s ...
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+    # ... and servers accept those pings (their default minimum interval is 5 minutes, after
+    # which an idle connection is closed with GOAWAY too_many_pings)
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_ping_strikes", 0),
 ]
 
 
@@ -214,9 +218,6 @@ class _EnrollmentService(pb_grpc.EnrollmentServicer):
     def __init__(self, server: AttestedServer) -> None:
         self._server = server
 
-    def Challenge(self, request: pb.ChallengeRequest, context: grpc.ServicerContext) -> pb.ChallengeReply:
-        return pb.ChallengeReply(nonce=self._server.new_nonce())
-
     def Enroll(self, request: pb.EnrollRequest, context: grpc.ServicerContext) -> pb.EnrollReply:
         accepted, reason = self._server.enroll(request.party, request.role, request.certificate_pem)
         return pb.EnrollReply(accepted=accepted, reason=reason)
@@ -225,7 +226,7 @@ class _EnrollmentService(pb_grpc.EnrollmentServicer):
         if len(request.nonce) < 16 or len(request.nonce) > 64:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "nonce must be 16 to 64 bytes")
         evidence = self._server.identity.fresh_evidence(self._server._attester, request.nonce)
-        return pb.AttestReply(evidence=evidence)
+        return pb.AttestReply(evidence=evidence, challenge=self._server.new_nonce())
 
 
 def fetch_server_certificate(address: str, timeout: float = 10.0) -> bytes:
@@ -282,12 +283,11 @@ def connect(
     try:
         stub = pb_grpc.EnrollmentStub(enroll_channel)
         our_nonce = os.urandom(NONCE_BYTES)
-        evidence = stub.Attest(pb.AttestRequest(nonce=our_nonce), timeout=timeout).evidence
-        TaggedEvidence.decode(evidence)  # malformed evidence is refused below with its reason
-        appraisal = verifier.appraise(server_party, certificate=server_cert, evidence=evidence, nonce=our_nonce)
+        attested = stub.Attest(pb.AttestRequest(nonce=our_nonce), timeout=timeout)
+        appraisal = verifier.appraise(server_party, certificate=server_cert, evidence=attested.evidence, nonce=our_nonce)
         if not appraisal.decision.accepted:
             raise AttestationRefused(f"we refused {server_party}: {appraisal.decision.reason}")
-        their_nonce = stub.Challenge(pb.ChallengeRequest(party=party), timeout=timeout).nonce
+        their_nonce = attested.challenge
         identity = TlsIdentity.create(attester, party, nonce=their_nonce)
         reply = stub.Enroll(
             pb.EnrollRequest(party=party, role=role, certificate_pem=identity.cert_pem), timeout=timeout

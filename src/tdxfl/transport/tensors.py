@@ -43,6 +43,45 @@ def _le(array: np.ndarray, wire_dtype: str | None) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
 
 
+def _wire_arrays(tensors: TensorSet | None, wire_dtype: str | None) -> tuple[list[TensorSpec], list[np.ndarray]]:
+    if tensors is None:
+        return [], []
+    arrays = [_le(a, wire_dtype) for a in tensors.arrays]
+    return [TensorSpec(s.name, a.dtype.name, s.shape) for s, a in zip(tensors.specs, arrays)], arrays
+
+
+def _header(kind: str, version: int, specs: list[TensorSpec], num_samples: int, metrics: Mapping[str, float] | None) -> pb.TensorFrame:
+    return pb.TensorFrame(
+        header=pb.TensorHeader(
+            kind=kind,
+            version=version,
+            tensors=[pb.TensorSpec(name=s.name, dtype=s.dtype, shape=list(s.shape)) for s in specs],
+            num_samples=num_samples,
+            metrics=dict(metrics or {}),
+            total_bytes=sum(s.nbytes for s in specs),
+        )
+    )
+
+
+def _chunk_parts(arrays: Sequence[np.ndarray], chunk_bytes: int) -> Iterator[list[memoryview]]:
+    """The tensors' raw bytes cut into consecutive chunks, each as a list of zero-copy views."""
+    parts: list[memoryview] = []
+    fill = 0
+    for a in arrays:
+        view = a.reshape(-1).view(np.uint8).data
+        pos = 0
+        while pos < len(view):
+            take = min(chunk_bytes - fill, len(view) - pos)
+            parts.append(view[pos : pos + take])
+            fill += take
+            pos += take
+            if fill == chunk_bytes:
+                yield parts
+                parts, fill = [], 0
+    if parts:
+        yield parts
+
+
 def encode_stream(
     kind: str,
     version: int,
@@ -57,36 +96,34 @@ def encode_stream(
 
     ``wire_dtype`` (e.g. ``"float16"``) converts floating-point tensors for transfer.
     """
-    arrays = [_le(a, wire_dtype) for a in tensors.arrays] if tensors else []
-    specs = [TensorSpec(s.name, a.dtype.name, s.shape) for s, a in zip(tensors.specs, arrays)] if tensors else []
-    yield pb.TensorFrame(
-        header=pb.TensorHeader(
-            kind=kind,
-            version=version,
-            tensors=[pb.TensorSpec(name=s.name, dtype=s.dtype, shape=list(s.shape)) for s in specs],
-            num_samples=num_samples,
-            metrics=dict(metrics or {}),
-            total_bytes=sum(s.nbytes for s in specs),
-        )
-    )
-    pending = bytearray()
-    for a in arrays:
-        view = a.reshape(-1).view(np.uint8).data
-        pos = 0
-        if pending:
-            take = min(chunk_bytes - len(pending), len(view))
-            pending += view[:take]
-            pos = take
-            if len(pending) == chunk_bytes:
-                yield pb.TensorFrame(chunk=bytes(pending))
-                pending = bytearray()
-        while len(view) - pos >= chunk_bytes:
-            yield pb.TensorFrame(chunk=view[pos : pos + chunk_bytes].tobytes())
-            pos += chunk_bytes
-        if pos < len(view):
-            pending += view[pos:]
-    if pending:
-        yield pb.TensorFrame(chunk=bytes(pending))
+    specs, arrays = _wire_arrays(tensors, wire_dtype)
+    yield _header(kind, version, specs, num_samples, metrics)
+    for parts in _chunk_parts(arrays, chunk_bytes):
+        yield pb.TensorFrame(chunk=b"".join(parts))
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_CHUNK_TAG = b"\x12"  # TensorFrame field 2 (chunk), wire type 2 (length-delimited)
+
+
+def serialize_stream(kind: str, version: int, tensors: TensorSet, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[bytes]:
+    """``encode_stream``'s frames already in protobuf wire form, each built with a single copy.
+
+    For a model published to many workers: serialized once, sent to each as is.
+    """
+    specs, arrays = _wire_arrays(tensors, None)
+    frames = [_header(kind, version, specs, 0, None).SerializeToString()]
+    for parts in _chunk_parts(arrays, chunk_bytes):
+        frames.append(b"".join([_CHUNK_TAG + _varint(sum(len(p) for p in parts)), *parts]))
+    return frames
 
 
 def decode_header(frame: pb.TensorFrame) -> Header:
@@ -186,4 +223,5 @@ __all__ = [
     "decode_header",
     "decode_stream",
     "encode_stream",
+    "serialize_stream",
 ]

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!tdxfl/transport/proto/tdxfl.proto\x12\x08tdxfl.v1\"!\n\x10\x43hallengeRequest\x12\r\n\x05party\x18\x01 \x01(\t\"\x1f\n\x0e\x43hallengeReply\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"E\n\rEnrollRequest\x12\r\n\x05party\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x03 \x01(\x0c\"/\n\x0b\x45nrollReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1e\n\rAttestRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"\x1f\n\x0b\x41ttestReply\x12\x10\n\x08\x65vidence\x18\x01 \x01(\x0c\"3\n\x0bJoinRequest\x12\r\n\x05party\x18\x01 \x01(\t\x12\x15\n\rconfig_digest\x18\x02 \x01(\t\"M\n\tJoinReply\x12\x14\n\x0cworker_index\x18\x01 \x01(\r\x12\x13\n\x0bnum_workers\x18\x02 \x01(\r\x12\x15\n\rconfig_digest\x18\x03 \x01(\t\"$\n\x0bPullRequest\x12\x15\n\rafter_version\x18\x01 \x01(\x03\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xe4\x01\n\x0cTensorHeader\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12%\n\x07tensors\x18\x03 \x03(\x0b\x32\x14.tdxfl.v1.TensorSpec\x12\x13\n\x0bnum_samples\x18\x04 \x01(\x04\x12\x34\n\x07metrics\x18\x05 \x03(\x0b\x32#.tdxfl.v1.TensorHeader.MetricsEntry\x12\x13\n\x0btotal_bytes\x18\x06 \x01(\x04\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"Q\n\x0bTensorFrame\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.tdxfl.v1.TensorHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x07\n\x05\x66rame\"-\n\tPushReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t2\xc3\x01\n\nEnrollment\x12\x41\n\tChallenge\x12\x1a.tdxfl.v1.ChallengeRequest\x1a\x18.tdxfl.v1.ChallengeReply\x12\x38\n\x06\x45nroll\x12\x17.tdxfl.v1.EnrollRequest\x1a\x15.tdxfl.v1.EnrollReply\x12\x38\n\x06\x41ttest\x12\x17.tdxfl.v1.AttestRequest\x1a\x15.tdxfl.v1.AttestReply2\xb3\x01\n\x0fParameterServer\x12\x32\n\x04Join\x12\x15.tdxfl.v1.JoinRequest\x1a\x13.tdxfl.v1.JoinReply\x12\x36\n\x04Pull\x12\x15.tdxfl.v1.PullRequest\x1a\x15.tdxfl.v1.TensorFrame0\x01\x12\x34\n\x04Push\x12\x15.tdxfl.v1.TensorFrame\x1a\x13.tdxfl.v1.PushReply(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!tdxfl/transport/proto/tdxfl.proto\x12\x08tdxfl.v1\"E\n\rEnrollRequest\x12\r\n\x05party\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x03 \x01(\x0c\"/\n\x0b\x45nrollReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1e\n\rAttestRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"2\n\x0b\x41ttestReply\x12\x10\n\x08\x65vidence\x18\x01 \x01(\x0c\x12\x11\n\tchallenge\x18\x02 \x01(\x0c\"3\n\x0bJoinRequest\x12\r\n\x05party\x18\x01 \x01(\t\x12\x15\n\rconfig_digest\x18\x02 \x01(\t\"M\n\tJoinReply\x12\x14\n\x0cworker_index\x18\x01 \x01(\r\x12\x13\n\x0bnum_workers\x18\x02 \x01(\r\x12\x15\n\rconfig_digest\x18\x03 \x01(\t\"$\n\x0bPullRequest\x12\x15\n\rafter_version\x18\x01 \x01(\x03\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xe4\x01\n\x0cTensorHeader\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12%\n\x07tensors\x18\x03 \x03(\x0b\x32\x14.tdxfl.v1.TensorSpec\x12\x13\n\x0bnum_samples\x18\x04 \x01(\x04\x12\x34\n\x07metrics\x18\x05 \x03(\x0b\x32#.tdxfl.v1.TensorHeader.MetricsEntry\x12\x13\n\x0btotal_bytes\x18\x06 \x01(\x04\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"Q\n\x0bTensorFrame\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.tdxfl.v1.TensorHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x07\n\x05\x66rame\"-\n\tPushReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t2\x80\x01\n\nEnrollment\x12\x38\n\x06\x41ttest\x12\x17.tdxfl.v1.AttestRequest\x1a\x15.tdxfl.v1.AttestReply\x12\x38\n\x06\x45nroll\x12\x17.tdxfl.v1.EnrollRequest\x1a\x15.tdxfl.v1.EnrollReply2\xb3\x01\n\x0fParameterServer\x12\x32\n\x04Join\x12\x15.tdxfl.v1.JoinRequest\x1a\x13.tdxfl.v1.JoinReply\x12\x36\n\x04Pull\x12\x15.tdxfl.v1.PullRequest\x1a\x15.tdxfl.v1.TensorFrame0\x01\x12\x34\n\x04Push\x12\x15.tdxfl.v1.TensorFrame\x1a\x13.tdxfl.v1.PushReply(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,36 +33,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TENSORHEADER_METRICSENTRY']._loaded_options = None
   _globals['_TENSORHEADER_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_CHALLENGEREQUEST']._serialized_start=47
-  _globals['_CHALLENGEREQUEST']._serialized_end=80
-  _globals['_CHALLENGEREPLY']._serialized_start=82
-  _globals['_CHALLENGEREPLY']._serialized_end=113
-  _globals['_ENROLLREQUEST']._serialized_start=115
-  _globals['_ENROLLREQUEST']._serialized_end=184
-  _globals['_ENROLLREPLY']._serialized_start=186
-  _globals['_ENROLLREPLY']._serialized_end=233
-  _globals['_ATTESTREQUEST']._serialized_start=235
-  _globals['_ATTESTREQUEST']._serialized_end=265
-  _globals['_ATTESTREPLY']._serialized_start=267
-  _globals['_ATTESTREPLY']._serialized_end=298
-  _globals['_JOINREQUEST']._serialized_start=300
-  _globals['_JOINREQUEST']._serialized_end=351
-  _globals['_JOINREPLY']._serialized_start=353
-  _globals['_JOINREPLY']._serialized_end=430
-  _globals['_PULLREQUEST']._serialized_start=432
-  _globals['_PULLREQUEST']._serialized_end=468
-  _globals['_TENSORSPEC']._serialized_start=470
-  _globals['_TENSORSPEC']._serialized_end=526
-  _globals['_TENSORHEADER']._serialized_start=529
-  _globals['_TENSORHEADER']._serialized_end=757
-  _globals['_TENSORHEADER_METRICSENTRY']._serialized_start=711
-  _globals['_TENSORHEADER_METRICSENTRY']._serialized_end=757
-  _globals['_TENSORFRAME']._serialized_start=759
-  _globals['_TENSORFRAME']._serialized_end=840
-  _globals['_PUSHREPLY']._serialized_start=842
-  _globals['_PUSHREPLY']._serialized_end=887
-  _globals['_ENROLLMENT']._serialized_start=890
-  _globals['_ENROLLMENT']._serialized_end=1085
-  _globals['_PARAMETERSERVER']._serialized_start=1088
-  _globals['_PARAMETERSERVER']._serialized_end=1267
+  _globals['_ENROLLREQUEST']._serialized_start=47
+  _globals['_ENROLLREQUEST']._serialized_end=116
+  _globals['_ENROLLREPLY']._serialized_start=118
+  _globals['_ENROLLREPLY']._serialized_end=165
+  _globals['_ATTESTREQUEST']._serialized_start=167
+  _globals['_ATTESTREQUEST']._serialized_end=197
+  _globals['_ATTESTREPLY']._serialized_start=199
+  _globals['_ATTESTREPLY']._serialized_end=249
+  _globals['_JOINREQUEST']._serialized_start=251
+  _globals['_JOINREQUEST']._serialized_end=302
+  _globals['_JOINREPLY']._serialized_start=304
+  _globals['_JOINREPLY']._serialized_end=381
+  _globals['_PULLREQUEST']._serialized_start=383
+  _globals['_PULLREQUEST']._serialized_end=419
+  _globals['_TENSORSPEC']._serialized_start=421
+  _globals['_TENSORSPEC']._serialized_end=477
+  _globals['_TENSORHEADER']._serialized_start=480
+  _globals['_TENSORHEADER']._serialized_end=708
+  _globals['_TENSORHEADER_METRICSENTRY']._serialized_start=662
+  _globals['_TENSORHEADER_METRICSENTRY']._serialized_end=708
+  _globals['_TENSORFRAME']._serialized_start=710
+  _globals['_TENSORFRAME']._serialized_end=791
+  _globals['_PUSHREPLY']._serialized_start=793
+  _globals['_PUSHREPLY']._serialized_end=838
+  _globals['_ENROLLMENT']._serialized_start=841
+  _globals['_ENROLLMENT']._serialized_end=969
+  _globals['_PARAMETERSERVER']._serialized_start=972
+  _globals['_PARAMETERSERVER']._serialized_end=1151
 # @@protoc_insertion_point(module_scope)

@@ -6,18 +6,6 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-class ChallengeRequest(_message.Message):
-    __slots__ = ("party",)
-    PARTY_FIELD_NUMBER: _ClassVar[int]
-    party: str
-    def __init__(self, party: _Optional[str] = ...) -> None: ...
-
-class ChallengeReply(_message.Message):
-    __slots__ = ("nonce",)
-    NONCE_FIELD_NUMBER: _ClassVar[int]
-    nonce: bytes
-    def __init__(self, nonce: _Optional[bytes] = ...) -> None: ...
-
 class EnrollRequest(_message.Message):
     __slots__ = ("party", "role", "certificate_pem")
     PARTY_FIELD_NUMBER: _ClassVar[int]
@@ -43,10 +31,12 @@ class AttestRequest(_message.Message):
     def __init__(self, nonce: _Optional[bytes] = ...) -> None: ...
 
 class AttestReply(_message.Message):
-    __slots__ = ("evidence",)
+    __slots__ = ("evidence", "challenge")
     EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    CHALLENGE_FIELD_NUMBER: _ClassVar[int]
     evidence: bytes
-    def __init__(self, evidence: _Optional[bytes] = ...) -> None: ...
+    challenge: bytes
+    def __init__(self, evidence: _Optional[bytes] = ..., challenge: _Optional[bytes] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
     __slots__ = ("party", "config_digest")

@@ -36,20 +36,15 @@ class EnrollmentStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Challenge = channel.unary_unary(
-                '/tdxfl.v1.Enrollment/Challenge',
-                request_serializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.ChallengeRequest.SerializeToString,
-                response_deserializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.ChallengeReply.FromString,
+        self.Attest = channel.unary_unary(
+                '/tdxfl.v1.Enrollment/Attest',
+                request_serializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.AttestRequest.SerializeToString,
+                response_deserializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.AttestReply.FromString,
                 _registered_method=True)
         self.Enroll = channel.unary_unary(
                 '/tdxfl.v1.Enrollment/Enroll',
                 request_serializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.EnrollRequest.SerializeToString,
                 response_deserializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.EnrollReply.FromString,
-                _registered_method=True)
-        self.Attest = channel.unary_unary(
-                '/tdxfl.v1.Enrollment/Attest',
-                request_serializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.AttestRequest.SerializeToString,
-                response_deserializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.AttestReply.FromString,
                 _registered_method=True)
 
 
@@ -58,22 +53,16 @@ class EnrollmentServicer:
     certificate. A client first verifies the server certificate's evidence, pins it, then enrolls.
     """
 
-    def Challenge(self, request, context):
-        """A fresh single-use nonce that the client's evidence must answer.
+    def Attest(self, request, context):
+        """Fresh evidence from the server for the client's nonce, bound to the server's TLS key, and
+        a fresh single-use nonce of the server's that the client's own evidence must answer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Enroll(self, request, context):
-        """Present an RA-TLS certificate answering the nonce; on acceptance it may open mutual TLS.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Attest(self, request, context):
-        """Fresh evidence from the server for the client's nonce, bound to the server's TLS key.
+        """Present an RA-TLS certificate answering that nonce; on acceptance it may open mutual TLS.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -82,20 +71,15 @@ class EnrollmentServicer:
 
 def add_EnrollmentServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Challenge': grpc.unary_unary_rpc_method_handler(
-                    servicer.Challenge,
-                    request_deserializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.ChallengeRequest.FromString,
-                    response_serializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.ChallengeReply.SerializeToString,
+            'Attest': grpc.unary_unary_rpc_method_handler(
+                    servicer.Attest,
+                    request_deserializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.AttestRequest.FromString,
+                    response_serializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.AttestReply.SerializeToString,
             ),
             'Enroll': grpc.unary_unary_rpc_method_handler(
                     servicer.Enroll,
                     request_deserializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.EnrollRequest.FromString,
                     response_serializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.EnrollReply.SerializeToString,
-            ),
-            'Attest': grpc.unary_unary_rpc_method_handler(
-                    servicer.Attest,
-                    request_deserializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.AttestRequest.FromString,
-                    response_serializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.AttestReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -111,7 +95,7 @@ class Enrollment:
     """
 
     @staticmethod
-    def Challenge(request,
+    def Attest(request,
             target,
             options=(),
             channel_credentials=None,
@@ -124,9 +108,9 @@ class Enrollment:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/tdxfl.v1.Enrollment/Challenge',
-            tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.ChallengeRequest.SerializeToString,
-            tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.ChallengeReply.FromString,
+            '/tdxfl.v1.Enrollment/Attest',
+            tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.AttestRequest.SerializeToString,
+            tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.AttestReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -154,33 +138,6 @@ class Enrollment:
             '/tdxfl.v1.Enrollment/Enroll',
             tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.EnrollRequest.SerializeToString,
             tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.EnrollReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Attest(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/tdxfl.v1.Enrollment/Attest',
-            tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.AttestRequest.SerializeToString,
-            tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.AttestReply.FromString,
             options,
             channel_credentials,
             insecure,
