@@ -16,7 +16,15 @@ from tdxfl.server.service import ParameterServerService, add_to_server
 from tdxfl.transport.attested import AttestedServer, connect, role_table
 from tdxfl.transport.proto import tdxfl_pb2 as pb
 from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
-from tdxfl.transport.tensors import DEFAULT_CHUNK_BYTES, StreamError, decode_stream, encode_stream, serialize_stream
+from tdxfl.transport.tensors import (
+    DEFAULT_CHUNK_BYTES,
+    StreamError,
+    decode_stream,
+    encode_stream,
+    iter_serialized,
+    parse_frame,
+    serialize_stream,
+)
 
 
 def big_set(seed: int) -> TensorSet:
@@ -101,3 +109,16 @@ def test_100mb_update_roundtrips_over_attested_grpc(make_federation: Callable[..
         channel.close()
     finally:
         server.stop(None)
+
+
+def test_parse_frame_takes_chunks_without_copy_and_refuses_garbage() -> None:
+    ts = TensorSet.from_arrays(["a", "b"], [np.arange(70_000, dtype=np.float32), np.ones(5, np.int64)])
+    raw = list(iter_serialized("gradients", 2, ts, num_samples=3, chunk_bytes=100_000))
+    assert raw == [f.SerializeToString() for f in encode_stream("gradients", 2, ts, num_samples=3, chunk_bytes=100_000)]
+    header = parse_frame(raw[0])
+    assert not isinstance(header, memoryview) and header.kind == "gradients" and header.num_samples == 3
+    chunk = parse_frame(raw[1])
+    assert isinstance(chunk, memoryview) and chunk.obj is raw[1] and len(chunk) == 100_000
+    for bad in (raw[1][:-1], b"\x12\xff", b"\x1a\x00", b""):
+        with pytest.raises(StreamError):
+            parse_frame(bad)

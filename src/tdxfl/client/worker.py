@@ -19,9 +19,11 @@ from tdxfl.transport.attested import AttestedChannel, connect
 from tdxfl.transport.proto import tdxfl_pb2 as pb
 from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
 from tdxfl.transport.retry import with_backoff
-from tdxfl.transport.tensors import as_dtype, decode_stream, encode_stream
+from tdxfl.transport.tensors import as_dtype, as_is, decode_stream, iter_serialized
 
 log = logging.getLogger(__name__)
+#: Push is called with pre-serialized frames (``iter_serialized``), one copy fewer per chunk
+PUSH_METHOD = "/tdxfl.v1.ParameterServer/Push"
 
 
 @dataclass
@@ -72,6 +74,7 @@ def run_worker(federation: Federation, ctx: PartyContext) -> WorkerResult:
     while True:
         channel = connect_with_retry(federation, ctx)
         stub = pb_grpc.ParameterServerStub(channel.channel)
+        push = channel.channel.stream_unary(PUSH_METHOD, request_serializer=as_is, response_deserializer=pb.PushReply.FromString)
         try:
             stub.Join(pb.JoinRequest(party=ctx.name, config_digest=federation.training_digest()), timeout=30)
             while True:
@@ -98,9 +101,7 @@ def run_worker(federation: Federation, ctx: PartyContext) -> WorkerResult:
                     arrays = adapter.get_weights()
                     kind, samples, metrics = "weights", len(x), {"loss": out["loss"]}
                 update = TensorSet([s for s in specs], arrays)
-                reply = stub.Push(
-                    encode_stream(kind, version, update, num_samples=samples, metrics=metrics, wire_dtype=wire)
-                )
+                reply = push(iter_serialized(kind, version, update, num_samples=samples, metrics=metrics, wire_dtype=wire))
                 steps += 1
                 losses.append(float(metrics["loss"]))
                 if not reply.accepted:

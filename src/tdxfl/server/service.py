@@ -16,20 +16,17 @@ from tdxfl.server.rounds import RoundState
 from tdxfl.transport.attested import AttestedServer
 from tdxfl.transport.proto import tdxfl_pb2 as pb
 from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
-from tdxfl.transport.tensors import Assembler, StreamError, as_dtype, decode_header
+from tdxfl.transport.tensors import Assembler, StreamError, as_dtype, as_is, decode_header, parse_frame
 
 log = logging.getLogger(__name__)
 _PULL_WAIT_S = 30.0
 _DONE = pb.TensorFrame(header=pb.TensorHeader(kind="done")).SerializeToString()
 
 
-def _as_is(frame: bytes) -> bytes:
-    return frame
-
-
 def add_to_server(service: ParameterServerService, server: grpc.Server) -> None:
     """Register ``service``. Pull's responses are frames serialized once per model version
-    (``serialize_stream``) and sent to every worker as they are, not re-serialized per worker."""
+    (``serialize_stream``) and sent to every worker as they are, not re-serialized per worker;
+    Push's frames arrive unparsed and ``parse_frame`` takes chunks without copying them."""
     server.add_generic_rpc_handlers(
         (
             grpc.method_handlers_generic_handler(
@@ -38,10 +35,8 @@ def add_to_server(service: ParameterServerService, server: grpc.Server) -> None:
                     "Join": grpc.unary_unary_rpc_method_handler(
                         service.Join, pb.JoinRequest.FromString, pb.JoinReply.SerializeToString
                     ),
-                    "Pull": grpc.unary_stream_rpc_method_handler(service.Pull, pb.PullRequest.FromString, _as_is),
-                    "Push": grpc.stream_unary_rpc_method_handler(
-                        service.Push, pb.TensorFrame.FromString, pb.PushReply.SerializeToString
-                    ),
+                    "Pull": grpc.unary_stream_rpc_method_handler(service.Pull, pb.PullRequest.FromString, as_is),
+                    "Push": grpc.stream_unary_rpc_method_handler(service.Push, as_is, pb.PushReply.SerializeToString),
                 },
             ),
         )
@@ -126,15 +121,20 @@ class ParameterServerService(pb_grpc.ParameterServerServicer):
             yield from frames
             return
 
-    def Push(self, request_iterator: Iterator[pb.TensorFrame], context: grpc.ServicerContext) -> pb.PushReply:
+    def Push(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> pb.PushReply:
+        """Receive one update: raw frames (see add_to_server), chunks copied once into place."""
         peer = self._server.peer_of(context)
         try:
-            header = decode_header(next(request_iterator))
+            first = parse_frame(next(request_iterator))
+            if isinstance(first, memoryview):
+                raise StreamError("stream must start with a header frame")
+            header = decode_header(first)
             with self._staging.assembler(header.specs, context) as asm:
-                for frame in request_iterator:
-                    if frame.WhichOneof("frame") != "chunk":
+                for raw in request_iterator:
+                    chunk = parse_frame(raw)
+                    if not isinstance(chunk, memoryview):
                         raise StreamError("a second header frame in one stream")
-                    asm.feed(frame.chunk)
+                    asm.feed(chunk)
                 update = as_dtype(asm.finish(), self._rounds.specs)
                 weight = float(header.num_samples) if self._rounds.update_kind == "weights" else 1.0
                 try:

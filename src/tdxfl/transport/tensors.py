@@ -114,23 +114,72 @@ def _varint(n: int) -> bytes:
 _CHUNK_TAG = b"\x12"  # TensorFrame field 2 (chunk), wire type 2 (length-delimited)
 
 
-def serialize_stream(kind: str, version: int, tensors: TensorSet, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[bytes]:
-    """``encode_stream``'s frames already in protobuf wire form, each built with a single copy.
-
-    For a model published to many workers: serialized once, sent to each as is.
-    """
-    specs, arrays = _wire_arrays(tensors, None)
-    frames = [_header(kind, version, specs, 0, None).SerializeToString()]
+def iter_serialized(
+    kind: str,
+    version: int,
+    tensors: TensorSet,
+    *,
+    num_samples: int = 0,
+    metrics: Mapping[str, float] | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    wire_dtype: str | None = None,
+) -> Iterator[bytes]:
+    """``encode_stream``'s frames already in protobuf wire form, each built with a single copy
+    (send them with an identity request/response serializer)."""
+    specs, arrays = _wire_arrays(tensors, wire_dtype)
+    yield _header(kind, version, specs, num_samples, metrics).SerializeToString()
     for parts in _chunk_parts(arrays, chunk_bytes):
-        frames.append(b"".join([_CHUNK_TAG + _varint(sum(len(p) for p in parts)), *parts]))
-    return frames
+        yield b"".join([_CHUNK_TAG + _varint(sum(len(p) for p in parts)), *parts])
 
 
-def decode_header(frame: pb.TensorFrame) -> Header:
-    """Validate and decode the first frame of a stream."""
+def serialize_stream(kind: str, version: int, tensors: TensorSet, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[bytes]:
+    """A model's frames in wire form, for publishing: serialized once, sent to each worker as is."""
+    return list(iter_serialized(kind, version, tensors, chunk_bytes=chunk_bytes))
+
+
+def as_is(frame: bytes) -> bytes:
+    """Identity gRPC (de)serializer: tensor frames travel as pre-serialized protobuf bytes."""
+    return frame
+
+
+def parse_frame(raw: bytes) -> pb.TensorHeader | memoryview:
+    """One serialized ``TensorFrame``: its header, or a zero-copy view of its chunk bytes.
+
+    Chunk frames are recognised by their canonical encoding (field 2, length-delimited, nothing
+    else); anything else must parse as a frame holding a header. StreamError otherwise.
+    """
+    if raw[:1] == _CHUNK_TAG:
+        length = shift = 0
+        pos = 1
+        while True:
+            if pos >= len(raw) or shift > 63:
+                raise StreamError("malformed chunk frame (bad length)")
+            byte = raw[pos]
+            pos += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        if pos + length != len(raw):
+            raise StreamError("malformed chunk frame (length does not match)")
+        return memoryview(raw)[pos:]
+    try:
+        frame = pb.TensorFrame.FromString(raw)
+    except Exception as e:  # protobuf's DecodeError
+        raise StreamError(f"malformed frame: {e}") from None
     if frame.WhichOneof("frame") != "header":
-        raise StreamError("stream must start with a header frame")
-    h = frame.header
+        raise StreamError("frame holds neither a header nor a chunk")
+    return frame.header
+
+
+def decode_header(frame: pb.TensorFrame | pb.TensorHeader) -> Header:
+    """Validate and decode the first frame of a stream (or its header message)."""
+    if isinstance(frame, pb.TensorFrame):
+        if frame.WhichOneof("frame") != "header":
+            raise StreamError("stream must start with a header frame")
+        h = frame.header
+    else:
+        h = frame
     specs = []
     for t in h.tensors:
         if t.dtype not in ALLOWED_DTYPES:
@@ -161,7 +210,7 @@ class Assembler:
         self._offset = 0
         self.received = 0
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes | memoryview) -> None:
         """Copy one chunk into place; raise StreamError on excess data."""
         mv = memoryview(chunk)
         pos = 0
@@ -220,8 +269,11 @@ __all__ = [
     "RecordError",
     "StreamError",
     "as_dtype",
+    "as_is",
     "decode_header",
     "decode_stream",
     "encode_stream",
+    "iter_serialized",
+    "parse_frame",
     "serialize_stream",
 ]
