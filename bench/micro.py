@@ -2,18 +2,23 @@
 
 ``python -m bench.micro --reps R`` prints one JSON object of MB/s (or seconds) for:
 
-* ``encode``: ``list(encode_stream(...))`` (the PS's publish; one ``tobytes`` copy per chunk);
+* ``serialize_stream``: ``serialize_stream(...)`` (the PS's publish: wire-form frames, one copy
+  per chunk, sent as is to every worker);
+* ``encode_and_serialize``: ``encode_stream`` + ``SerializeToString`` of every frame (the publish
+  path before ``serialize_stream``, whose serialization gRPC then repeated per worker);
+* ``encode``: ``list(encode_stream(...))`` (a worker's push; one ``tobytes`` copy per chunk);
 * ``encode_fp16``: the same with ``wire_dtype="float16"`` (the worker's fp16 push);
 * ``serialize`` / ``parse``: protobuf ``SerializeToString`` / ``FromString`` of every frame (what
-  gRPC does per frame per stream on each side);
+  gRPC does per pushed frame on each side);
 * ``assemble``: ``Assembler.feed`` of every chunk + ``finish`` (the receiver's copy);
 * ``as_dtype_fp16``: float16 wire arrays back to float32 (the PS on an fp16 push);
 * ``accumulate``: ``RoundAccumulator.add`` (validate + weighted add) of one update;
 * ``accumulate_alt``: a candidate replacement for the weighted add (see the README): no
   temporary when the weight is 1.0, else a blockwise multiply-add into the running sum;
-* ``unseal_read`` / ``unseal_read_into``: ``SealedReader.readinto`` over a sealed 94 MB stream
-  as shipped, and with a candidate that decrypts whole chunks straight into the caller's buffer
-  (``AESGCM.decrypt_into``) instead of decrypt-to-bytes + copy.
+* ``unseal_read`` / ``unseal_old``: ``SealedReader.readinto`` over a sealed 94 MB stream as
+  shipped (whole chunks decrypted straight into the caller's buffer with
+  ``AESGCM.decrypt_into``), and the path it replaced (decrypt each chunk to new bytes, then
+  copy), kept as the "before" reference.
 """
 
 from __future__ import annotations
@@ -56,43 +61,20 @@ def accumulate_alt(acc_sum: list[np.ndarray], arrays: list[np.ndarray], weight: 
             fs[i : i + n] += tmp[:n]
 
 
-def readinto_decrypt_into(reader: Any, buffer: Any) -> int:
-    """Candidate SealedReader.readinto: whole chunks are decrypted straight into ``buffer``."""
-    from tdxfl.store.sealed import _RECORD, TAG_SIZE, SealedFileError, _aad, _nonce
-
+def readinto_old(reader: Any, buffer: Any) -> int:
+    """``SealedReader.readinto`` before it decrypted into the target: decrypt to bytes, then copy."""
     target = memoryview(buffer).cast("B")
     got = 0
     while got < len(target):
-        if reader._pending:
-            take = min(len(target) - got, len(reader._pending))
-            target[got : got + take] = reader._pending[:take]
-            reader._pending = reader._pending[take:]
-            got += take
-            continue
-        if reader._done:
-            break
-        room = len(target) - got
-        if room < reader._chunk_size:  # partial chunk: fall back to the shipped path
+        if not reader._pending:
             chunk = reader._next_chunk()
             if chunk is None:
                 break
             reader._pending = memoryview(chunk)
-            continue
-        index = reader._index
-        record = bytearray(_RECORD.size)
-        if reader._read_into(memoryview(record)) != _RECORD.size:
-            raise SealedFileError("truncated")
-        flag, length = _RECORD.unpack(record)
-        if flag > 1 or length > reader._chunk_size or (flag == 0 and length != reader._chunk_size):
-            raise SealedFileError("malformed record")
-        view = memoryview(reader._cbuf)[: length + TAG_SIZE]
-        if reader._read_into(view) != len(view):
-            raise SealedFileError("truncated")
-        reader._cipher.decrypt_into(_nonce(index), view, _aad(reader._header_hash, index, flag == 1), target[got : got + length])
-        reader._index += 1
-        got += length
-        if flag == 1:
-            reader._done = True
+        take = min(len(target) - got, len(reader._pending))
+        target[got : got + take] = reader._pending[:take]
+        reader._pending = reader._pending[take:]
+        got += take
     return got
 
 
@@ -104,7 +86,7 @@ def main() -> None:
     from tdxfl.core.strategy import RoundAccumulator
     from tdxfl.store.sealed import SealedReader, SealedWriter
     from tdxfl.transport.proto import tdxfl_pb2 as pb
-    from tdxfl.transport.tensors import Assembler, as_dtype, decode_header, encode_stream
+    from tdxfl.transport.tensors import Assembler, as_dtype, decode_header, encode_stream, serialize_stream
 
     specs, _ = load_specs()
     size = nbytes(specs)
@@ -112,10 +94,14 @@ def main() -> None:
     r = args.reps
     out: dict[str, float] = {"model_MB": size / MB}
 
+    out["serialize_stream"] = size / MB / best_of(lambda: serialize_stream("weights", 0, ts), r)
+    out["encode_and_serialize"] = size / MB / best_of(
+        lambda: [f.SerializeToString() for f in encode_stream("weights", 0, ts)], r)
     out["encode"] = size / MB / best_of(lambda: list(encode_stream("weights", 0, ts)), r)
     out["encode_fp16"] = size / MB / best_of(lambda: list(encode_stream("gradients", 0, ts, wire_dtype="float16")), r)
     frames = list(encode_stream("weights", 0, ts))
     wire = [f.SerializeToString() for f in frames]
+    assert serialize_stream("weights", 0, ts) == wire, "serialize_stream differs from encode_stream + SerializeToString"
     out["serialize"] = size / MB / best_of(lambda: [f.SerializeToString() for f in frames], r)
     out["parse"] = size / MB / best_of(lambda: [pb.TensorFrame.FromString(w) for w in wire], r)
     header = decode_header(frames[0])
@@ -158,13 +144,14 @@ def main() -> None:
     def unseal(into: bool) -> None:
         reader = SealedReader(io.BytesIO(blob), key, label="checkpoint")
         view = memoryview(dst)
-        got = readinto_decrypt_into(reader, view) if into else reader.readinto(view)
+        got = reader.readinto(view) if into else readinto_old(reader, view)
         assert got == size and reader.at_end
 
-    out["unseal_read"] = size / MB / best_of(lambda: unseal(False), r)
+    out["unseal_old"] = size / MB / best_of(lambda: unseal(False), r)
     ref = bytes(dst)
-    out["unseal_read_into"] = size / MB / best_of(lambda: unseal(True), r)
-    assert bytes(dst) == ref, "decrypt_into candidate differs"
+    dst[:] = bytes(size)
+    out["unseal_read"] = size / MB / best_of(lambda: unseal(True), r)
+    assert bytes(dst) == ref, "shipped readinto differs from the old path"
     print(json.dumps(out))
 
 

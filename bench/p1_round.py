@@ -11,8 +11,11 @@ published weights, decode them, and Push precomputed random gradients (training 
 the channel the schedule names. Rounds of different modes are interleaved in one run so that
 machine noise hits them alike.
 
-Per round the PS times ``encode_stream`` + ``publish`` + ``collect`` (the weighted mean is
-ready): exactly what ``run_parameter_server`` does per step, minus ``strategy.apply``. Workers
+Per round the PS times ``serialize_stream`` + ``publish`` + ``collect`` (the weighted mean is
+ready): exactly what ``run_parameter_server`` does per step, minus ``strategy.apply``. Both
+endpoints register the service with ``add_to_server`` (Pull sends the pre-serialized frames as
+they are). ``fp16`` rounds differ only in the workers' pushes (``encode_stream(wire_dtype=
+"float16")``); the published model is always float32. Workers
 report when their pull finished and when their push was acknowledged (CLOCK_MONOTONIC is
 system-wide, so the timestamps are comparable across processes).
 """
@@ -44,85 +47,9 @@ from bench.common import (
 )
 from bench.tls_baseline import BioTls, _self_signed
 
-MODES = ("tls", "secure", "insecure", "fp16", "pre")
+MODES = ("tls", "secure", "insecure", "fp16")
 WORKERS = ("worker-1", "worker-2")
 PARTY_KEY = "x-bench-party"
-
-
-class WireFrame:
-    """An already serialized ``TensorFrame``: ``raw`` goes on the wire as is; ``chunk`` only
-    feeds ``RoundState.frames_after``'s byte count."""
-
-    __slots__ = ("raw",)
-
-    def __init__(self, raw: bytes) -> None:
-        self.raw = raw
-
-    @property
-    def chunk(self) -> bytes:
-        return self.raw
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def encode_serialized(kind: str, version: int, tensors: Any, chunk_bytes: int = 1 << 20) -> list[WireFrame]:
-    """``encode_stream``'s frames already in protobuf wire form, each built with one copy.
-
-    A chunk frame is field 2 (bytes) of ``TensorFrame``: tag 0x12, varint length, the bytes.
-    Experiment for the "pre-serialize published frames once" proposal (see README).
-    """
-    import numpy as np
-
-    from tdxfl.transport.tensors import encode_stream
-
-    header = next(encode_stream(kind, version, tensors))  # header only: the generator stops there
-    out = [WireFrame(header.SerializeToString())]
-    views = [memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8)) for a in tensors.arrays]
-    parts: list[Any] = []
-    fill = 0
-    for v in views:
-        pos = 0
-        while pos < len(v):
-            take = min(chunk_bytes - fill, len(v) - pos)
-            parts.append(v[pos : pos + take])
-            fill += take
-            pos += take
-            if fill == chunk_bytes:
-                out.append(WireFrame(b"".join([b"\x12" + _varint(fill), *parts])))
-                parts, fill = [], 0
-    if fill:
-        out.append(WireFrame(b"".join([b"\x12" + _varint(fill), *parts])))
-    return out
-
-
-def _raw(frame: WireFrame) -> bytes:
-    return frame.raw
-
-
-def add_preserialized_servicer(service: Any, server: Any) -> None:
-    """Register ``service`` with Pull's responses passed through unserialized (they are WireFrames)."""
-    import grpc
-
-    from tdxfl.transport.proto import tdxfl_pb2 as pb
-
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("tdxfl.v1.ParameterServer", {
-        "Join": grpc.unary_unary_rpc_method_handler(
-            service.Join, request_deserializer=pb.JoinRequest.FromString, response_serializer=pb.JoinReply.SerializeToString),
-        "Pull": grpc.unary_stream_rpc_method_handler(
-            service.Pull, request_deserializer=pb.PullRequest.FromString, response_serializer=_raw),
-        "Push": grpc.stream_unary_rpc_method_handler(
-            service.Push, request_deserializer=pb.TensorFrame.FromString, response_serializer=pb.PushReply.SerializeToString),
-    }),))
 
 
 class InsecureShim:
@@ -143,11 +70,16 @@ def ps_main(args: argparse.Namespace) -> None:
 
     from tdxfl.party import party_context
     from tdxfl.server.rounds import RoundState
-    from tdxfl.server.service import ParameterServerService
+    from tdxfl.server.service import ParameterServerService, add_to_server
     from tdxfl.transport.attested import GRPC_OPTIONS, AttestedServer, role_table
-    from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
-    from tdxfl.transport.tensors import encode_stream
+    from tdxfl.transport.tensors import serialize_stream
 
+    if args.server_opt:  # experiment: extra gRPC server options on both PS endpoints
+        import tdxfl.transport.attested as att
+
+        extra = [(k, int(v)) for k, _, v in (o.partition("=") for o in args.server_opt)]
+        att.GRPC_OPTIONS = GRPC_OPTIONS = att.GRPC_OPTIONS + extra  # read by AttestedServer.__init__
+        log(f"P1 experiment: server options {extra}")
     workdir = Path(args.workdir)
     fed_path = write_federation(workdir, list(WORKERS))
     fed = read_federation(fed_path)
@@ -158,22 +90,12 @@ def ps_main(args: argparse.Namespace) -> None:
         "ps", ctx.attester, ctx.peer_verifier(fed, "workers"), fed.ps.address, fed.ps.enroll_address,
         roles=role_table([(w.name, "worker") for w in fed.workers]),
     )
-    pb_grpc.add_ParameterServerServicer_to_server(ParameterServerService(fed, server, rounds), server.main)  # type: ignore[arg-type]
+    add_to_server(ParameterServerService(fed, server, rounds), server.main)
     plain = grpc.server(futures.ThreadPoolExecutor(max_workers=32), options=GRPC_OPTIONS, maximum_concurrent_rpcs=128)
-    pb_grpc.add_ParameterServerServicer_to_server(ParameterServerService(fed, InsecureShim(), rounds), plain)  # type: ignore[arg-type]
+    add_to_server(ParameterServerService(fed, InsecureShim(), rounds), plain)  # type: ignore[arg-type]
     plain_port = plain.add_insecure_port("127.0.0.1:0")
     server.start()
     plain.start()
-    pre_addr = ""
-    if "pre" in args.schedule.split(","):  # experiment: a second attested endpoint, Pull pre-serialized
-        from bench.common import free_port
-
-        pre_addr = f"127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
-        a, e = pre_addr.split(",")
-        pre_server = AttestedServer("ps", ctx.attester, ctx.peer_verifier(fed, "workers"), a, e,
-                                    roles=role_table([(w.name, "worker") for w in fed.workers]))
-        add_preserialized_servicer(ParameterServerService(fed, pre_server, rounds), pre_server.main)
-        pre_server.start()
     # the raw-TLS baseline lives in the same processes, so its rounds interleave with the others
     cert, key = _self_signed(str(workdir))
     tls_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -186,7 +108,7 @@ def ps_main(args: argparse.Namespace) -> None:
     schedule = args.schedule.split(",")
     procs = [
         spawn("p1_round", "worker", "--fed", str(fed_path), "--name", w, "--plain", f"127.0.0.1:{plain_port}",
-              "--tls", f"{listener.getsockname()[1]}:{cert}", "--pre", pre_addr, "--schedule", args.schedule, "--out", str(workdir / f"{w}.json"))
+              "--tls", f"{listener.getsockname()[1]}:{cert}", "--schedule", args.schedule, "--out", str(workdir / f"{w}.json"))
         for w in WORKERS
     ]
     try:
@@ -213,10 +135,7 @@ def ps_main(args: argparse.Namespace) -> None:
                 log(f"P1 round {v} (raw tls baseline): {t2 - t0:.3f}s")
                 continue
             t0 = time.monotonic()
-            if mode == "pre":
-                frames = encode_serialized("weights", v, weights)  # type: ignore[assignment]
-            else:
-                frames = list(encode_stream("weights", v, weights))
+            frames = serialize_stream("weights", v, weights, chunk_bytes=args.chunk_bytes)
             t1 = time.monotonic()
             rounds.publish(v, frames)
             step = rounds.collect(len(WORKERS), 90.0, fail_on_timeout=True, grace=0.0)
@@ -272,12 +191,6 @@ def worker_main(args: argparse.Namespace) -> None:
     ch = connect(args.name, "worker", ctx.attester, ctx.peer_verifier(fed, "ps"), fed.ps.name, fed.ps.address, fed.ps.enroll_address)
     secure = pb_grpc.ParameterServerStub(ch.channel)
     plain = pb_grpc.ParameterServerStub(grpc.insecure_channel(args.plain, options=GRPC_OPTIONS))
-    pre = None
-    if args.pre:
-        a, e = args.pre.split(",")
-        pre_ch = connect(args.name, "worker", ctx.attester, ctx.peer_verifier(fed, "ps"), fed.ps.name, a, e)
-        pre = pb_grpc.ParameterServerStub(pre_ch.channel)
-        pre.Join(pb.JoinRequest(party=args.name, config_digest=fed.training_digest()), timeout=30)
     md = ((PARTY_KEY, args.name),)
     tls_port, tls_cert = args.tls.split(":", 1)
     tls_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -296,7 +209,7 @@ def worker_main(args: argparse.Namespace) -> None:
             tls.recv_exact(tls_buf)
             tls.sendall(tls_payload)
             continue
-        stub = plain if mode == "insecure" else pre if mode == "pre" else secure
+        stub = plain if mode == "insecure" else secure
         it = iter(stub.Pull(pb.PullRequest(after_version=v - 1), metadata=md))
         header = decode_header(next(it))  # arrives once the PS publishes
         t_first = time.monotonic()
@@ -338,12 +251,14 @@ def main() -> None:
     p = sub.add_parser("ps")
     p.add_argument("--workdir", required=True)
     p.add_argument("--schedule", required=True)
+    p.add_argument("--server-opt", action="append", default=[], metavar="KEY=INT",
+                   help="experiment: extra gRPC server option for the PS endpoints (repeatable)")
+    p.add_argument("--chunk-bytes", type=int, default=1 << 20, help="experiment: serialize_stream chunk size")
     w = sub.add_parser("worker")
     w.add_argument("--fed", required=True)
     w.add_argument("--name", required=True)
     w.add_argument("--plain", required=True)
     w.add_argument("--tls", required=True)
-    w.add_argument("--pre", default="")
     w.add_argument("--schedule", required=True)
     w.add_argument("--out", required=True)
     args = ap.parse_args()

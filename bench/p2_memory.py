@@ -27,13 +27,121 @@ from pathlib import Path
 from bench.common import wait_joined, log, nbytes, random_set, read_federation, reset_hwm, rss_kb, spawn, synthetic_specs, write_federation
 
 
+ADMISSION_SERVICE = "tdxfl.bench.Admission"
+
+
+def _as_is(b: bytes) -> bytes:
+    return b
+
+
+class Phases:
+    """Live counters of the PS's streams, read by the RSS sampler (bench instrumentation)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pulls = 0          # Pull streams still sending the model
+        self.pushes_open = 0    # Push handlers running (header read, waiting for a slot or receiving)
+        self.pushes_in_slot = 0  # Push handlers holding a StagingPool slot
+        self.admit_waiting = 0  # Admit calls blocked for a grant (admission prototype)
+
+    def add(self, field: str, d: int) -> None:
+        with self.lock:
+            setattr(self, field, getattr(self, field) + d)
+
+    def snapshot(self) -> tuple[int, int, int, int]:
+        return self.pulls, self.pushes_open, self.pushes_in_slot, self.admit_waiting
+
+
+def instrumented_service(base: type, phases: Phases, *, admission: int, grant_timeout: float) -> type:
+    """``base`` (ParameterServerService) with stream counters and, if ``admission`` > 0, the
+    admission prototype: ``Admit`` blocks until one of ``admission`` push grants is free; the
+    grant is returned when that party's Push ends (or after ``grant_timeout`` if it never comes).
+    A Push without a grant takes one itself before it reads its header."""
+    import contextlib
+
+    class Service(base):  # type: ignore[misc,valid-type]
+        def __init__(self, *a, **kw):  # type: ignore[no-untyped-def]
+            super().__init__(*a, **kw)
+            self._grants = threading.BoundedSemaphore(admission) if admission else None
+            self._held: dict[str, threading.Timer] = {}
+            self._held_lock = threading.Lock()
+            pool = self._staging
+            orig = pool.assembler
+
+            @contextlib.contextmanager
+            def counted(specs, context):  # type: ignore[no-untyped-def]
+                with orig(specs, context) as asm:
+                    phases.add("pushes_in_slot", 1)
+                    try:
+                        yield asm
+                    finally:
+                        phases.add("pushes_in_slot", -1)
+
+            pool.assembler = counted  # type: ignore[method-assign]
+
+        def Pull(self, request, context):  # type: ignore[no-untyped-def]
+            started = False
+            try:
+                for frame in super().Pull(request, context):
+                    if not started:
+                        started = True
+                        phases.add("pulls", 1)
+                    yield frame
+            finally:
+                if started:
+                    phases.add("pulls", -1)
+
+        # -- admission prototype ---------------------------------------------------------------
+        def _release(self, party: str) -> None:
+            with self._held_lock:
+                timer = self._held.pop(party, None)
+            if timer is not None:
+                timer.cancel()
+                self._grants.release()
+
+        def Admit(self, request: bytes, context) -> bytes:  # type: ignore[no-untyped-def]
+            party = self._server.peer_of(context).party
+            self._release(party)  # a party holds at most one grant
+            phases.add("admit_waiting", 1)
+            try:
+                while not self._grants.acquire(timeout=1.0):
+                    if not context.is_active():
+                        return b""
+            finally:
+                phases.add("admit_waiting", -1)
+            timer = threading.Timer(grant_timeout, self._release, (party,))
+            timer.daemon = True
+            with self._held_lock:
+                self._held[party] = timer
+            timer.start()
+            return b""
+
+        def Push(self, request_iterator, context):  # type: ignore[no-untyped-def]
+            party = self._server.peer_of(context).party
+            if self._grants is not None:
+                with self._held_lock:
+                    granted = party in self._held
+                if not granted:  # a worker that did not ask: it waits here, as it would for a slot
+                    self.Admit(b"", context)
+            phases.add("pushes_open", 1)
+            try:
+                return super().Push(request_iterator, context)
+            finally:
+                phases.add("pushes_open", -1)
+                if self._grants is not None:
+                    self._release(party)
+
+    return Service
+
+
 def ps_main(args: argparse.Namespace) -> None:
+    import grpc
+
     from tdxfl.party import party_context
     from tdxfl.server.rounds import RoundState
-    from tdxfl.server.service import ParameterServerService
+    from tdxfl.server.service import ParameterServerService, add_to_server
     from tdxfl.transport.attested import AttestedServer, role_table
-    from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
-    from tdxfl.transport.tensors import encode_stream
+    from tdxfl.transport.tensors import serialize_stream
 
     if args.server_opt:  # experiment: extra gRPC server channel args (e.g. grpc.http2.bdp_probe=0)
         import tdxfl.transport.attested as att
@@ -43,7 +151,7 @@ def ps_main(args: argparse.Namespace) -> None:
         log(f"P2 experiment: server options {extra}")
     workdir = Path(args.workdir)
     names = [f"w{i:02d}" for i in range(args.workers)]
-    fed_path = write_federation(workdir, names)
+    fed_path = write_federation(workdir, names, faults={"max_concurrent_updates": args.slots})
     fed = read_federation(fed_path)
     specs = synthetic_specs(args.params)
     ctx = party_context(fed, "ps", workdir / "ps")
@@ -52,26 +160,51 @@ def ps_main(args: argparse.Namespace) -> None:
         "ps", ctx.attester, ctx.peer_verifier(fed, "workers"), fed.ps.address, fed.ps.enroll_address,
         roles=role_table([(w.name, "worker") for w in fed.workers]),
     )
-    pb_grpc.add_ParameterServerServicer_to_server(ParameterServerService(fed, server, rounds), server.main)  # type: ignore[arg-type]
+    phases = Phases()
+    Service = instrumented_service(ParameterServerService, phases, admission=args.slots if args.admission else 0,
+                                   grant_timeout=fed.faults.step_timeout_s)
+    service = Service(fed, server, rounds)
+    add_to_server(service, server.main)
+    if args.admission:
+        server.main.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ADMISSION_SERVICE, {
+            "Admit": grpc.unary_unary_rpc_method_handler(service.Admit, _as_is, _as_is)}),))
     server.start()
     weights = random_set(specs, 7, scale=0.05)
     procs_n = min(args.procs, args.workers)
     groups = [names[i::procs_n] for i in range(procs_n)]
-    procs = [spawn("p2_memory", "worker", "--fed", str(fed_path), "--names", ",".join(g), "--params", str(args.params))
-             for g in groups]
+    wargs = ["--params", str(args.params), *(["--admission"] if args.admission else []),
+             *(a for o in args.client_opt for a in ("--client-opt", o))]
+    procs = [spawn("p2_memory", "worker", "--fed", str(fed_path), "--names", ",".join(g), *wargs) for g in groups]
     try:
         wait_joined(rounds, args.workers, procs, 180.0)
-        frames = list(encode_stream("weights", 0, weights))
+        frames = serialize_stream("weights", 0, weights, chunk_bytes=args.chunk_bytes)
         gc.collect()
         time.sleep(0.5)
+        if args.tracemalloc:
+            import tracemalloc
+
+            tracemalloc.start()
+            traced_before = tracemalloc.get_traced_memory()[0]
         before = rss_kb()
         hwm_reset = reset_hwm()
         peak = [before]
+        by_phase: dict[str, int] = {}
+        timeline: list[tuple[float, int, tuple[int, int, int, int]]] = []
         stop = threading.Event()
 
         def sample() -> None:
+            t_start = time.monotonic()
+            last = -1.0
             while not stop.is_set():
-                peak[0] = max(peak[0], rss_kb())
+                rss = rss_kb()
+                snap = phases.snapshot()
+                peak[0] = max(peak[0], rss)
+                phase = "pull" if snap[0] else "push"
+                by_phase[phase] = max(by_phase.get(phase, 0), rss)
+                now = time.monotonic() - t_start
+                if now - last >= args.timeline:
+                    timeline.append((round(now, 2), (rss - before) // 1024, snap))
+                    last = now
                 time.sleep(0.005)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -83,6 +216,11 @@ def ps_main(args: argparse.Namespace) -> None:
         stop.set()
         sampler.join()
         hwm = rss_kb("VmHWM")
+        traced = None
+        if args.tracemalloc:
+            cur, tpeak = tracemalloc.get_traced_memory()
+            traced = {"peak_MiB": (tpeak - traced_before) / 2**20, "end_MiB": (cur - traced_before) / 2**20}
+            tracemalloc.stop()
         assert len(step.contributors) == args.workers, step
         rounds.finish()
         for p in procs:
@@ -97,18 +235,31 @@ def ps_main(args: argparse.Namespace) -> None:
     out = {
         "workers": args.workers, "procs": procs_n, "model_bytes": nbytes(specs), "rss_before_kb": before,
         "peak_kb": peak_kb, "growth_bytes": (peak_kb - before) * 1024, "hwm_reset": hwm_reset, "round_s": t1 - t0,
+        "growth_MiB_by_phase": {k: (v - before) / 1024 for k, v in by_phase.items()},
+        "threads": threading.active_count(), "admission": args.admission, "slots": args.slots,
+        "server_opts": args.server_opt, "client_opts": args.client_opt, "chunk_bytes": args.chunk_bytes,
     }
-    log(f"P2 {args.workers} workers: peak growth {(peak_kb - before) / 1024:.1f} MiB in {t1 - t0:.2f}s")
+    if traced is not None:
+        out["tracemalloc"] = traced
+    if args.timeline < 1e9:
+        out["timeline"] = timeline  # (s, growth MiB, (pulls, pushes_open, pushes_in_slot, admit_waiting))
+    log(f"P2 {args.workers} workers: peak growth {(peak_kb - before) / 1024:.1f} MiB in {t1 - t0:.2f}s "
+        f"(by phase, MiB: {', '.join(f'{k} {v:.0f}' for k, v in out['growth_MiB_by_phase'].items())})")
     print(json.dumps(out))
 
 
 def worker_main(args: argparse.Namespace) -> None:
+    import grpc
+
+    import tdxfl.transport.attested as att
     from tdxfl.party import party_context
     from tdxfl.transport.attested import connect
     from tdxfl.transport.proto import tdxfl_pb2 as pb
     from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
     from tdxfl.transport.tensors import decode_stream, encode_stream
 
+    if args.client_opt:  # experiment: extra channel args for the workers' mutual-TLS channels
+        att.GRPC_OPTIONS = att.GRPC_OPTIONS + [(k, int(v)) for k, _, v in (o.partition("=") for o in args.client_opt)]
     fed = read_federation(args.fed)
     specs = synthetic_specs(args.params)
     update = random_set(specs, 11, scale=1e-3)  # shared read-only by this process's parties
@@ -120,9 +271,12 @@ def worker_main(args: argparse.Namespace) -> None:
             ctx = party_context(fed, name, Path(args.fed).parent / name)
             ch = connect(name, "worker", ctx.attester, ctx.peer_verifier(fed, "ps"), fed.ps.name, fed.ps.address, fed.ps.enroll_address)
             stub = pb_grpc.ParameterServerStub(ch.channel)
+            admit = ch.channel.unary_unary(f"/{ADMISSION_SERVICE}/Admit", request_serializer=_as_is, response_deserializer=_as_is)
             stub.Join(pb.JoinRequest(party=name, config_digest=fed.training_digest()), timeout=60)
-            ready.wait()
+            ready.wait(300)
             header, _ = decode_stream(stub.Pull(pb.PullRequest(after_version=-1)))
+            if args.admission:
+                admit(b"", timeout=300)
             reply = stub.Push(encode_stream("gradients", header.version, update, num_samples=32))
             if not reply.accepted:
                 raise RuntimeError(reply.reason)
@@ -131,6 +285,7 @@ def worker_main(args: argparse.Namespace) -> None:
             ch.close()
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
+            ready.abort()  # the others must not wait for this party at the barrier
 
     threads = [threading.Thread(target=party, args=(n,)) for n in args.names.split(",")]
     for t in threads:
@@ -139,6 +294,7 @@ def worker_main(args: argparse.Namespace) -> None:
         t.join()
     if errors:
         raise errors[0]
+    del grpc
 
 
 def main() -> None:
@@ -151,10 +307,19 @@ def main() -> None:
     p.add_argument("--workdir", required=True)
     p.add_argument("--server-opt", action="append", default=[], metavar="KEY=INT",
                    help="experiment: extra gRPC server option for the PS (repeatable)")
+    p.add_argument("--client-opt", action="append", default=[], metavar="KEY=INT",
+                   help="experiment: extra gRPC channel option for the workers (repeatable)")
+    p.add_argument("--chunk-bytes", type=int, default=1 << 20, help="serialize_stream chunk size of the published model")
+    p.add_argument("--slots", type=int, default=2, help="faults.max_concurrent_updates (StagingPool slots)")
+    p.add_argument("--admission", action="store_true", help="prototype: workers ask for a push grant first")
+    p.add_argument("--tracemalloc", action="store_true", help="also report the peak of traced Python allocations")
+    p.add_argument("--timeline", type=float, default=1e18, metavar="S", help="record (t, growth, counters) every S s")
     w = sub.add_parser("worker")
     w.add_argument("--fed", required=True)
     w.add_argument("--names", required=True)
     w.add_argument("--params", type=int, default=5_000_000)
+    w.add_argument("--admission", action="store_true")
+    w.add_argument("--client-opt", action="append", default=[])
     args = ap.parse_args()
     (ps_main if args.cmd == "ps" else worker_main)(args)
 

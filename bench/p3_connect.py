@@ -4,10 +4,17 @@
 simulated attestation, the real ParameterServerService) until stdin closes;
 ``python -m bench.p3_connect client --fed F --reps R`` (another process) measures, interleaved:
 
-* ``ratls``: ``connect()`` (fetch the server certificate, Attest, appraise, Challenge, create
-  our RA-TLS identity, Enroll) + the first RPC (Join) on the new mutual-TLS channel;
-* ``tls``: a plain server-authenticated TLS gRPC channel to the same server's TLS port (the
-  enrollment port: same certificate, no client certificate) + its first RPC (Challenge);
+* ``ratls``: ``connect()`` (fetch the server certificate, Attest — which also returns the
+  server's enrollment challenge —, appraise, create our RA-TLS identity, Enroll) + the first
+  RPC (Join) on the new mutual-TLS channel;
+* ``tls`` (the baseline): a plain server-authenticated TLS gRPC channel to the same server's TLS
+  port (the enrollment port: same certificate, no client certificate) + a first RPC that does
+  no work: ``/tdxfl.bench.Probe/Ping``, a bench-only no-op handler that ``serve`` registers on the
+  enrollment server (same server, thread pool and TLS credentials as Attest/Enroll). It stands
+  in for the removed ``Challenge`` RPC (whose handler only drew a nonce);
+* ``tls_enroll``: the same channel with ``Enroll(EnrollRequest())`` as its first RPC (refused at
+  once: unknown party; records a refusal in the PS's decision log) — the closest shipped RPC,
+  reported for comparison;
 * ``mtls``: mutual TLS to the main port with an already enrolled identity + Join (the
   handshake cost without any attestation work, for the breakdown).
 
@@ -29,13 +36,21 @@ LOCAL_POOL = [("grpc.use_local_subchannel_pool", 1)]
 SAMPLE_TIME = 1752919234  # tests/attestation/conftest.py: the sample collateral is valid then
 
 
+PROBE_SERVICE = "tdxfl.bench.Probe"
+
+
+def _as_is(b: bytes) -> bytes:
+    return b
+
+
 def serve_main(args: argparse.Namespace) -> None:
+    import grpc
+
     from tdxfl.core.records import TensorSpec
     from tdxfl.party import party_context
     from tdxfl.server.rounds import RoundState
-    from tdxfl.server.service import ParameterServerService
+    from tdxfl.server.service import ParameterServerService, add_to_server
     from tdxfl.transport.attested import AttestedServer, role_table
-    from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
 
     workdir = Path(args.workdir)
     fed_path = write_federation(workdir, ["worker-1", "worker-2"])
@@ -46,7 +61,10 @@ def serve_main(args: argparse.Namespace) -> None:
         "ps", ctx.attester, ctx.peer_verifier(fed, "workers"), fed.ps.address, fed.ps.enroll_address,
         roles=role_table([(w.name, "worker") for w in fed.workers]),
     )
-    pb_grpc.add_ParameterServerServicer_to_server(ParameterServerService(fed, server, rounds), server.main)  # type: ignore[arg-type]
+    add_to_server(ParameterServerService(fed, server, rounds), server.main)
+    # P3's baseline RPC: a no-op on the enrollment port (Challenge, the old baseline, is gone)
+    server.enrollment.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(PROBE_SERVICE, {
+        "Ping": grpc.unary_unary_rpc_method_handler(lambda request, context: b"", _as_is, _as_is)}),))
     server.start()
     print(json.dumps({"fed": str(fed_path)}), flush=True)
     sys.stdin.read()  # until the parent closes our stdin
@@ -97,11 +115,15 @@ def client_main(args: argparse.Namespace) -> None:
 
     server_cert = att.fetch_server_certificate(ps.enroll_address)
 
-    def plain_tls() -> float:
+    def plain_tls(first_rpc: str) -> float:
         t = time.perf_counter()
         ch = grpc.secure_channel(ps.enroll_address, grpc.ssl_channel_credentials(root_certificates=server_cert),
                                  options=override + LOCAL_POOL)
-        pb_grpc.EnrollmentStub(ch).Challenge(pb.ChallengeRequest(party="worker-1"), timeout=30)
+        if first_rpc == "ping":
+            ch.unary_unary(f"/{PROBE_SERVICE}/Ping", request_serializer=_as_is, response_deserializer=_as_is)(b"", timeout=30)
+        else:
+            reply = pb_grpc.EnrollmentStub(ch).Enroll(pb.EnrollRequest(), timeout=30)
+            assert not reply.accepted
         dt = time.perf_counter() - t
         ch.close()
         return dt
@@ -122,10 +144,10 @@ def client_main(args: argparse.Namespace) -> None:
         ch.close()
         return dt
 
-    times: dict[str, list[float]] = {"ratls": [], "tls": [], "mtls": []}
+    times: dict[str, list[float]] = {"ratls": [], "tls": [], "tls_enroll": [], "mtls": []}
     for i in range(args.reps + 2):
         parts_before = dict(parts)
-        r = {"ratls": ratls(), "tls": plain_tls(), "mtls": mtls()}
+        r = {"ratls": ratls(), "tls": plain_tls("ping"), "tls_enroll": plain_tls("enroll"), "mtls": mtls()}
         if i < 2:  # warm-up: first-use costs (imports, grpc channel machinery)
             for k in list(parts):
                 parts[k] = parts_before.get(k, 0.0)

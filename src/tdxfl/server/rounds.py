@@ -148,8 +148,20 @@ class RoundState:
             self.bytes_out += sum(len(f) for f in self._frames)
             return self.version, self._frames
 
-    def submit(self, party: str, kind: str, version: int, update: TensorSet, weight: float, metrics: dict[str, float]) -> None:
-        """Fold one worker's update into the current step; RecordError with the reason if refused."""
+    def submit(
+        self,
+        party: str,
+        kind: str,
+        version: int,
+        update: TensorSet,
+        weight: float,
+        metrics: dict[str, float],
+        wire_bytes: int | None = None,
+    ) -> None:
+        """Fold one worker's update into the current step; RecordError with the reason if refused.
+
+        ``wire_bytes`` is what the update took on the wire (default: its decoded size).
+        """
         with self._cond:
             if kind != self.update_kind:
                 raise RecordError(f"this federation expects {self.update_kind!r} updates, got {kind!r}")
@@ -169,7 +181,7 @@ class RoundState:
             self.active.add(party)
             for k, v in metrics.items():
                 self._metric_sums[k] = self._metric_sums.get(k, 0.0) + float(v)
-            self.bytes_in += update.nbytes
+            self.bytes_in += update.nbytes if wire_bytes is None else wire_bytes
             self._cond.notify_all()
 
     def reject(self, party: str, reason: str) -> None:

@@ -138,7 +138,9 @@ class ParameterServerService(pb_grpc.ParameterServerServicer):
                 update = as_dtype(asm.finish(), self._rounds.specs)
                 weight = float(header.num_samples) if self._rounds.update_kind == "weights" else 1.0
                 try:
-                    self._rounds.submit(peer.party, header.kind, header.version, update, weight, header.metrics)
+                    self._rounds.submit(
+                        peer.party, header.kind, header.version, update, weight, header.metrics, asm.received
+                    )
                 except RecordError as e:  # stale, duplicate or non-finite: submit already recorded it
                     return self._refuse(peer.party, str(e), malformed=False)
         except StopIteration:
