@@ -23,7 +23,7 @@ from bench.common import MB, log, median, result, run_json, spawn
 
 GROUPS: dict[str, tuple[str, ...]] = {
     "P1": ("P1", "P1b", "P1-fp16"),
-    "P2": ("P2",),
+    "P2": ("P2", "P2-admission"),
     "P3": ("P3", "P3-tdx"),
     "P4": ("P4-write", "P4-read"),
     "P5": ("P5",),
@@ -86,14 +86,29 @@ def run_p1(tmp: Path, quick: bool, reps: int | None) -> Iterator[dict[str, Any]]
 
 def run_p2(tmp: Path, quick: bool, reps: int | None) -> Iterator[dict[str, Any]]:
     ns = [2, 32] if quick else [2, 4, 8, 16, 32]
-    runs = {n: run_json("p2_memory", "ps", "--workers", str(n), "--workdir", str(tmp / f"p2-{n}")) for n in ns}
+
+    def sweep(label: str, ns: list[int], *extra: str) -> dict[int, Any]:
+        return {n: run_json("p2_memory", "ps", "--workers", str(n), "--workdir", str(tmp / f"p2-{label}-{n}"), *extra)
+                for n in ns}
+
+    runs = sweep("shipped", ns, "--tracemalloc")
     model = runs[2]["model_bytes"]
     g = {n: r["growth_bytes"] for n, r in runs.items()}
     diff = (g[32] - g[2]) / MB
     yield result("P2", diff, model / MB, 2.0, "MB (peak growth 32 workers - 2 workers)", ok=diff / (model / MB) < 2.0,
                  growth_MB_by_workers={str(n): v / MB for n, v in g.items()}, growth_32_over_2=g[32] / g[2],
+                 python_peak_MiB_by_workers={str(n): r["tracemalloc"]["peak_MiB"] for n, r in runs.items()},
+                 growth_MiB_by_phase_32=runs[32]["growth_MiB_by_phase"],
                  round_s_by_workers={str(n): r["round_s"] for n, r in runs.items()},
                  worker_processes={str(n): r["procs"] for n, r in runs.items()})
+    # prototype (bench only): a worker asks the PS for a push grant before it opens its Push stream
+    adm = sweep("admission", [2, 32], "--admission")
+    ga = {n: r["growth_bytes"] for n, r in adm.items()}
+    da = (ga[32] - ga[2]) / MB
+    yield result("P2-admission", da, diff, None, "MB (peak growth 32 workers - 2 workers)", ok=True,
+                 growth_MB_by_workers={str(n): v / MB for n, v in ga.items()}, vs_model=da / (model / MB),
+                 round_s_by_workers={str(n): r["round_s"] for n, r in adm.items()},
+                 note="informational prototype: Admit RPC before Push (bench/p2_memory.py); baseline = P2 as shipped")
 
 
 def run_p3(tmp: Path, quick: bool, reps: int | None) -> Iterator[dict[str, Any]]:
@@ -124,7 +139,11 @@ def run_p4(tmp: Path, quick: bool, reps: int | None) -> Iterator[dict[str, Any]]
     yield result("P4-write", d["sealed_write_MBps"], d["plain_write_MBps"], 0.7, "MB/s", ok=w >= 0.7, ratio=w,
                  sealed_s=d["sealed_write_s"], plain_s=d["plain_write_s"], fsync="both: file fsync + os.replace + dir fsync")
     yield result("P4-read", d["sealed_read_MBps"], d["plain_read_MBps"], 0.7, "MB/s", ok=r >= 0.7, ratio=r,
-                 sealed_s=d["sealed_read_s"], plain_s=d["plain_read_s"], note="both read from the page cache")
+                 sealed_s=d["sealed_read_s"], plain_s=d["plain_read_s"], sealed_old_path_s=d["sealed_read_old_path_s"],
+                 old_path_ratio=d["sealed_read_old_path_MBps"] / d["plain_read_MBps"],
+                 sealed_candidate_s=d["sealed_read_candidate_s"],
+                 candidate_ratio=d["sealed_read_candidate_MBps"] / d["plain_read_MBps"],
+                 note="both read from the page cache; old path = readinto before ccfb576 (decrypt + copy)")
 
 
 def run_p5(tmp: Path, quick: bool, reps: int | None) -> Iterator[dict[str, Any]]:
@@ -148,13 +167,14 @@ def run_p5(tmp: Path, quick: bool, reps: int | None) -> Iterator[dict[str, Any]]
 def run_micro(tmp: Path, quick: bool, reps: int | None) -> Iterator[dict[str, Any]]:
     m = run_json("micro", "--reps", str(reps or (2 if quick else 5)))
     yield result("MICRO-encode", m["serialize_stream"], m["encode_and_serialize"], None, "MB/s", ok=True,
-                 encode_stream_MBps=m["encode"], encode_fp16_MBps=m["encode_fp16"], protobuf_serialize_MBps=m["serialize"],
+                 encode_stream_MBps=m["encode"], push_iter_serialized_MBps=m["push_encode"], fp16_push_MBps=m["encode_fp16"], protobuf_serialize_MBps=m["serialize"],
                  note="value: serialize_stream (PS publish, wire form); baseline: encode_stream + SerializeToString "
                       "of every frame (the old publish + one worker's serialization); 94 MB set")
-    yield result("MICRO-decode", m["assemble"], None, None, "MB/s", ok=True, protobuf_parse_MBps=m["parse"],
+    yield result("MICRO-decode", m["assemble"], m["assemble_pb"], None, "MB/s", ok=True, protobuf_parse_MBps=m["parse"],
                  as_dtype_fp16_to_fp32_s=m["as_dtype_fp16_s"], accumulate_s=m["accumulate_s"],
                  accumulate_w32_s=m["accumulate_w32_s"], accumulate_alt_s=m["accumulate_alt_s"],
-                 accumulate_alt_w32_s=m["accumulate_alt_w32_s"], note="Assembler.feed + finish of the 94 MB set")
+                 accumulate_alt_w32_s=m["accumulate_alt_w32_s"],
+                 note="value: parse_frame + Assembler.feed + finish (the PS's Push); baseline: protobuf parse + feed (before 8e23acc); 94 MB set")
     yield result("MICRO-unseal", m["unseal_read"], m["unseal_old"], None, "MB/s", ok=True,
                  note="value: SealedReader.readinto as shipped (decrypt_into the target); baseline: the old decrypt + copy path")
 

@@ -6,11 +6,14 @@
   per chunk, sent as is to every worker);
 * ``encode_and_serialize``: ``encode_stream`` + ``SerializeToString`` of every frame (the publish
   path before ``serialize_stream``, whose serialization gRPC then repeated per worker);
-* ``encode``: ``list(encode_stream(...))`` (a worker's push; one ``tobytes`` copy per chunk);
+* ``encode``: ``list(encode_stream(...))`` (protobuf frame objects; one ``tobytes`` copy per chunk);
+* ``push_encode``: ``list(iter_serialized(...))`` (a worker's push as shipped: wire-form frames);
 * ``encode_fp16``: the same with ``wire_dtype="float16"`` (the worker's fp16 push);
 * ``serialize`` / ``parse``: protobuf ``SerializeToString`` / ``FromString`` of every frame (what
   gRPC does per pushed frame on each side);
-* ``assemble``: ``Assembler.feed`` of every chunk + ``finish`` (the receiver's copy);
+* ``assemble``: the PS's Push as shipped: ``parse_frame`` of every raw frame (zero-copy chunk
+  view) + ``Assembler.feed`` + ``finish`` into one reused assembler (as ``StagingPool`` reuses them); ``assemble_pb``: the same with a protobuf parse per
+  frame instead (the path before 8e23acc);
 * ``as_dtype_fp16``: float16 wire arrays back to float32 (the PS on an fp16 push);
 * ``accumulate``: ``RoundAccumulator.add`` (validate + weighted add) of one update;
 * ``accumulate_alt``: a candidate replacement for the weighted add (see the README): no
@@ -78,6 +81,41 @@ def readinto_old(reader: Any, buffer: Any) -> int:
     return got
 
 
+def readinto_reuse(reader: Any, buffer: Any) -> int:
+    """Candidate ``SealedReader.readinto``: as shipped, but a chunk that does not fit the rest of
+    the target (reads not aligned to chunks, e.g. ``decode_tensor_set``'s per-tensor reads) is
+    decrypted with ``decrypt_into`` into one plaintext buffer reused per reader, instead of
+    ``decrypt()`` allocating a fresh 1 MiB ``bytes`` (and faulting in its pages) per chunk.
+    Every consumer of ``_pending`` copies out of it, and a chunk is decrypted only once
+    ``_pending`` is empty, so reusing the buffer is safe; ``_next_chunk_into`` zeroes it on failure."""
+    target = memoryview(buffer)
+    if target.ndim != 1 or target.format != "B":
+        target = target.cast("B")
+    want = len(target)
+    got = 0
+    while got < want:
+        if not reader._pending:
+            if want - got >= reader._chunk_size:
+                n = reader._next_chunk_into(target[got:])
+                if n is None:
+                    break
+                got += n
+                continue
+            pbuf = reader.__dict__.get("_pbuf")
+            if pbuf is None:
+                pbuf = reader._pbuf = memoryview(bytearray(reader._chunk_size))
+            n = reader._next_chunk_into(pbuf)
+            if n is None:
+                break
+            reader._pending = pbuf[:n]
+            continue
+        take = min(want - got, len(reader._pending))
+        target[got : got + take] = reader._pending[:take]
+        reader._pending = reader._pending[take:]
+        got += take
+    return got
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=5)
@@ -86,7 +124,8 @@ def main() -> None:
     from tdxfl.core.strategy import RoundAccumulator
     from tdxfl.store.sealed import SealedReader, SealedWriter
     from tdxfl.transport.proto import tdxfl_pb2 as pb
-    from tdxfl.transport.tensors import Assembler, as_dtype, decode_header, encode_stream, serialize_stream
+    from tdxfl.transport.tensors import (
+        Assembler, as_dtype, decode_header, encode_stream, iter_serialized, parse_frame, serialize_stream)
 
     specs, _ = load_specs()
     size = nbytes(specs)
@@ -98,7 +137,9 @@ def main() -> None:
     out["encode_and_serialize"] = size / MB / best_of(
         lambda: [f.SerializeToString() for f in encode_stream("weights", 0, ts)], r)
     out["encode"] = size / MB / best_of(lambda: list(encode_stream("weights", 0, ts)), r)
-    out["encode_fp16"] = size / MB / best_of(lambda: list(encode_stream("gradients", 0, ts, wire_dtype="float16")), r)
+    out["push_encode"] = size / MB / best_of(lambda: list(iter_serialized("gradients", 0, ts, num_samples=32)), r)
+    out["encode_fp16"] = size / MB / best_of(
+        lambda: list(iter_serialized("gradients", 0, ts, num_samples=32, wire_dtype="float16")), r)
     frames = list(encode_stream("weights", 0, ts))
     wire = [f.SerializeToString() for f in frames]
     assert serialize_stream("weights", 0, ts) == wire, "serialize_stream differs from encode_stream + SerializeToString"
@@ -106,13 +147,24 @@ def main() -> None:
     out["parse"] = size / MB / best_of(lambda: [pb.TensorFrame.FromString(w) for w in wire], r)
     header = decode_header(frames[0])
 
-    def assemble() -> None:
-        asm = Assembler(header.specs)
-        for f in frames[1:]:
-            asm.feed(f.chunk)
-        asm.finish()
+    staged = Assembler(header.specs)  # reused across pushes, as StagingPool does
+
+    def assemble() -> None:  # the PS's Push: parse_frame (zero-copy chunk view) + Assembler.feed
+        decode_header(parse_frame(wire[0]))
+        staged.reset()
+        for w in wire[1:]:
+            staged.feed(parse_frame(w))
+        staged.finish()
+
+    def assemble_pb() -> None:  # before 8e23acc: protobuf parse (a copy) + feed
+        decode_header(pb.TensorFrame.FromString(wire[0]))
+        staged.reset()
+        for w in wire[1:]:
+            staged.feed(pb.TensorFrame.FromString(w).chunk)
+        staged.finish()
 
     out["assemble"] = size / MB / best_of(assemble, r)
+    out["assemble_pb"] = size / MB / best_of(assemble_pb, r)
     f16 = list(encode_stream("gradients", 0, ts, wire_dtype="float16"))
     h16 = decode_header(f16[0])
     asm16 = Assembler(h16.specs)

@@ -14,8 +14,9 @@ machine noise hits them alike.
 Per round the PS times ``serialize_stream`` + ``publish`` + ``collect`` (the weighted mean is
 ready): exactly what ``run_parameter_server`` does per step, minus ``strategy.apply``. Both
 endpoints register the service with ``add_to_server`` (Pull sends the pre-serialized frames as
-they are). ``fp16`` rounds differ only in the workers' pushes (``encode_stream(wire_dtype=
-"float16")``); the published model is always float32. Workers
+they are). Workers push as ``tdxfl.client.worker`` does: ``iter_serialized`` frames through an
+identity request serializer (``PUSH_METHOD``). ``fp16`` rounds differ only in the workers' pushes
+(``iter_serialized(wire_dtype="float16")``); the published model is always float32. Workers
 report when their pull finished and when their push was acknowledged (CLOCK_MONOTONIC is
 system-wide, so the timestamps are comparable across processes).
 """
@@ -181,7 +182,8 @@ def worker_main(args: argparse.Namespace) -> None:
     from tdxfl.transport.attested import GRPC_OPTIONS, connect
     from tdxfl.transport.proto import tdxfl_pb2 as pb
     from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
-    from tdxfl.transport.tensors import Assembler, decode_header, encode_stream
+    from tdxfl.client.worker import PUSH_METHOD
+    from tdxfl.transport.tensors import Assembler, as_is, decode_header, iter_serialized
 
     fed = read_federation(args.fed)
     ctx = party_context(fed, args.name, Path(args.out).parent / args.name)
@@ -189,8 +191,11 @@ def worker_main(args: argparse.Namespace) -> None:
     index = [w.name for w in fed.workers].index(args.name)
     grads = random_set(specs, 100 + index, scale=1e-3)
     ch = connect(args.name, "worker", ctx.attester, ctx.peer_verifier(fed, "ps"), fed.ps.name, fed.ps.address, fed.ps.enroll_address)
+    plain_ch = grpc.insecure_channel(args.plain, options=GRPC_OPTIONS)
     secure = pb_grpc.ParameterServerStub(ch.channel)
-    plain = pb_grpc.ParameterServerStub(grpc.insecure_channel(args.plain, options=GRPC_OPTIONS))
+    plain = pb_grpc.ParameterServerStub(plain_ch)
+    pushes = {stub: c.stream_unary(PUSH_METHOD, request_serializer=as_is, response_deserializer=pb.PushReply.FromString)
+              for stub, c in ((secure, ch.channel), (plain, plain_ch))}
     md = ((PARTY_KEY, args.name),)
     tls_port, tls_cert = args.tls.split(":", 1)
     tls_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -219,8 +224,8 @@ def worker_main(args: argparse.Namespace) -> None:
         asm.finish()
         t_pulled = time.monotonic()
         wire = "float16" if mode == "fp16" else None
-        reply = stub.Push(
-            encode_stream("gradients", v, grads, num_samples=32, metrics={"loss": 1.0}, wire_dtype=wire), metadata=md
+        reply = pushes[stub](
+            iter_serialized("gradients", v, grads, num_samples=32, metrics={"loss": 1.0}, wire_dtype=wire), metadata=md
         )
         t_pushed = time.monotonic()
         if not reply.accepted:

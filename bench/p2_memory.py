@@ -11,7 +11,17 @@ published model and pushes a precomputed random update of the same size at about
 The PS resets its high-water mark (``/proc/self/clear_refs`` 5) after everyone joined and the
 model's frames are encoded, samples VmRSS every 5 ms during the round, and reports
 ``peak - rss_before``: the round's transient memory (receive buffers, staging assemblers,
-accumulator, mean, gRPC send/receive buffers).
+accumulator, mean, gRPC send/receive buffers). The service is the shipped one, wrapped
+(``instrumented_service``) to count live Pull / Push streams, so the sampler also reports the
+peak per phase (``pull`` while any Pull is still sending, else ``push``) and, with
+``--timeline S``, (t, growth, counters) every S seconds; ``--tracemalloc`` adds the peak of
+Python-level allocations (everything else is native: gRPC core, OpenSSL, malloc retention).
+
+Experiments (see bench/README.md, P2): ``--server-opt`` / ``--client-opt KEY=INT`` (gRPC
+options), ``--admission`` (prototype: each worker calls a bench-only ``Admit`` RPC and gets one
+of ``--slots`` push grants before opening its Push stream), ``--chunk-bytes`` (publish chunk
+size), ``--pull-slots`` (cap on concurrently sending Pulls), ``--trim`` (``malloc_trim(0)``
+after every push). Environment variables such as ``MALLOC_ARENA_MAX`` pass through.
 """
 
 from __future__ import annotations
@@ -52,11 +62,19 @@ class Phases:
         return self.pulls, self.pushes_open, self.pushes_in_slot, self.admit_waiting
 
 
-def instrumented_service(base: type, phases: Phases, *, admission: int, grant_timeout: float) -> type:
+def instrumented_service(base: type, phases: Phases, *, admission: int, grant_timeout: float, pull_slots: int = 0,
+                         trim: bool = False) -> type:
     """``base`` (ParameterServerService) with stream counters and, if ``admission`` > 0, the
     admission prototype: ``Admit`` blocks until one of ``admission`` push grants is free; the
     grant is returned when that party's Push ends (or after ``grant_timeout`` if it never comes).
-    A Push without a grant takes one itself before it reads its header."""
+    A Push without a grant takes one itself before it reads its header. ``pull_slots`` > 0 lets
+    at most that many Pull streams send the model at once (experiment)."""
+    pull_sem = threading.BoundedSemaphore(pull_slots) if pull_slots else None
+    malloc_trim = None
+    if trim:  # experiment: give freed heap memory back to the OS after every push (glibc)
+        import ctypes
+
+        malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
     import contextlib
 
     class Service(base):  # type: ignore[misc,valid-type]
@@ -84,12 +102,16 @@ def instrumented_service(base: type, phases: Phases, *, admission: int, grant_ti
             try:
                 for frame in super().Pull(request, context):
                     if not started:
+                        if pull_sem is not None:
+                            pull_sem.acquire()
                         started = True
                         phases.add("pulls", 1)
                     yield frame
             finally:
                 if started:
                     phases.add("pulls", -1)
+                    if pull_sem is not None:
+                        pull_sem.release()
 
         # -- admission prototype ---------------------------------------------------------------
         def _release(self, party: str) -> None:
@@ -128,6 +150,8 @@ def instrumented_service(base: type, phases: Phases, *, admission: int, grant_ti
                 return super().Push(request_iterator, context)
             finally:
                 phases.add("pushes_open", -1)
+                if malloc_trim is not None:
+                    malloc_trim(0)
                 if self._grants is not None:
                     self._release(party)
 
@@ -162,7 +186,7 @@ def ps_main(args: argparse.Namespace) -> None:
     )
     phases = Phases()
     Service = instrumented_service(ParameterServerService, phases, admission=args.slots if args.admission else 0,
-                                   grant_timeout=fed.faults.step_timeout_s)
+                                   grant_timeout=fed.faults.step_timeout_s, pull_slots=args.pull_slots, trim=args.trim)
     service = Service(fed, server, rounds)
     add_to_server(service, server.main)
     if args.admission:
@@ -256,7 +280,8 @@ def worker_main(args: argparse.Namespace) -> None:
     from tdxfl.transport.attested import connect
     from tdxfl.transport.proto import tdxfl_pb2 as pb
     from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
-    from tdxfl.transport.tensors import decode_stream, encode_stream
+    from tdxfl.client.worker import PUSH_METHOD
+    from tdxfl.transport.tensors import as_is, decode_stream, iter_serialized
 
     if args.client_opt:  # experiment: extra channel args for the workers' mutual-TLS channels
         att.GRPC_OPTIONS = att.GRPC_OPTIONS + [(k, int(v)) for k, _, v in (o.partition("=") for o in args.client_opt)]
@@ -271,13 +296,14 @@ def worker_main(args: argparse.Namespace) -> None:
             ctx = party_context(fed, name, Path(args.fed).parent / name)
             ch = connect(name, "worker", ctx.attester, ctx.peer_verifier(fed, "ps"), fed.ps.name, fed.ps.address, fed.ps.enroll_address)
             stub = pb_grpc.ParameterServerStub(ch.channel)
+            push = ch.channel.stream_unary(PUSH_METHOD, request_serializer=as_is, response_deserializer=pb.PushReply.FromString)
             admit = ch.channel.unary_unary(f"/{ADMISSION_SERVICE}/Admit", request_serializer=_as_is, response_deserializer=_as_is)
             stub.Join(pb.JoinRequest(party=name, config_digest=fed.training_digest()), timeout=60)
             ready.wait(300)
             header, _ = decode_stream(stub.Pull(pb.PullRequest(after_version=-1)))
             if args.admission:
                 admit(b"", timeout=300)
-            reply = stub.Push(encode_stream("gradients", header.version, update, num_samples=32))
+            reply = push(iter_serialized("gradients", header.version, update, num_samples=32))
             if not reply.accepted:
                 raise RuntimeError(reply.reason)
             done = list(stub.Pull(pb.PullRequest(after_version=header.version)))
@@ -312,6 +338,8 @@ def main() -> None:
     p.add_argument("--chunk-bytes", type=int, default=1 << 20, help="serialize_stream chunk size of the published model")
     p.add_argument("--slots", type=int, default=2, help="faults.max_concurrent_updates (StagingPool slots)")
     p.add_argument("--admission", action="store_true", help="prototype: workers ask for a push grant first")
+    p.add_argument("--trim", action="store_true", help="experiment: malloc_trim(0) after every push")
+    p.add_argument("--pull-slots", type=int, default=0, help="experiment: at most this many Pull streams send at once")
     p.add_argument("--tracemalloc", action="store_true", help="also report the peak of traced Python allocations")
     p.add_argument("--timeline", type=float, default=1e18, metavar="S", help="record (t, growth, counters) every S s")
     w = sub.add_parser("worker")

@@ -9,6 +9,13 @@
 * sealed read: ``SealedFileStore.load`` (authenticate + decrypt + decode into fresh arrays);
 * plain read: ``decode_tensor_set`` on the plain file (fresh arrays, ``readinto``).
 
+* sealed read, old path (``detail.sealed_read_old_path_s``): the same ``load`` with
+  ``SealedReader.readinto`` swapped (bench-only) for the path it replaced in ccfb576 — decrypt
+  each chunk to new bytes, then copy (``bench.micro.readinto_old``) — so the shipped change's
+  before/after is measured in the same run;
+* sealed read, candidate (``detail.sealed_read_candidate_s``): ``bench.micro.readinto_reuse``
+  (chunks that do not fit the rest of the target are decrypted into a reused buffer).
+
 Both reads come from the page cache (the files were just written; dropping caches needs
 privileges the suite does not assume), so the read ratio is the CPU cost of unsealing.
 Sealed and plain runs alternate. Throughput = model bytes / median time.
@@ -46,7 +53,9 @@ def main() -> None:
     ap.add_argument("--dir", required=True)
     args = ap.parse_args()
 
+    from bench.micro import readinto_old, readinto_reuse
     from tdxfl.store.model_store import SealedFileStore
+    from tdxfl.store.sealed import SealedReader
     from tdxfl.store.tensors_codec import decode_tensor_set, encode_tensor_set
 
     specs, _ = load_specs()
@@ -58,26 +67,46 @@ def main() -> None:
     store = SealedFileStore(d / "sealed", os.urandom(32), label="checkpoint")
     plain = d / "plain" / "final.bin"
     plain.parent.mkdir(exist_ok=True)
-    t: dict[str, list[float]] = {"sealed_write": [], "plain_write": [], "sealed_read": [], "plain_read": []}
+    t: dict[str, list[float]] = {"sealed_write": [], "plain_write": [], "sealed_read": [], "plain_read": [],
+                                 "sealed_read_old_path": [], "sealed_read_candidate": []}
+    shipped_readinto = SealedReader.readinto
+
+    def timed_load(key: str, i: int, readinto: object = None) -> None:
+        """One load, timed into ``t[key]``; the result is checked (warm-up) and freed before the
+        next load, so every variant allocates its arrays under the same conditions."""
+        if readinto is not None:
+            SealedReader.readinto = readinto  # type: ignore[method-assign]
+        try:
+            s = time.perf_counter()
+            if key == "plain_read":
+                with open(plain, "rb") as f:
+                    got, _ = decode_tensor_set(f)
+            else:
+                got, _ = store.load("final")
+            dt = time.perf_counter() - s
+        finally:
+            SealedReader.readinto = shipped_readinto  # type: ignore[method-assign]
+        if i == 0:
+            assert all((a == b).all() for a, b in zip(got.arrays, model.arrays)), key
+        else:
+            t[key].append(dt)
+        del got
+
     for i in range(args.reps + 1):
         s0 = time.perf_counter()
         store.save("final", model, meta)
         s1 = time.perf_counter()
         plain_save(plain, encode_tensor_set(model, meta))
         s2 = time.perf_counter()
-        got, _ = store.load("final")
-        s3 = time.perf_counter()
-        with open(plain, "rb") as f:
-            got2, _ = decode_tensor_set(f)
-        s4 = time.perf_counter()
-        if i == 0:
-            assert all((a == b).all() for a, b in zip(got.arrays, model.arrays))
-            assert all((a == b).all() for a, b in zip(got2.arrays, model.arrays))
-            continue  # warm-up (first-touch page faults, file creation)
-        del got, got2
-        for k, v in zip(t, (s1 - s0, s2 - s1, s3 - s2, s4 - s3)):
-            t[k].append(v)
-        log(f"P4 rep {i}: sealed write {s1 - s0:.3f}s plain write {s2 - s1:.3f}s sealed read {s3 - s2:.3f}s plain read {s4 - s3:.3f}s")
+        if i:
+            t["sealed_write"].append(s1 - s0)
+            t["plain_write"].append(s2 - s1)
+        timed_load("sealed_read", i)
+        timed_load("plain_read", i)
+        timed_load("sealed_read_old_path", i, readinto_old)
+        timed_load("sealed_read_candidate", i, readinto_reuse)
+        if i:
+            log(f"P4 rep {i}: " + " ".join(f"{k} {v[-1]:.3f}s" for k, v in t.items()))
     med = {k: median(v) for k, v in t.items()}
     out = {k + "_MBps": size / MB / v for k, v in med.items()}
     out.update({k + "_s": v for k, v in med.items()})
