@@ -101,6 +101,11 @@ def run_worker(federation: Federation, ctx: PartyContext) -> WorkerResult:
                     arrays = adapter.get_weights()
                     kind, samples, metrics = "weights", len(x), {"loss": out["loss"]}
                 update = TensorSet([s for s in specs], arrays)
+                admitted = stub.Admit(pb.AdmitRequest(version=version))
+                if not admitted.granted:
+                    rejected += 1
+                    log.warning("worker %s: no slot for version %d: %s", ctx.name, version, admitted.reason)
+                    continue
                 reply = push(iter_serialized(kind, version, update, num_samples=samples, metrics=metrics, wire_dtype=wire))
                 steps += 1
                 losses.append(float(metrics["loss"]))

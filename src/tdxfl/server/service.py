@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Iterator, Sequence
 
 import grpc
@@ -36,6 +37,9 @@ def add_to_server(service: ParameterServerService, server: grpc.Server) -> None:
                         service.Join, pb.JoinRequest.FromString, pb.JoinReply.SerializeToString
                     ),
                     "Pull": grpc.unary_stream_rpc_method_handler(service.Pull, pb.PullRequest.FromString, as_is),
+                    "Admit": grpc.unary_unary_rpc_method_handler(
+                        service.Admit, pb.AdmitRequest.FromString, pb.AdmitReply.SerializeToString
+                    ),
                     "Push": grpc.stream_unary_rpc_method_handler(service.Push, as_is, pb.PushReply.SerializeToString),
                 },
             ),
@@ -46,21 +50,50 @@ def add_to_server(service: ParameterServerService, server: grpc.Server) -> None:
 class StagingPool:
     """At most ``slots`` updates are received at once, each into a reused preallocated buffer.
 
-    This bounds the server's memory to O(slots x model) however many workers push at the same
-    time; other pushes wait (gRPC flow control holds their senders back). A stream that holds a
-    slot longer than ``transfer_timeout`` seconds is cancelled, so a stalled peer cannot keep it.
+    Workers ask for a slot first (``admit``), so waiting pushes hold no stream open and the
+    server's memory stays O(slots x model) however many workers there are; a push that was not
+    admitted (an older client) takes a slot itself. A grant not used within ``transfer_timeout``
+    seconds lapses, and a stream that holds a slot longer than that is cancelled, so a stalled
+    peer cannot keep one.
     """
 
     def __init__(self, slots: int, transfer_timeout: float) -> None:
         self._sem = threading.BoundedSemaphore(slots)
         self._lock = threading.Lock()
         self._free: list[Assembler] = []
+        self._granted: dict[str, threading.Timer] = {}
         self._timeout = transfer_timeout
 
+    def admit(self, party: str, context: grpc.ServicerContext) -> bool:
+        """Wait (while the call is alive) for a slot for ``party``'s next push; False on timeout."""
+        with self._lock:
+            if party in self._granted:
+                return True
+        deadline = time.monotonic() + self._timeout
+        while not self._sem.acquire(timeout=min(1.0, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline or not context.is_active():
+                return False
+        timer = threading.Timer(self._timeout, self._lapse, (party,))
+        timer.daemon = True
+        with self._lock:
+            self._granted[party] = timer
+        timer.start()
+        return True
+
+    def _lapse(self, party: str) -> None:
+        with self._lock:
+            timer = self._granted.pop(party, None)
+        if timer is not None:
+            self._sem.release()
+
     @contextlib.contextmanager
-    def assembler(self, specs: Sequence[TensorSpec], context: grpc.ServicerContext) -> Iterator[Assembler]:
+    def assembler(self, party: str, specs: Sequence[TensorSpec], context: grpc.ServicerContext) -> Iterator[Assembler]:
         """A reset assembler for ``specs``, held for the duration of the ``with`` block."""
-        if not self._sem.acquire(timeout=self._timeout):
+        with self._lock:
+            grant = self._granted.pop(party, None)
+        if grant is not None:
+            grant.cancel()
+        elif not self._sem.acquire(timeout=self._timeout):
             raise StreamError(f"server busy: no receive slot free within {self._timeout:.0f}s")
         watchdog = threading.Timer(self._timeout, context.cancel)
         watchdog.daemon = True
@@ -121,6 +154,13 @@ class ParameterServerService(pb_grpc.ParameterServerServicer):
             yield from frames
             return
 
+    def Admit(self, request: pb.AdmitRequest, context: grpc.ServicerContext) -> pb.AdmitReply:
+        """Grant a receive slot for the caller's next Push (waits for one)."""
+        peer = self._server.peer_of(context)
+        if self._staging.admit(peer.party, context):
+            return pb.AdmitReply(granted=True)
+        return pb.AdmitReply(granted=False, reason="no receive slot free in time; the step goes on without this update")
+
     def Push(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> pb.PushReply:
         """Receive one update: raw frames (see add_to_server), chunks copied once into place."""
         peer = self._server.peer_of(context)
@@ -129,7 +169,7 @@ class ParameterServerService(pb_grpc.ParameterServerServicer):
             if isinstance(first, memoryview):
                 raise StreamError("stream must start with a header frame")
             header = decode_header(first)
-            with self._staging.assembler(header.specs, context) as asm:
+            with self._staging.assembler(peer.party, header.specs, context) as asm:
                 for raw in request_iterator:
                     chunk = parse_frame(raw)
                     if not isinstance(chunk, memoryview):

@@ -38,6 +38,20 @@ class AttestReply(_message.Message):
     challenge: bytes
     def __init__(self, evidence: _Optional[bytes] = ..., challenge: _Optional[bytes] = ...) -> None: ...
 
+class AdmitRequest(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    def __init__(self, version: _Optional[int] = ...) -> None: ...
+
+class AdmitReply(_message.Message):
+    __slots__ = ("granted", "reason")
+    GRANTED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    granted: bool
+    reason: str
+    def __init__(self, granted: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class JoinRequest(_message.Message):
     __slots__ = ("party", "config_digest")
     PARTY_FIELD_NUMBER: _ClassVar[int]

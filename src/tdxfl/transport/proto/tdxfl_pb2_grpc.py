@@ -170,6 +170,11 @@ class ParameterServerStub:
                 request_serializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.PullRequest.SerializeToString,
                 response_deserializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.TensorFrame.FromString,
                 _registered_method=True)
+        self.Admit = channel.unary_unary(
+                '/tdxfl.v1.ParameterServer/Admit',
+                request_serializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.AdmitRequest.SerializeToString,
+                response_deserializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.AdmitReply.FromString,
+                _registered_method=True)
         self.Push = channel.stream_unary(
                 '/tdxfl.v1.ParameterServer/Push',
                 request_serializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.TensorFrame.SerializeToString,
@@ -196,6 +201,14 @@ class ParameterServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Admit(self, request, context):
+        """Wait for a receive slot before pushing (bounds the server's memory: a stream that waits
+        for a slot would otherwise fill its HTTP/2 window, megabytes per worker, in gRPC buffers).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Push(self, request_iterator, context):
         """One update: a header frame, then chunk frames.
         """
@@ -215,6 +228,11 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     servicer.Pull,
                     request_deserializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.PullRequest.FromString,
                     response_serializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.TensorFrame.SerializeToString,
+            ),
+            'Admit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Admit,
+                    request_deserializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.AdmitRequest.FromString,
+                    response_serializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.AdmitReply.SerializeToString,
             ),
             'Push': grpc.stream_unary_rpc_method_handler(
                     servicer.Push,
@@ -278,6 +296,33 @@ class ParameterServer:
             '/tdxfl.v1.ParameterServer/Pull',
             tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.PullRequest.SerializeToString,
             tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.TensorFrame.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Admit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tdxfl.v1.ParameterServer/Admit',
+            tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.AdmitRequest.SerializeToString,
+            tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.AdmitReply.FromString,
             options,
             channel_credentials,
             insecure,
