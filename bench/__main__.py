@@ -23,7 +23,7 @@ from bench.common import MB, log, median, result, run_json, spawn
 
 GROUPS: dict[str, tuple[str, ...]] = {
     "P1": ("P1", "P1b", "P1-fp16"),
-    "P2": ("P2", "P2-admission"),
+    "P2": ("P2", "P2-no-admission"),
     "P3": ("P3", "P3-tdx"),
     "P4": ("P4-write", "P4-read"),
     "P5": ("P5",),
@@ -101,14 +101,16 @@ def run_p2(tmp: Path, quick: bool, reps: int | None) -> Iterator[dict[str, Any]]
                  growth_MiB_by_phase_32=runs[32]["growth_MiB_by_phase"],
                  round_s_by_workers={str(n): r["round_s"] for n, r in runs.items()},
                  worker_processes={str(n): r["procs"] for n, r in runs.items()})
-    # prototype (bench only): a worker asks the PS for a push grant before it opens its Push stream
-    adm = sweep("admission", [2, 32], "--admission")
-    ga = {n: r["growth_bytes"] for n, r in adm.items()}
-    da = (ga[32] - ga[2]) / MB
-    yield result("P2-admission", da, diff, None, "MB (peak growth 32 workers - 2 workers)", ok=True,
-                 growth_MB_by_workers={str(n): v / MB for n, v in ga.items()}, vs_model=da / (model / MB),
-                 round_s_by_workers={str(n): r["round_s"] for n, r in adm.items()},
-                 note="informational prototype: Admit RPC before Push (bench/p2_memory.py); baseline = P2 as shipped")
+    # informational: the same with workers that push without Admit (before acefaa7 / older clients)
+    old = sweep("no-admit", [2, 32], "--no-admit")
+    go = {n: r["growth_bytes"] for n, r in old.items()}
+    do = (go[32] - go[2]) / MB
+    yield result("P2-no-admission", do, diff, None, "MB (peak growth 32 workers - 2 workers)", ok=True,
+                 growth_MB_by_workers={str(n): v / MB for n, v in go.items()}, vs_model=do / (model / MB),
+                 round_s_by_workers={str(n): r["round_s"] for n, r in old.items()},
+                 growth_MiB_by_phase_32=old[32]["growth_MiB_by_phase"],
+                 note="informational: workers push without calling Admit (the Push stream waits in the PS for a slot, "
+                      "as before acefaa7); baseline = P2 (workers call Admit, as shipped)")
 
 
 def run_p3(tmp: Path, quick: bool, reps: int | None) -> Iterator[dict[str, Any]]:

@@ -15,10 +15,12 @@ Per round the PS times ``serialize_stream`` + ``publish`` + ``collect`` (the wei
 ready): exactly what ``run_parameter_server`` does per step, minus ``strategy.apply``. Both
 endpoints register the service with ``add_to_server`` (Pull sends the pre-serialized frames as
 they are). Workers push as ``tdxfl.client.worker`` does: ``iter_serialized`` frames through an
-identity request serializer (``PUSH_METHOD``). ``fp16`` rounds differ only in the workers' pushes
+identity request serializer (``PUSH_METHOD``), each push preceded by an ``Admit`` call for a
+receive slot (granted at once with 2 workers and 2 slots). ``fp16`` rounds differ only in the workers' pushes
 (``iter_serialized(wire_dtype="float16")``); the published model is always float32. Workers
 report when their pull finished and when their push was acknowledged (CLOCK_MONOTONIC is
-system-wide, so the timestamps are comparable across processes).
+system-wide, so the timestamps are comparable across processes); ``admit_s`` (pull done -> slot
+granted, the slowest worker) is part of ``upload_s``.
 """
 
 from __future__ import annotations
@@ -165,6 +167,7 @@ def ps_main(args: argparse.Namespace) -> None:
         ws = [wrec[w][r["version"]] for w in WORKERS]
         r["download_s"] = max(x["pull_done"] for x in ws) - r["t_start"] - r["encode_s"]
         r["decode_s"] = max(x["pull_done"] - x["pull_first"] for x in ws)
+        r["admit_s"] = max(x["admitted"] - x["pull_done"] for x in ws)
         r["upload_s"] = max(x["push_done"] for x in ws) - max(x["pull_done"] for x in ws)
         r["tail_s"] = r["t_end"] - max(x["push_done"] for x in ws)
     print(json.dumps({"model_bytes": model_bytes, "tls_cipher": conns[0].cipher(), "rounds": records}))
@@ -224,13 +227,18 @@ def worker_main(args: argparse.Namespace) -> None:
         asm.finish()
         t_pulled = time.monotonic()
         wire = "float16" if mode == "fp16" else None
+        admitted = stub.Admit(pb.AdmitRequest(version=v), metadata=md)  # as tdxfl.client.worker, before each push
+        if not admitted.granted:
+            raise RuntimeError(f"not admitted: {admitted.reason}")
+        t_admitted = time.monotonic()
         reply = pushes[stub](
             iter_serialized("gradients", v, grads, num_samples=32, metrics={"loss": 1.0}, wire_dtype=wire), metadata=md
         )
         t_pushed = time.monotonic()
         if not reply.accepted:
             raise RuntimeError(f"update refused: {reply.reason}")
-        records.append({"version": v, "mode": mode, "pull_first": t_first, "pull_done": t_pulled, "push_done": t_pushed})
+        records.append({"version": v, "mode": mode, "pull_first": t_first, "pull_done": t_pulled, "admitted": t_admitted,
+                        "push_done": t_pushed})
         del asm
     done = list(secure.Pull(pb.PullRequest(after_version=len(args.schedule.split(",")) - 1), metadata=md))
     assert done[0].header.kind == "done", done
@@ -244,7 +252,7 @@ def summarize(data: dict[str, Any], warmup: int) -> dict[str, dict[str, float]]:
     for mode in MODES:
         rs = [r for r in data["rounds"] if r["mode"] == mode and r["version"] >= warmup]
         if rs:
-            keys = ("round_s", "encode_s", "download_s", "decode_s", "upload_s", "tail_s")
+            keys = ("round_s", "encode_s", "download_s", "decode_s", "admit_s", "upload_s", "tail_s")
             out[mode] = {k: median([r[k] for r in rs]) for k in keys if k in rs[0]}
             out[mode]["n"] = len(rs)
     return out

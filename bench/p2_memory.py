@@ -6,22 +6,24 @@ A fresh PS process per N (VmHWM only grows): the real ``AttestedServer`` +
 ``ParameterServerService`` + ``RoundState``, N separately enrolled worker parties (simulated
 attestation, each its own key, certificate and mutual-TLS channel) spread over at most
 ``--procs`` lightweight worker processes (threads, no TensorFlow). Every party pulls the
-published model and pushes a precomputed random update of the same size at about the same time.
+published model, asks for a receive slot (``Admit``, as ``tdxfl.client.worker`` does) and
+pushes a precomputed random update of the same size at about the same time.
 
 The PS resets its high-water mark (``/proc/self/clear_refs`` 5) after everyone joined and the
 model's frames are encoded, samples VmRSS every 5 ms during the round, and reports
 ``peak - rss_before``: the round's transient memory (receive buffers, staging assemblers,
 accumulator, mean, gRPC send/receive buffers). The service is the shipped one, wrapped
-(``instrumented_service``) to count live Pull / Push streams, so the sampler also reports the
-peak per phase (``pull`` while any Pull is still sending, else ``push``) and, with
+(``instrumented_service``) to count live Pull / Admit / Push streams, so the sampler also reports
+the peak per phase (``pull`` while any Pull is still sending, else ``push``) and, with
 ``--timeline S``, (t, growth, counters) every S seconds; ``--tracemalloc`` adds the peak of
 Python-level allocations (everything else is native: gRPC core, OpenSSL, malloc retention).
 
-Experiments (see bench/README.md, P2): ``--server-opt`` / ``--client-opt KEY=INT`` (gRPC
-options), ``--admission`` (prototype: each worker calls a bench-only ``Admit`` RPC and gets one
-of ``--slots`` push grants before opening its Push stream), ``--chunk-bytes`` (publish chunk
-size), ``--pull-slots`` (cap on concurrently sending Pulls), ``--trim`` (``malloc_trim(0)``
-after every push). Environment variables such as ``MALLOC_ARENA_MAX`` pass through.
+Experiments (see bench/README.md, P2): ``--no-admit`` (workers push without calling ``Admit``,
+like a client from before acefaa7: each Push stream then waits in the server for a slot),
+``--server-opt`` / ``--client-opt KEY=INT`` (gRPC options), ``--slots``
+(``faults.max_concurrent_updates``), ``--chunk-bytes`` (publish chunk size), ``--pull-slots``
+(cap on concurrently sending Pulls), ``--trim`` (``malloc_trim(0)`` after every push).
+Environment variables such as ``MALLOC_ARENA_MAX`` pass through.
 """
 
 from __future__ import annotations
@@ -37,13 +39,6 @@ from pathlib import Path
 from bench.common import wait_joined, log, nbytes, random_set, read_federation, reset_hwm, rss_kb, spawn, synthetic_specs, write_federation
 
 
-ADMISSION_SERVICE = "tdxfl.bench.Admission"
-
-
-def _as_is(b: bytes) -> bytes:
-    return b
-
-
 class Phases:
     """Live counters of the PS's streams, read by the RSS sampler (bench instrumentation)."""
 
@@ -52,7 +47,7 @@ class Phases:
         self.pulls = 0          # Pull streams still sending the model
         self.pushes_open = 0    # Push handlers running (header read, waiting for a slot or receiving)
         self.pushes_in_slot = 0  # Push handlers holding a StagingPool slot
-        self.admit_waiting = 0  # Admit calls blocked for a grant (admission prototype)
+        self.admit_waiting = 0  # Admit calls in progress (waiting for a receive slot)
 
     def add(self, field: str, d: int) -> None:
         with self.lock:
@@ -62,13 +57,11 @@ class Phases:
         return self.pulls, self.pushes_open, self.pushes_in_slot, self.admit_waiting
 
 
-def instrumented_service(base: type, phases: Phases, *, admission: int, grant_timeout: float, pull_slots: int = 0,
-                         trim: bool = False) -> type:
-    """``base`` (ParameterServerService) with stream counters and, if ``admission`` > 0, the
-    admission prototype: ``Admit`` blocks until one of ``admission`` push grants is free; the
-    grant is returned when that party's Push ends (or after ``grant_timeout`` if it never comes).
-    A Push without a grant takes one itself before it reads its header. ``pull_slots`` > 0 lets
-    at most that many Pull streams send the model at once (experiment)."""
+def instrumented_service(base: type, phases: Phases, *, pull_slots: int = 0, trim: bool = False) -> type:
+    """``base`` (ParameterServerService) with live stream counters (bench instrumentation only:
+    ``Admit`` and ``Push`` are the shipped ones). ``pull_slots`` > 0 lets at most that many Pull
+    streams send the model at once, ``trim`` calls ``malloc_trim(0)`` after every push
+    (experiments)."""
     pull_sem = threading.BoundedSemaphore(pull_slots) if pull_slots else None
     malloc_trim = None
     if trim:  # experiment: give freed heap memory back to the OS after every push (glibc)
@@ -80,15 +73,12 @@ def instrumented_service(base: type, phases: Phases, *, admission: int, grant_ti
     class Service(base):  # type: ignore[misc,valid-type]
         def __init__(self, *a, **kw):  # type: ignore[no-untyped-def]
             super().__init__(*a, **kw)
-            self._grants = threading.BoundedSemaphore(admission) if admission else None
-            self._held: dict[str, threading.Timer] = {}
-            self._held_lock = threading.Lock()
             pool = self._staging
             orig = pool.assembler
 
             @contextlib.contextmanager
-            def counted(specs, context):  # type: ignore[no-untyped-def]
-                with orig(specs, context) as asm:
+            def counted(party, specs, context):  # type: ignore[no-untyped-def]
+                with orig(party, specs, context) as asm:
                     phases.add("pushes_in_slot", 1)
                     try:
                         yield asm
@@ -113,38 +103,14 @@ def instrumented_service(base: type, phases: Phases, *, admission: int, grant_ti
                     if pull_sem is not None:
                         pull_sem.release()
 
-        # -- admission prototype ---------------------------------------------------------------
-        def _release(self, party: str) -> None:
-            with self._held_lock:
-                timer = self._held.pop(party, None)
-            if timer is not None:
-                timer.cancel()
-                self._grants.release()
-
-        def Admit(self, request: bytes, context) -> bytes:  # type: ignore[no-untyped-def]
-            party = self._server.peer_of(context).party
-            self._release(party)  # a party holds at most one grant
+        def Admit(self, request, context):  # type: ignore[no-untyped-def]
             phases.add("admit_waiting", 1)
             try:
-                while not self._grants.acquire(timeout=1.0):
-                    if not context.is_active():
-                        return b""
+                return super().Admit(request, context)
             finally:
                 phases.add("admit_waiting", -1)
-            timer = threading.Timer(grant_timeout, self._release, (party,))
-            timer.daemon = True
-            with self._held_lock:
-                self._held[party] = timer
-            timer.start()
-            return b""
 
         def Push(self, request_iterator, context):  # type: ignore[no-untyped-def]
-            party = self._server.peer_of(context).party
-            if self._grants is not None:
-                with self._held_lock:
-                    granted = party in self._held
-                if not granted:  # a worker that did not ask: it waits here, as it would for a slot
-                    self.Admit(b"", context)
             phases.add("pushes_open", 1)
             try:
                 return super().Push(request_iterator, context)
@@ -152,15 +118,11 @@ def instrumented_service(base: type, phases: Phases, *, admission: int, grant_ti
                 phases.add("pushes_open", -1)
                 if malloc_trim is not None:
                     malloc_trim(0)
-                if self._grants is not None:
-                    self._release(party)
 
     return Service
 
 
 def ps_main(args: argparse.Namespace) -> None:
-    import grpc
-
     from tdxfl.party import party_context
     from tdxfl.server.rounds import RoundState
     from tdxfl.server.service import ParameterServerService, add_to_server
@@ -185,18 +147,13 @@ def ps_main(args: argparse.Namespace) -> None:
         roles=role_table([(w.name, "worker") for w in fed.workers]),
     )
     phases = Phases()
-    Service = instrumented_service(ParameterServerService, phases, admission=args.slots if args.admission else 0,
-                                   grant_timeout=fed.faults.step_timeout_s, pull_slots=args.pull_slots, trim=args.trim)
-    service = Service(fed, server, rounds)
-    add_to_server(service, server.main)
-    if args.admission:
-        server.main.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ADMISSION_SERVICE, {
-            "Admit": grpc.unary_unary_rpc_method_handler(service.Admit, _as_is, _as_is)}),))
+    Service = instrumented_service(ParameterServerService, phases, pull_slots=args.pull_slots, trim=args.trim)
+    add_to_server(Service(fed, server, rounds), server.main)
     server.start()
     weights = random_set(specs, 7, scale=0.05)
     procs_n = min(args.procs, args.workers)
     groups = [names[i::procs_n] for i in range(procs_n)]
-    wargs = ["--params", str(args.params), *(["--admission"] if args.admission else []),
+    wargs = ["--params", str(args.params), *(["--no-admit"] if args.no_admit else []),
              *(a for o in args.client_opt for a in ("--client-opt", o))]
     procs = [spawn("p2_memory", "worker", "--fed", str(fed_path), "--names", ",".join(g), *wargs) for g in groups]
     try:
@@ -260,7 +217,7 @@ def ps_main(args: argparse.Namespace) -> None:
         "workers": args.workers, "procs": procs_n, "model_bytes": nbytes(specs), "rss_before_kb": before,
         "peak_kb": peak_kb, "growth_bytes": (peak_kb - before) * 1024, "hwm_reset": hwm_reset, "round_s": t1 - t0,
         "growth_MiB_by_phase": {k: (v - before) / 1024 for k, v in by_phase.items()},
-        "threads": threading.active_count(), "admission": args.admission, "slots": args.slots,
+        "threads": threading.active_count(), "admit": not args.no_admit, "slots": args.slots,
         "server_opts": args.server_opt, "client_opts": args.client_opt, "chunk_bytes": args.chunk_bytes,
     }
     if traced is not None:
@@ -297,12 +254,13 @@ def worker_main(args: argparse.Namespace) -> None:
             ch = connect(name, "worker", ctx.attester, ctx.peer_verifier(fed, "ps"), fed.ps.name, fed.ps.address, fed.ps.enroll_address)
             stub = pb_grpc.ParameterServerStub(ch.channel)
             push = ch.channel.stream_unary(PUSH_METHOD, request_serializer=as_is, response_deserializer=pb.PushReply.FromString)
-            admit = ch.channel.unary_unary(f"/{ADMISSION_SERVICE}/Admit", request_serializer=_as_is, response_deserializer=_as_is)
             stub.Join(pb.JoinRequest(party=name, config_digest=fed.training_digest()), timeout=60)
             ready.wait(300)
             header, _ = decode_stream(stub.Pull(pb.PullRequest(after_version=-1)))
-            if args.admission:
-                admit(b"", timeout=300)
+            if not args.no_admit:  # as tdxfl.client.worker: ask for a receive slot, then push
+                admitted = stub.Admit(pb.AdmitRequest(version=header.version))
+                if not admitted.granted:
+                    raise RuntimeError(f"{name}: not admitted: {admitted.reason}")
             reply = push(iter_serialized("gradients", header.version, update, num_samples=32))
             if not reply.accepted:
                 raise RuntimeError(reply.reason)
@@ -337,7 +295,8 @@ def main() -> None:
                    help="experiment: extra gRPC channel option for the workers (repeatable)")
     p.add_argument("--chunk-bytes", type=int, default=1 << 20, help="serialize_stream chunk size of the published model")
     p.add_argument("--slots", type=int, default=2, help="faults.max_concurrent_updates (StagingPool slots)")
-    p.add_argument("--admission", action="store_true", help="prototype: workers ask for a push grant first")
+    p.add_argument("--no-admit", action="store_true",
+                   help="variant: workers push without calling Admit (as before acefaa7); the Push waits for a slot")
     p.add_argument("--trim", action="store_true", help="experiment: malloc_trim(0) after every push")
     p.add_argument("--pull-slots", type=int, default=0, help="experiment: at most this many Pull streams send at once")
     p.add_argument("--tracemalloc", action="store_true", help="also report the peak of traced Python allocations")
@@ -346,7 +305,7 @@ def main() -> None:
     w.add_argument("--fed", required=True)
     w.add_argument("--names", required=True)
     w.add_argument("--params", type=int, default=5_000_000)
-    w.add_argument("--admission", action="store_true")
+    w.add_argument("--no-admit", action="store_true")
     w.add_argument("--client-opt", action="append", default=[])
     args = ap.parse_args()
     (ps_main if args.cmd == "ps" else worker_main)(args)

@@ -162,6 +162,13 @@ def _key_source(federation_file: str | None, party: str | None, broker_key: str,
     return broker_key_source(federation_file, party, broker_key)
 
 
+def _volume_key(
+    image: str, key_env: str | None, key_fd: int | None, federation_file: str | None, party: str | None, broker_key: str
+) -> bytes:
+    source = _key_source(federation_file, party, broker_key, key_env, key_fd)
+    return resolve_key(key_env=key_env, key_fd=key_fd, volume_id=Path(image).name, broker=source)
+
+
 def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
     try:
         return parse_size(value)
@@ -198,8 +205,7 @@ def create(
     broker_key: str,
 ) -> None:
     """Create IMAGE: allocate, luksFormat (aes-xts-plain64 + hmac-sha256), mkfs.ext4."""
-    source = _key_source(federation_file, party, broker_key, key_env, key_fd)
-    key = resolve_key(key_env=key_env, key_fd=key_fd, volume_id=Path(image).name, broker=source)
+    key = _volume_key(image, key_env, key_fd, federation_file, party, broker_key)
     try:
         create_volume(
             image, key, size, pbkdf=pbkdf, pbkdf_memory_kib=pbkdf_memory,
@@ -228,8 +234,7 @@ def open_(
     broker_key: str,
 ) -> None:
     """Unlock IMAGE as /dev/mapper/NAME and mount it on --mount."""
-    source = _key_source(federation_file, party, broker_key, key_env, key_fd)
-    key = resolve_key(key_env=key_env, key_fd=key_fd, volume_id=Path(image).name, broker=source)
+    key = _volume_key(image, key_env, key_fd, federation_file, party, broker_key)
     try:
         open_volume(image, key, name, mountpoint, read_only=read_only)
     except (VolumeError, ValueError) as e:
