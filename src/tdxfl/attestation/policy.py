@@ -9,7 +9,7 @@ platform flags, and MRTD must be listed (or explicitly ``"any"``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from tdxfl.attestation.interfaces import VerifiedEvidence
@@ -66,12 +66,11 @@ class Policy:
     allow_dynamic_platform: bool = False
     allow_cached_keys: bool = False
     allow_smt: bool = False
-    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
     def from_dict(cls, table: Mapping[str, Any]) -> Policy:
         """Build a policy from a TOML table; unknown keys are an error (typos must not weaken it)."""
-        known = {f.name for f in fields(cls)} - {"extra"}
+        known = {f.name for f in fields(cls)}
         unknown = set(table) - known
         if unknown:
             raise PolicyError(f"unknown policy keys: {', '.join(sorted(unknown))}")

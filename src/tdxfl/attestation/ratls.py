@@ -164,15 +164,6 @@ class PeerVerifier:
         self._verifiers = dict(verifiers) if isinstance(verifiers, Mapping) else {v.evidence_tag: v for v in verifiers}
         self.decisions = decisions
 
-    def verify_evidence(self, evidence: TaggedEvidence, spki_der: bytes, nonce: bytes | None = None) -> VerifiedEvidence:
-        """Check ``evidence`` is genuine, bound to ``spki_der`` (and ``nonce``) and meets policy.
-
-        Raises AttestationError with the reasons for refusal.
-        """
-        verified = self.verify_genuine(evidence, spki_der, nonce)
-        self.check_policy(verified)
-        return verified
-
     def check_policy(self, verified: VerifiedEvidence) -> None:
         """Raise AttestationError listing every policy violation of ``verified``."""
         reasons = self.policy.evaluate(verified)

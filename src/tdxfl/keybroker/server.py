@@ -33,7 +33,7 @@ import signal
 import threading
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +67,6 @@ class BrokerConfig:
     enroll: Mapping[str, str]
     policy: Policy
     key_file: Path | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
 
 def parse_broker_config(doc: Mapping[str, Any], base: Path = Path(".")) -> BrokerConfig:
