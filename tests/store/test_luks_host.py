@@ -119,16 +119,6 @@ def test_not_a_luks_volume(tmp_path: Path, cryptsetup: str) -> None:
         luks.verify_key(plain, KEY)
 
 
-def test_open_volume_on_this_host_has_no_device_mapper(image: Path, tmp_path: Path) -> None:
-    if luks.device_mapper_available():
-        pytest.skip("this kernel has device-mapper; the VM test covers opening")
-    with pytest.raises(NoDeviceMapperError) as info:
-        luks.open_volume(image, KEY, "tdxfl-host-test", tmp_path / "mnt")
-    assert NO_DEVICE_MAPPER_MESSAGE in str(info.value)
-    assert "this kernel has no device-mapper (dm-crypt); run inside a TD VM with dm-crypt or use the sealed-file store" in str(info.value)
-    _assert_no_key_in(str(info.value))
-
-
 def test_create_volume_without_device_mapper_leaves_nothing(tmp_path: Path, cryptsetup: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(luks, "device_mapper_available", lambda **_: False)
     target = tmp_path / "new.img"
@@ -137,9 +127,8 @@ def test_create_volume_without_device_mapper_leaves_nothing(tmp_path: Path, cryp
     assert not target.exists()
 
 
-def test_integrity_format_needs_device_mapper(tmp_path: Path, cryptsetup: str) -> None:
-    if luks.device_mapper_available():
-        pytest.skip("this kernel has device-mapper")
+def test_integrity_format_needs_device_mapper(tmp_path: Path, cryptsetup: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(luks, "device_mapper_available", lambda **_: False)
     path = luks.allocate_image(tmp_path / "volume.img", SIZE)
     with pytest.raises(NoDeviceMapperError, match="no device-mapper"):
         luks.format_volume(path, KEY, **FAST_KDF)  # --integrity hmac-sha256 needs dm-integrity
@@ -256,9 +245,8 @@ def test_resolve_key_broker_hook() -> None:
     assert seen == ["ckpt.img"]
 
 
-def test_cli_create_and_open_report_no_device_mapper(tmp_path: Path, cryptsetup: str) -> None:
-    if luks.device_mapper_available():
-        pytest.skip("this kernel has device-mapper")
+def test_cli_create_and_open_report_no_device_mapper(tmp_path: Path, cryptsetup: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(luks, "device_mapper_available", lambda **_: False)
     env = {"TDXFL_TEST_VOLUME_KEY": KEY.hex()}
     target = tmp_path / "cli.img"
     result = CliRunner().invoke(
