@@ -70,6 +70,8 @@ def run_parameter_server(federation: Federation, ctx: PartyContext, *, live: boo
         ps.address,
         ps.enroll_address,
         roles=role_table([(w.name, "worker") for w in federation.workers]),
+        # each worker may hold a Pull, an Admit and a Push at once: never let them starve each other
+        max_workers=max(32, 3 * len(federation.workers) + 4),
     )
     add_to_server(ParameterServerService(federation, server, rounds), server.main)
     server.start()
