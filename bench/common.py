@@ -117,7 +117,8 @@ def federation_doc(workdir: Path, workers: list[str], **sections: dict[str, Any]
     doc: dict[str, Any] = {
         "federation": {"name": "bench-fed"},
         "party": [
-            {"name": "ps", "role": "ps", "address": f"127.0.0.1:{free_port()}", "enroll_address": f"127.0.0.1:{free_port()}"},
+            {"name": "ps", "role": "ps", "address": f"127.0.0.1:{free_port()}", "enroll_address": f"127.0.0.1:{free_port()}",
+             "data_address": f"127.0.0.1:{free_port()}"},
             *({"name": w, "role": "worker"} for w in workers),
         ],
         "training": {"model": "mlp", "dataset": "digits", "rounds": 1, "steps_per_round": 1, "batch_size": 32,

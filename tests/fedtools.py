@@ -15,7 +15,8 @@ def federation_doc(workdir: Path, **sections: dict[str, Any]) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "federation": {"name": "test-fed"},
         "party": [
-            {"name": "ps", "role": "ps", "address": f"127.0.0.1:{free_port()}", "enroll_address": f"127.0.0.1:{free_port()}"},
+            {"name": "ps", "role": "ps", "address": f"127.0.0.1:{free_port()}", "enroll_address": f"127.0.0.1:{free_port()}",
+             "data_address": f"127.0.0.1:{free_port()}"},
             {"name": "worker-1", "role": "worker"},
             {"name": "worker-2", "role": "worker"},
         ],

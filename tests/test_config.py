@@ -49,11 +49,12 @@ def test_invalid_settings_are_named(tmp_path: Path, section: str, table: dict[st
         parse_federation(federation_doc(tmp_path, **{section: table}))
 
 
-def test_default_enroll_address_and_digest(tmp_path: Path) -> None:
+def test_default_enroll_and_data_addresses_and_digest(tmp_path: Path) -> None:
     doc = federation_doc(tmp_path)
     doc["party"][0] = {"name": "ps", "role": "ps", "address": "127.0.0.1:7000"}
     fed = parse_federation(doc)
     assert fed.ps.enroll_address == "127.0.0.1:7001"
+    assert fed.ps.data_address == "127.0.0.1:7002"
     doc["training"]["rounds"] = 99
     assert parse_federation(doc).training_digest() != fed.training_digest()
 

@@ -31,6 +31,7 @@ class Party:
     role: str
     address: str = ""
     enroll_address: str = ""
+    data_address: str = ""
 
 
 @dataclass(frozen=True)
@@ -198,9 +199,9 @@ def _check(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def _default_enroll_address(address: str) -> str:
+def _next_port(address: str, offset: int) -> str:
     host, _, port = address.rpartition(":")
-    return f"{host}:{int(port) + 1}"
+    return f"{host}:{int(port) + offset}"
 
 
 def parse_attestation(table: Any) -> Attestation:
@@ -224,7 +225,10 @@ def parse_federation(doc: Mapping[str, Any]) -> Federation:
         if p.role == "ps":
             _check(":" in p.address, f"party {p.name!r}: the ps needs address = \"host:port\"")
             if not p.enroll_address:
-                p = replace(p, enroll_address=_default_enroll_address(p.address))
+                p = replace(p, enroll_address=_next_port(p.address, 1))
+            if not p.data_address:
+                p = replace(p, data_address=_next_port(p.address, 2))
+            _check(":" in p.data_address, f"party {p.name!r}: data_address must be \"host:port\"")
         parties.append(p)
     names = [p.name for p in parties]
     _check(len(set(names)) == len(names), f"party names must be unique, got {names}")
@@ -251,7 +255,7 @@ def parse_federation(doc: Mapping[str, Any]) -> Federation:
         keybroker = _build(KeyBrokerRef, doc["keybroker"], "keybroker")
         _check(":" in keybroker.address, "keybroker.address must be \"host:port\"")
         if not keybroker.enroll_address:
-            keybroker = replace(keybroker, enroll_address=_default_enroll_address(keybroker.address))
+            keybroker = replace(keybroker, enroll_address=_next_port(keybroker.address, 1))
     policies: dict[str, Policy] = {}
     for role in ("workers", "ps", "keybroker") if keybroker else ("workers", "ps"):
         _check(role in raw_policies, f"[policy.{role}] is required: what parties demand of the {role}")

@@ -98,6 +98,7 @@ name = "ps"
 role = "ps"
 address = "127.0.0.1:{free_port()}"
 enroll_address = "127.0.0.1:{free_port()}"
+data_address = "127.0.0.1:{free_port()}"
 {workers}
 [training]
 mode = "{mode}"

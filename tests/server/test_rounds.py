@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from tdxfl.core.records import RecordError, TensorSet
-from tdxfl.server.rounds import FederationError, RoundState
+from tdxfl.server.rounds import DONE, FederationError, RoundState
+from tdxfl.transport.tensors import to_wire
 
 SPECS = TensorSet.from_arrays(["w"], [np.zeros(4, np.float32)]).specs
 
@@ -22,7 +23,7 @@ def state(*workers: str) -> RoundState:
     s = RoundState(SPECS, "gradients")
     for w in workers:
         s.join(w)
-    s.publish(0, [])
+    s.publish(0, to_wire("weights", 0, update(0.0), copy=True))
     return s
 
 
@@ -83,3 +84,12 @@ def test_wait_for_workers_times_out_clearly() -> None:
     s.join("a")
     with pytest.raises(FederationError, match="only 1 of the 2 required workers joined"):
         s.wait_for_workers(2, 0.2)
+
+
+def test_pullers_get_the_published_version_then_done() -> None:
+    s = state("a")
+    assert s.model_after("a", 0, timeout=0.1) is None  # nothing newer than version 0 yet
+    got = s.model_after("a", -1, timeout=0.1)
+    assert got is not None and got.header.version == 0 and s.bytes_out == 16
+    s.finish()
+    assert s.model_after("a", 0, timeout=5) is DONE

@@ -10,6 +10,8 @@ writes to disk.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -99,13 +101,34 @@ class TlsIdentity:
     def private_key_pem(self) -> bytes:
         """The key as unencrypted PKCS#8 PEM *in memory*, the only form grpc accepts.
 
-        Callers hand it straight to grpc credentials; it must never be logged or written.
+        Callers hand it straight to grpc credentials (or ``tls13_context``); it must never be
+        logged or written.
         """
         return self._private_key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),  # in-memory only: grpc takes PEM bytes, never a file
         )
+
+    def tls13_context(self, *, server_side: bool, trusted_pem: bytes) -> ssl.SSLContext:
+        """A TLS 1.3-only context that presents this identity and trusts exactly the certificates
+        in ``trusted_pem`` (pinned, attested peers), demanding one from the peer on both sides.
+
+        Python's ``ssl`` loads keys only from files, so the key is handed over through an
+        anonymous in-memory file (``memfd``) that exists for this call alone: never a path on
+        a disk, never logged.
+        """
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server_side else ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(cadata=trusted_pem.decode("ascii"))
+        fd = os.memfd_create("tdxfl-tls-identity", os.MFD_CLOEXEC)
+        try:
+            os.write(fd, self.private_key_pem() + self.cert_pem)
+            ctx.load_cert_chain(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+        return ctx
 
     def fresh_evidence(self, attester: Attester, nonce: bytes) -> bytes:
         """Encoded evidence for this key and a verifier's ``nonce`` (a freshness challenge)."""

@@ -14,16 +14,16 @@ import numpy as np
 from tdxfl.config import Federation
 from tdxfl.core.records import TensorSet
 from tdxfl.party import PartyContext, model_key
+from tdxfl.client.model_link import ModelLink
 from tdxfl.store.model_store import SealedFileStore
 from tdxfl.transport.attested import AttestedChannel, connect
+from tdxfl.transport.link import LinkError
 from tdxfl.transport.proto import tdxfl_pb2 as pb
 from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
 from tdxfl.transport.retry import with_backoff
-from tdxfl.transport.tensors import as_dtype, as_is, decode_stream, iter_serialized
+from tdxfl.transport.tensors import as_dtype
 
 log = logging.getLogger(__name__)
-#: Push is called with pre-serialized frames (``iter_serialized``), one copy fewer per chunk
-PUSH_METHOD = "/tdxfl.v1.ParameterServer/Push"
 
 
 @dataclass
@@ -73,12 +73,13 @@ def run_worker(federation: Federation, ctx: PartyContext) -> WorkerResult:
     version = -1
     while True:
         channel = connect_with_retry(federation, ctx)
-        stub = pb_grpc.ParameterServerStub(channel.channel)
-        push = channel.channel.stream_unary(PUSH_METHOD, request_serializer=as_is, response_deserializer=pb.PushReply.FromString)
+        link: ModelLink | None = None
         try:
+            stub = pb_grpc.ParameterServerStub(channel.channel)
             stub.Join(pb.JoinRequest(party=ctx.name, config_digest=federation.training_digest()), timeout=30)
+            link = ModelLink(channel.open_link(federation.ps.data_address))
             while True:
-                header, weights = decode_stream(stub.Pull(pb.PullRequest(after_version=version)))
+                header, weights = link.pull(version)
                 if header.kind == "done":
                     log.info("worker %s: training finished after %d steps", ctx.name, steps)
                     store.save(
@@ -101,23 +102,21 @@ def run_worker(federation: Federation, ctx: PartyContext) -> WorkerResult:
                     arrays = adapter.get_weights()
                     kind, samples, metrics = "weights", len(x), {"loss": out["loss"]}
                 update = TensorSet([s for s in specs], arrays)
-                admitted = stub.Admit(pb.AdmitRequest(version=version))
-                if not admitted.granted:
-                    rejected += 1
-                    log.warning("worker %s: no slot for version %d: %s", ctx.name, version, admitted.reason)
-                    continue
-                reply = push(iter_serialized(kind, version, update, num_samples=samples, metrics=metrics, wire_dtype=wire))
+                reply = link.push(kind, version, update, num_samples=samples, metrics=metrics, wire_dtype=wire)
                 steps += 1
                 losses.append(float(metrics["loss"]))
                 if not reply.accepted:
                     rejected += 1
                     log.warning("worker %s: update for version %d refused: %s", ctx.name, version, reply.reason)
-        except grpc.RpcError as e:
-            if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        except (grpc.RpcError, LinkError) as e:
+            if isinstance(e, grpc.RpcError) and e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise
+            why = e.details() if isinstance(e, grpc.RpcError) else str(e)
             reconnects += 1
             if reconnects > federation.faults.connect_retries:
-                raise ConnectionError(f"lost the parameter server too often: {e.details()}") from e
-            log.warning("worker %s: connection lost (%s); reconnecting", ctx.name, e.details())
+                raise ConnectionError(f"lost the parameter server too often: {why}") from e
+            log.warning("worker %s: connection lost (%s); reconnecting", ctx.name, why)
         finally:
+            if link is not None:
+                link.close()
             channel.close()

@@ -14,11 +14,13 @@ from tdxfl.core.strategy import FedAvg, Strategy, SyncGradients
 from tdxfl.party import PartyContext, model_key
 from tdxfl.server.metrics import MetricsRecorder, RoundMetrics
 from tdxfl.server.rounds import RoundState
-from tdxfl.server.service import ParameterServerService, add_to_server
+from tdxfl.server.service import ParameterServerService
 from tdxfl.store.model_store import SealedFileStore
 from tdxfl.store.sealed import seal_file
-from tdxfl.transport.attested import AttestedServer, role_table
-from tdxfl.transport.tensors import serialize_stream
+from tdxfl.transport.attested import AttestedServer, role_table, split_address
+from tdxfl.transport.link import LinkServer
+from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
+from tdxfl.transport.tensors import to_wire
 
 log = logging.getLogger(__name__)
 FINAL_MODEL = "final"
@@ -70,12 +72,15 @@ def run_parameter_server(federation: Federation, ctx: PartyContext, *, live: boo
         ps.address,
         ps.enroll_address,
         roles=role_table([(w.name, "worker") for w in federation.workers]),
-        # each worker may hold a Pull, an Admit and a Push at once: never let them starve each other
-        max_workers=max(32, 3 * len(federation.workers) + 4),
     )
-    add_to_server(ParameterServerService(federation, server, rounds), server.main)
+    service = ParameterServerService(federation, server, rounds)
+    pb_grpc.add_ParameterServerServicer_to_server(service, server.main)
+    links = LinkServer(split_address(ps.data_address), server.link_context, server.link_party, service.serve_link, server.link_refused)
     server.start()
-    log.info("parameter server %s listening on %s (enrollment %s)", ctx.name, ps.address, ps.enroll_address)
+    links.start()
+    log.info(
+        "parameter server %s listening on %s (enrollment %s, tensors %s)", ctx.name, ps.address, ps.enroll_address, ps.data_address
+    )
     steps = t.steps_per_round if t.mode == "sync-gradients" else 1
     f = federation.faults
     version = 0
@@ -91,7 +96,7 @@ def run_parameter_server(federation: Federation, ctx: PartyContext, *, live: boo
                 contributors = rejected = 0
                 train_loss = 0.0
                 for _ in range(steps):
-                    rounds.publish(version, serialize_stream("weights", version, weights))
+                    rounds.publish(version, to_wire("weights", version, weights, copy=True))
                     step = rounds.collect(
                         federation.quorum,
                         f.step_timeout_s,
@@ -133,5 +138,6 @@ def run_parameter_server(federation: Federation, ctx: PartyContext, *, live: boo
     finally:
         rounds.finish()
         time.sleep(0.5)  # let waiting workers receive "done"
+        links.stop()
         server.stop(grace=2.0)
     return TrainingResult(r, accuracy, loss, checkpoint, time.monotonic() - started)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from tdxfl.core.records import RecordError, TensorSet, TensorSpec
 from tdxfl.core.strategy import RoundAccumulator
+from tdxfl.transport.tensors import WireTensors, to_wire
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +34,19 @@ class StepResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+#: what ``model_after`` returns once training is over
+DONE = to_wire("done", -1)
+
+
 class RoundState:
-    """Holds the current model version's encoded frames and collects updates for it."""
+    """Holds the current model version, ready to send, and collects updates for it."""
 
     def __init__(self, specs: Sequence[TensorSpec], update_kind: str) -> None:
         self.specs = list(specs)
         self.update_kind = update_kind
         self._cond = threading.Condition()
         self.version = -1
-        self._frames: list[bytes] = []
+        self._model: WireTensors | None = None
         self._done = False
         self._acc: RoundAccumulator | None = None
         self._contributors: list[str] = []
@@ -52,12 +57,12 @@ class RoundState:
         self.bytes_out = 0
 
     # -- training loop side ---------------------------------------------------------------
-    def publish(self, version: int, frames: list[bytes]) -> None:
-        """Make ``frames`` (a model serialized by ``serialize_stream``) version ``version`` and
-        open collection for it."""
+    def publish(self, version: int, model: WireTensors) -> None:
+        """Make ``model`` (a snapshot: ``to_wire(..., copy=True)``) version ``version`` and open
+        collection for it."""
         with self._cond:
             self.version = version
-            self._frames = frames
+            self._model = model
             self._acc = RoundAccumulator(self.specs)
             self._contributors = []
             self._rejected = {}
@@ -133,8 +138,9 @@ class RoundState:
             self.active.add(party)
             self._cond.notify_all()
 
-    def frames_after(self, party: str, after_version: int, timeout: float) -> tuple[int, list[bytes]] | None:
-        """The published frames once version > ``after_version``; ``(-1, [])`` when done; None on timeout."""
+    def model_after(self, party: str, after_version: int, timeout: float) -> WireTensors | None:
+        """The published model once version > ``after_version``; ``DONE`` when training is
+        over; None on timeout."""
         deadline = time.monotonic() + timeout
         with self._cond:
             self.active.add(party)
@@ -144,9 +150,10 @@ class RoundState:
                     return None
                 self._cond.wait(left)
             if self._done:
-                return -1, []
-            self.bytes_out += sum(len(f) for f in self._frames)
-            return self.version, self._frames
+                return DONE
+            assert self._model is not None
+            self.bytes_out += self._model.nbytes
+            return self._model
 
     def submit(
         self,

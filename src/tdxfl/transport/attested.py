@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from tdxfl.attestation.decisions import Decision
 from tdxfl.attestation.interfaces import Attester, AttestationError
 from tdxfl.attestation.ratls import PeerVerifier, TlsIdentity, certificate_evidence, load_certificate, tls_name
+from tdxfl.transport.link import TensorLink, open_link
 from tdxfl.transport.proto import tdxfl_pb2 as pb
 from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
 
@@ -103,6 +104,7 @@ class AttestedServer:
         self._by_party: dict[str, str] = {}
         self._config_version = 0
         self._served_version = -1
+        self._link_context: tuple[int, ssl.SSLContext] | None = None
         pool = futures.ThreadPoolExecutor(max_workers=max_workers)
         self.main = grpc.server(pool, options=GRPC_OPTIONS, maximum_concurrent_rpcs=max_workers * 4)
         self.enrollment = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=GRPC_OPTIONS)
@@ -115,9 +117,13 @@ class AttestedServer:
         self.port = self.main.add_secure_port(address, creds)
 
     # -- mutual-TLS trust set -------------------------------------------------------------
+    def _trusted_pem(self) -> bytes:
+        # no enrolled party yet: trust only our own certificate, which no client can present
+        return b"".join(p.cert_pem for p in self._enrolled.values()) or self.identity.cert_pem
+
     def _certificate_configuration(self) -> grpc.ServerCertificateConfiguration:
         with self._lock:
-            roots = b"".join(p.cert_pem for p in self._enrolled.values()) or self.identity.cert_pem
+            roots = self._trusted_pem()
             self._served_version = self._config_version
         return grpc.ssl_server_certificate_configuration(
             [(self.identity.private_key_pem(), self.identity.cert_pem)], root_certificates=roots
@@ -144,6 +150,29 @@ class AttestedServer:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "client certificate is not an enrolled, attested party")
         assert peer is not None
         return peer
+
+    # -- tensor link (tdxfl.transport.link.LinkServer callbacks) ---------------------------------
+    def link_context(self) -> ssl.SSLContext:
+        """Server TLS 1.3 context for tensor links, trusting exactly the enrolled certificates."""
+        with self._lock:
+            cached = self._link_context
+            if cached is not None and cached[0] == self._config_version:
+                return cached[1]
+            version, trusted = self._config_version, self._trusted_pem()
+        ctx = self.identity.tls13_context(server_side=True, trusted_pem=trusted)
+        with self._lock:
+            self._link_context = (version, ctx)
+        return ctx
+
+    def link_party(self, cert_der: bytes) -> str | None:
+        """The enrolled party whose certificate this is (exactly), or None."""
+        with self._lock:
+            peer = self._enrolled.get(hashlib.sha256(cert_der).hexdigest())
+        return peer.party if peer is not None else None
+
+    def link_refused(self, peer_address: str, reason: str) -> None:
+        """Record a refused tensor-link connection in the decision log."""
+        self._verifier.decisions.record(_refusal(self.party, f"tensor link from {peer_address}", reason))
 
     def enrolled(self) -> list[EnrolledPeer]:
         """Currently enrolled peers."""
@@ -252,7 +281,15 @@ class AttestedChannel:
 
     channel: grpc.Channel
     identity: TlsIdentity
+    server_party: str
     server_cert_pem: bytes
+
+    def open_link(self, address: str, timeout: float = 30.0) -> TensorLink:
+        """A tensor link to the same server's data port: mutual TLS 1.3 with our enrolled identity,
+        accepting only the server certificate attested here. LinkError when refused or unreachable."""
+        ctx = self.identity.tls13_context(server_side=False, trusted_pem=self.server_cert_pem)
+        pinned = load_certificate(self.server_cert_pem).public_bytes(Encoding.DER)
+        return open_link(split_address(address), ctx, tls_name(self.server_party), pinned, timeout=timeout)
 
     def close(self) -> None:
         """Close the channel."""
@@ -304,7 +341,7 @@ def connect(
         certificate_chain=identity.cert_pem,
     )
     channel = grpc.secure_channel(address, creds, options=GRPC_OPTIONS + override)
-    return AttestedChannel(channel, identity, server_cert)
+    return AttestedChannel(channel, identity, server_party, server_cert)
 
 
 def role_table(parties: Collection[tuple[str, str]]) -> Callable[[str], str | None]:

@@ -38,13 +38,15 @@ class AttestReply(_message.Message):
     challenge: bytes
     def __init__(self, evidence: _Optional[bytes] = ..., challenge: _Optional[bytes] = ...) -> None: ...
 
-class AdmitRequest(_message.Message):
-    __slots__ = ("version",)
-    VERSION_FIELD_NUMBER: _ClassVar[int]
-    version: int
-    def __init__(self, version: _Optional[int] = ...) -> None: ...
+class LinkRequest(_message.Message):
+    __slots__ = ("pull", "push")
+    PULL_FIELD_NUMBER: _ClassVar[int]
+    PUSH_FIELD_NUMBER: _ClassVar[int]
+    pull: PullRequest
+    push: TensorHeader
+    def __init__(self, pull: _Optional[_Union[PullRequest, _Mapping]] = ..., push: _Optional[_Union[TensorHeader, _Mapping]] = ...) -> None: ...
 
-class AdmitReply(_message.Message):
+class PushGrant(_message.Message):
     __slots__ = ("granted", "reason")
     GRANTED_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -108,14 +110,6 @@ class TensorHeader(_message.Message):
     metrics: _containers.ScalarMap[str, float]
     total_bytes: int
     def __init__(self, kind: _Optional[str] = ..., version: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., num_samples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., total_bytes: _Optional[int] = ...) -> None: ...
-
-class TensorFrame(_message.Message):
-    __slots__ = ("header", "chunk")
-    HEADER_FIELD_NUMBER: _ClassVar[int]
-    CHUNK_FIELD_NUMBER: _ClassVar[int]
-    header: TensorHeader
-    chunk: bytes
-    def __init__(self, header: _Optional[_Union[TensorHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class PushReply(_message.Message):
     __slots__ = ("accepted", "reason")

@@ -151,7 +151,7 @@ class Enrollment:
 
 class ParameterServerStub:
     """Served on the parameter server's federation port: mutual TLS, client certificates pinned to
-    the set of enrolled, attested workers.
+    the set of enrolled, attested workers. Tensors do not travel here but on the tensor link.
     """
 
     def __init__(self, channel):
@@ -165,53 +165,15 @@ class ParameterServerStub:
                 request_serializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.JoinRequest.SerializeToString,
                 response_deserializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.JoinReply.FromString,
                 _registered_method=True)
-        self.Pull = channel.unary_stream(
-                '/tdxfl.v1.ParameterServer/Pull',
-                request_serializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.PullRequest.SerializeToString,
-                response_deserializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.TensorFrame.FromString,
-                _registered_method=True)
-        self.Admit = channel.unary_unary(
-                '/tdxfl.v1.ParameterServer/Admit',
-                request_serializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.AdmitRequest.SerializeToString,
-                response_deserializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.AdmitReply.FromString,
-                _registered_method=True)
-        self.Push = channel.stream_unary(
-                '/tdxfl.v1.ParameterServer/Push',
-                request_serializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.TensorFrame.SerializeToString,
-                response_deserializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.PushReply.FromString,
-                _registered_method=True)
 
 
 class ParameterServerServicer:
     """Served on the parameter server's federation port: mutual TLS, client certificates pinned to
-    the set of enrolled, attested workers.
+    the set of enrolled, attested workers. Tensors do not travel here but on the tensor link.
     """
 
     def Join(self, request, context):
         """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Pull(self, request, context):
-        """Global model for version > after_version (blocks until it exists); a header of kind
-        "done" ends training.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Admit(self, request, context):
-        """Wait for a receive slot before pushing (bounds the server's memory: a stream that waits
-        for a slot would otherwise fill its HTTP/2 window, megabytes per worker, in gRPC buffers).
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Push(self, request_iterator, context):
-        """One update: a header frame, then chunk frames.
-        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -224,21 +186,6 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     request_deserializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.JoinRequest.FromString,
                     response_serializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.JoinReply.SerializeToString,
             ),
-            'Pull': grpc.unary_stream_rpc_method_handler(
-                    servicer.Pull,
-                    request_deserializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.PullRequest.FromString,
-                    response_serializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.TensorFrame.SerializeToString,
-            ),
-            'Admit': grpc.unary_unary_rpc_method_handler(
-                    servicer.Admit,
-                    request_deserializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.AdmitRequest.FromString,
-                    response_serializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.AdmitReply.SerializeToString,
-            ),
-            'Push': grpc.stream_unary_rpc_method_handler(
-                    servicer.Push,
-                    request_deserializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.TensorFrame.FromString,
-                    response_serializer=tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.PushReply.SerializeToString,
-            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'tdxfl.v1.ParameterServer', rpc_method_handlers)
@@ -249,7 +196,7 @@ def add_ParameterServerServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ParameterServer:
     """Served on the parameter server's federation port: mutual TLS, client certificates pinned to
-    the set of enrolled, attested workers.
+    the set of enrolled, attested workers. Tensors do not travel here but on the tensor link.
     """
 
     @staticmethod
@@ -269,87 +216,6 @@ class ParameterServer:
             '/tdxfl.v1.ParameterServer/Join',
             tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.JoinRequest.SerializeToString,
             tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.JoinReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Pull(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
-            target,
-            '/tdxfl.v1.ParameterServer/Pull',
-            tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.PullRequest.SerializeToString,
-            tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.TensorFrame.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Admit(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/tdxfl.v1.ParameterServer/Admit',
-            tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.AdmitRequest.SerializeToString,
-            tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.AdmitReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Push(request_iterator,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.stream_unary(
-            request_iterator,
-            target,
-            '/tdxfl.v1.ParameterServer/Push',
-            tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.TensorFrame.SerializeToString,
-            tdxfl_dot_transport_dot_proto_dot_tdxfl__pb2.PushReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,52 @@
+"""The worker's side of the tensor link to the parameter server: pull the model, push updates."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from tdxfl.core.records import TensorSet
+from tdxfl.transport.link import TensorLink
+from tdxfl.transport.proto import tdxfl_pb2 as pb
+from tdxfl.transport.tensors import Assembler, Header, decode_header, to_wire
+
+
+class ModelLink:
+    """Pull and push over one tensor link (see ``LinkRequest`` in ``tdxfl.proto``)."""
+
+    def __init__(self, link: TensorLink) -> None:
+        self.link = link
+
+    def pull(self, after_version: int) -> tuple[Header, TensorSet]:
+        """The first model version after ``after_version`` (waits for it); kind "done" ends training.
+
+        StreamError when the header is malformed, LinkError when the link breaks.
+        """
+        self.link.send(pb.LinkRequest(pull=pb.PullRequest(after_version=after_version)))
+        header = decode_header(self.link.recv(pb.TensorHeader))
+        return header, Assembler(header.specs).fill(self.link.recv_into)
+
+    def push(
+        self,
+        kind: str,
+        version: int,
+        update: TensorSet,
+        *,
+        num_samples: int,
+        metrics: Mapping[str, float],
+        wire_dtype: str | None = None,
+    ) -> pb.PushReply:
+        """Offer one update; once the server grants a receive slot, send its data.
+
+        The reply says whether it was accepted and, if not, why (a refused grant is a refusal).
+        """
+        wire = to_wire(kind, version, update, num_samples=num_samples, metrics=metrics, wire_dtype=wire_dtype)
+        self.link.send(pb.LinkRequest(push=wire.header))
+        grant = self.link.recv(pb.PushGrant)
+        if not grant.granted:
+            return pb.PushReply(accepted=False, reason=grant.reason)
+        self.link.send_raw(wire.views())
+        return self.link.recv(pb.PushReply)
+
+    def close(self) -> None:
+        """Close the link."""
+        self.link.close()

@@ -1,0 +1,276 @@
+"""The tensor link: tensors between attested parties over pinned, mutual TLS 1.3."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from tdxfl.attestation.ratls import TlsIdentity, tls_name
+from tdxfl.client.model_link import ModelLink
+from tdxfl.config import Federation
+from tdxfl.core.records import TensorSet
+from tdxfl.party import PartyContext, party_context
+from tdxfl.server.rounds import RoundState
+from tdxfl.server.service import ParameterServerService
+from tdxfl.transport.attested import AttestedChannel, AttestedServer, connect, role_table, split_address
+from tdxfl.transport.link import LinkError, LinkServer, TensorLink, TlsStream, open_link
+from tdxfl.transport.proto import tdxfl_pb2 as pb
+from tdxfl.transport.tensors import Assembler, StreamError, decode_header, to_wire
+
+
+def big_set(seed: int) -> TensorSet:
+    """~105 MB of float32 in shapes like ResNet-50's largest layers, plus odd small ones."""
+    rng = np.random.default_rng(seed)
+    shapes = [(3, 3, 512, 512), (1, 1, 1024, 2048), (2048, 10), (7,), (3, 3, 256, 256), (22_000_000,)]
+    arrays = [rng.standard_normal(s, dtype=np.float32) for s in shapes]
+    return TensorSet.from_arrays([f"t{i}" for i in range(len(arrays))], arrays)
+
+
+@dataclass
+class Ps:
+    fed: Federation
+    ctx: PartyContext
+    server: AttestedServer
+    rounds: RoundState
+    links: LinkServer
+
+
+@pytest.fixture
+def ps(make_federation: Callable[..., Federation]) -> Iterator[Ps]:
+    fed = make_federation()
+    ctx = party_context(fed, "ps")
+    server = AttestedServer("ps", ctx.attester, ctx.peer_verifier(fed, "workers"), fed.ps.address, fed.ps.enroll_address,
+                            roles=role_table([("worker-1", "worker"), ("worker-2", "worker")]))
+    model = big_set(0)
+    rounds = RoundState(model.specs, "weights")
+    service = ParameterServerService(fed, server, rounds)
+    links = LinkServer(split_address(fed.ps.data_address), server.link_context, server.link_party, service.serve_link,
+                       server.link_refused)
+    server.start()
+    links.start()
+    yield Ps(fed, ctx, server, rounds, links)
+    links.stop()
+    server.stop(None)
+
+
+def enroll(ps: Ps, name: str) -> AttestedChannel:
+    ctx = party_context(ps.fed, name)
+    return connect(name, "worker", ctx.attester, ctx.peer_verifier(ps.fed, "ps"), "ps", ps.fed.ps.address, ps.fed.ps.enroll_address)
+
+
+def test_header_validation_refuses_bad_dtypes_and_sizes() -> None:
+    ts = TensorSet.from_arrays(["a", "b"], [np.arange(5, dtype=np.float32), np.ones((3, 7), np.float64)])
+    wire = to_wire("weights", 4, ts, num_samples=3)
+    header = decode_header(wire.header)
+    assert (header.kind, header.version, header.num_samples, header.specs) == ("weights", 4, 3, ts.specs)
+    assert wire.nbytes == ts.nbytes and [bytes(v) for v in wire.views()] == [a.tobytes() for a in ts.arrays]
+    bad = pb.TensorHeader()
+    bad.CopyFrom(wire.header)
+    bad.total_bytes = 1
+    with pytest.raises(StreamError, match="header says"):
+        decode_header(bad)
+    with pytest.raises(StreamError, match="dtype"):
+        decode_header(pb.TensorHeader(kind="weights", tensors=[pb.TensorSpec(name="x", dtype="object", shape=[1])]))
+    with pytest.raises(StreamError, match="negative"):
+        decode_header(pb.TensorHeader(kind="weights", tensors=[pb.TensorSpec(name="x", dtype="uint8", shape=[-1])]))
+    with pytest.raises(StreamError, match="exceeds"):
+        decode_header(pb.TensorHeader(kind="weights", tensors=[pb.TensorSpec(name="x", dtype="float64", shape=[1 << 31])],
+                                      total_bytes=8 << 31))
+
+
+def test_fp16_wire_dtype_halves_bytes_and_snapshot_copies() -> None:
+    ts = TensorSet.from_arrays(["a"], [np.linspace(-1, 1, 1000, dtype=np.float32)])
+    wire = to_wire("gradients", 0, ts, wire_dtype="float16")
+    assert wire.nbytes == 2000 and wire.header.tensors[0].dtype == "float16"
+    out = Assembler(decode_header(wire.header).specs).fill(lambda views: views[0].cast("B").__setitem__(slice(None), wire.views()[0]))
+    np.testing.assert_allclose(out.arrays[0], ts.arrays[0], atol=1e-3)
+    snapshot = to_wire("weights", 0, ts, copy=True)
+    ts.arrays[0][:] = 7.0  # the PS updates its weights in place while a snapshot is being sent
+    assert float(snapshot.arrays[0][0]) == -1.0
+
+
+def test_100mb_model_and_update_roundtrip_over_the_link(ps: Ps) -> None:
+    model = big_set(0)
+    assert model.nbytes >= 100 * 2**20
+    channel = enroll(ps, "worker-1")
+    link = ModelLink(channel.open_link(ps.fed.ps.data_address))
+    ps.rounds.publish(0, to_wire("weights", 0, model, copy=True))
+    header, pulled = link.pull(-1)
+    assert header.version == 0
+    for x, y in zip(model.arrays, pulled.arrays):
+        np.testing.assert_array_equal(x, y)
+    update = big_set(1)
+    collected: dict[str, object] = {}
+    t = threading.Thread(target=lambda: collected.update(r=ps.rounds.collect(1, 60, fail_on_timeout=True, grace=0)))
+    ps.rounds.join("worker-1")
+    t.start()
+    reply = link.push("weights", 0, update, num_samples=5, metrics={"loss": 0.5})
+    assert reply.accepted, reply.reason
+    t.join(60)
+    result = collected["r"]
+    for x, y in zip(update.arrays, result.mean):  # type: ignore[attr-defined]
+        np.testing.assert_allclose(x, y, rtol=1e-6)
+    assert ps.rounds.bytes_in == update.nbytes and ps.rounds.bytes_out >= model.nbytes
+    ps.rounds.finish()
+    assert link.pull(0)[0].kind == "done"
+    link.close()
+    channel.close()
+
+
+def test_bad_updates_are_refused_with_reasons_and_the_link_survives_them(ps: Ps) -> None:
+    model = big_set(0)
+    channel = enroll(ps, "worker-1")
+    link = ModelLink(channel.open_link(ps.fed.ps.data_address))
+    ps.rounds.publish(0, to_wire("weights", 0, model, copy=True))
+    _, weights = link.pull(-1)
+    wrong = TensorSet.from_arrays([s.name for s in weights.specs], [np.zeros(3, np.float32)] * len(weights.specs))
+    assert "shape" in link.push("weights", 0, wrong, num_samples=1, metrics={}).reason
+    renamed = TensorSet.from_arrays(["x"] * len(weights.specs), weights.arrays)
+    assert "expected" in link.push("weights", 0, renamed, num_samples=1, metrics={}).reason
+    nan = TensorSet(weights.specs, [np.full_like(a, np.nan) for a in weights.arrays])
+    assert "NaN" in link.push("weights", 0, nan, num_samples=1, metrics={}).reason
+    assert "stale" in link.push("weights", 7, weights, num_samples=1, metrics={}).reason
+    assert link.push("weights", 0, weights, num_samples=1, metrics={}).accepted  # same link, still good
+    link.close()
+    channel.close()
+
+
+def test_an_update_that_breaks_off_is_recorded_and_a_new_link_works(ps: Ps) -> None:
+    model = big_set(0)
+    channel, honest = enroll(ps, "worker-1"), enroll(ps, "worker-2")
+    ps.rounds.publish(0, to_wire("weights", 0, model, copy=True))
+    link = channel.open_link(ps.fed.ps.data_address)
+    ModelLink(link).pull(-1)
+    wire = to_wire("weights", 0, model, num_samples=1)
+    link.send(pb.LinkRequest(push=wire.header))
+    assert link.recv(pb.PushGrant).granted
+    link.send_raw([wire.views()[0]])  # a part of the data, then the worker "crashes"
+    link.close()
+    good = ModelLink(honest.open_link(ps.fed.ps.data_address))
+    _, weights = good.pull(-1)
+    assert good.push("weights", 0, weights, num_samples=1, metrics={}).accepted
+    step = ps.rounds.collect(1, 10, fail_on_timeout=True, grace=0)  # waits for worker-1's outcome
+    assert step.contributors == ["worker-2"] and "broke off" in step.rejected["worker-1"]
+    again = ModelLink(channel.open_link(ps.fed.ps.data_address))
+    assert again.pull(-1)[0].version == 0
+    for c in (again, good):
+        c.close()
+    channel.close()
+    honest.close()
+
+
+def test_garbage_messages_close_the_link(ps: Ps) -> None:
+    channel = enroll(ps, "worker-1")
+    for garbage in (b"\x00\x00\x00\x05\xff\xff\xff\xff\xff", b"\x7f\xff\xff\xff", b"\x00\x00\x00\x00"):
+        link = channel.open_link(ps.fed.ps.data_address)
+        link.stream.sendall(memoryview(garbage))
+        with pytest.raises(LinkError, match="closed"):
+            link.recv(pb.PushGrant)
+        link.close()
+    channel.close()
+
+
+def test_unenrolled_certificate_is_refused_and_logged(ps: Ps) -> None:
+    channel = enroll(ps, "worker-1")
+    rogue = TlsIdentity.create(ps.ctx.attester, "worker-2")  # genuine evidence, but never enrolled
+    ctx = rogue.tls13_context(server_side=False, trusted_pem=channel.server_cert_pem)
+    pinned = ssl.PEM_cert_to_DER_cert(channel.server_cert_pem.decode())
+    link = open_link(split_address(ps.fed.ps.data_address), ctx, tls_name("ps"), pinned)
+    with pytest.raises(LinkError, match="refused the connection"):  # TLS 1.3: the server's verdict arrives after the client's handshake
+        link.send(pb.LinkRequest(pull=pb.PullRequest(after_version=-1)))
+        link.recv(pb.TensorHeader)
+    link.close()
+    deadline = time.monotonic() + 5
+    while not (refusals := [d for d in ps.ctx.decisions.decisions if d.result == "refused"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert refusals and "tensor link" in refusals[-1].peer and "certificate" in refusals[-1].reason
+    channel.close()
+
+
+def test_old_certificate_of_a_re_enrolled_party_is_refused(ps: Ps) -> None:
+    first = enroll(ps, "worker-1")
+    ModelLink(first.open_link(ps.fed.ps.data_address)).close()
+    second = enroll(ps, "worker-1")  # replaces worker-1's certificate
+    with pytest.raises(LinkError, match="refused the connection"):
+        link = first.open_link(ps.fed.ps.data_address)
+        link.recv(pb.PushGrant)  # TLS 1.3: a refused client certificate shows on the first read
+    ModelLink(second.open_link(ps.fed.ps.data_address)).close()
+    first.close()
+    second.close()
+
+
+def test_tls_1_2_is_refused_in_the_handshake(ps: Ps) -> None:
+    channel = enroll(ps, "worker-1")
+    ctx = channel.identity.tls13_context(server_side=False, trusted_pem=channel.server_cert_pem)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    with pytest.raises(LinkError, match="handshake"):
+        TlsStream(socket.create_connection(split_address(ps.fed.ps.data_address)), ctx, server_side=False,
+                  server_hostname=tls_name("ps"))
+    channel.close()
+
+
+def test_client_refuses_a_server_other_than_the_attested_one(ps: Ps) -> None:
+    """A host that redirects the data port to its own TLS server (with genuine-looking evidence)
+    is refused: the link trusts only the certificate the worker attested."""
+    channel = enroll(ps, "worker-1")
+    impostor = TlsIdentity.create(ps.ctx.attester, "ps")
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        sock, _ = listener.accept()
+        try:
+            TlsStream(sock, impostor.tls13_context(server_side=True, trusted_pem=channel.identity.cert_pem), server_side=True)
+        except LinkError:
+            pass
+        sock.close()
+
+    t = threading.Thread(target=serve)
+    t.start()
+    with pytest.raises(LinkError, match="handshake"):
+        channel.open_link(f"127.0.0.1:{listener.getsockname()[1]}")
+    t.join(10)
+    listener.close()
+    channel.close()
+
+
+def test_plain_link_framing_roundtrip() -> None:
+    """TensorLink over any byte stream: messages and raw bytes keep their order and bounds."""
+    a, b = socket.socketpair()
+
+    class Plain:
+        def __init__(self, s: socket.socket) -> None:
+            self.s = s
+
+        def sendall(self, data: memoryview) -> None:
+            self.s.sendall(data)
+
+        def recv_into(self, view: memoryview) -> None:
+            got = 0
+            while got < len(view):
+                n = self.s.recv_into(view[got:])
+                if not n:
+                    raise LinkError("connection closed by peer")
+                got += n
+
+        def close(self) -> None:
+            self.s.close()
+
+    left, right = TensorLink(Plain(a)), TensorLink(Plain(b))
+    left.send(pb.PullRequest(after_version=3))
+    left.send_raw([memoryview(b"xyz")])
+    assert right.recv(pb.PullRequest).after_version == 3
+    buf = bytearray(3)
+    right.recv_into([memoryview(buf)])
+    assert buf == b"xyz"
+    left.close()
+    with pytest.raises(LinkError, match="closed"):
+        right.recv(pb.PullRequest)
+    right.close()
