@@ -60,7 +60,7 @@ def run_p1(tmp: Path, quick: bool, reps: int | None) -> Iterator[dict[str, Any]]
     from bench.p1_round import summarize
 
     cycles = reps or (2 if quick else 5)
-    cycle = ["tls", "secure", "insecure", "fp16"]
+    cycle = ["tls", "tcp", "secure", "insecure", "fp16"]
     schedule = cycle * (cycles + 1)  # first cycle is warm-up
     data = run_json("p1_round", "ps", "--workdir", str(tmp / "p1"), "--schedule", ",".join(schedule))
     s = summarize(data, warmup=len(cycle))
@@ -74,12 +74,15 @@ def run_p1(tmp: Path, quick: bool, reps: int | None) -> Iterator[dict[str, Any]]
         return median([c[a] / c[b] for c in by_cycle.values() if a in c and b in c])
 
     mb = data["model_bytes"] / MB
-    sec, tls, ins, f16 = (s[m]["round_s"] for m in ("secure", "tls", "insecure", "fp16"))
+    sec, tls, tcp, ins, f16 = (s[m]["round_s"] for m in ("secure", "tls", "tcp", "insecure", "fp16"))
     phases = {m: {k: v for k, v in s[m].items() if k != "n"} for m in s}
     yield result("P1", sec, tls, 1.3, "s/round", ok=sec / tls <= 1.3, model_MB=mb, rounds_per_mode=cycles,
                  paired_ratio=paired("secure", "tls"), tls_cipher=data.get("tls_cipher"), phases_s=phases)
     yield result("P1b", sec, ins, 1.10, "s/round", ok=sec / ins <= 1.10, paired_ratio=paired("secure", "insecure"),
-                 secure_overhead_pct=(sec / ins - 1) * 100)
+                 secure_overhead_pct=(sec / ins - 1) * 100, raw_tls_over_raw_tcp=tls / tcp,
+                 raw_tcp_round_s=tcp, paired_raw_tls_over_raw_tcp=paired("tls", "tcp"),
+                 note="raw_tls_over_raw_tcp is the cost of TLS itself on this machine (same bytes, same pattern, "
+                      "no framework): no TLS transport can be below it")
     yield result("P1-fp16", f16, sec, None, "s/round", ok=True, paired_ratio=paired("fp16", "secure"),
                  note="informational: fp16 push (upload halves), baseline = fp32 secure round")
 

@@ -230,3 +230,77 @@ def _round(v: Any) -> Any:
     if isinstance(v, list):
         return [_round(x) for x in v]
     return v
+
+
+class PlainStream:
+    """``tdxfl.transport.link.ByteStream`` over a plaintext socket: TLS and attestation off.
+
+    Bench-only, for measuring what they cost (P1b, P2's insecure comparisons); never a way to run
+    a federation.
+    """
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+
+    def sendall(self, data: memoryview) -> None:
+        self.sock.sendall(data)
+
+    def send_many(self, views: Any) -> None:
+        for view in views:
+            self.sock.sendall(view)
+
+    def recv_into(self, view: memoryview) -> None:
+        from tdxfl.transport.link import LinkError
+
+        got = 0
+        while got < len(view):
+            n = self.sock.recv_into(view[got:], min(len(view) - got, 4 << 20))
+            if not n:
+                raise LinkError("connection closed by peer")
+            got += n
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def serve_plain_links(listener: Any, serve: Any) -> None:
+    """Accept plaintext tensor links forever; the first message (a JoinRequest) names the party."""
+    import socket
+    import threading
+
+    from tdxfl.transport.link import LinkError, TensorLink
+    from tdxfl.transport.proto import tdxfl_pb2 as pb
+
+    def handle(sock: Any) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        link = TensorLink(PlainStream(sock))
+        try:
+            serve(link.recv(pb.JoinRequest).party, link)
+        except LinkError:
+            pass
+        finally:
+            link.close()
+
+    def accept() -> None:
+        while True:
+            try:
+                sock, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(sock,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+
+
+def plain_link(address: tuple[str, int], party: str) -> Any:
+    """A plaintext tensor link to ``serve_plain_links`` as ``party`` (bench-only)."""
+    import socket
+
+    from tdxfl.transport.link import TensorLink
+    from tdxfl.transport.proto import tdxfl_pb2 as pb
+
+    sock = socket.create_connection(address)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    link = TensorLink(PlainStream(sock))
+    link.send(pb.JoinRequest(party=party))
+    return link

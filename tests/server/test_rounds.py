@@ -23,7 +23,7 @@ def state(*workers: str) -> RoundState:
     s = RoundState(SPECS, "gradients")
     for w in workers:
         s.join(w)
-    s.publish(0, to_wire("weights", 0, update(0.0), copy=True))
+    s.publish(0, to_wire("weights", 0, update(0.0)))
     return s
 
 
@@ -88,8 +88,42 @@ def test_wait_for_workers_times_out_clearly() -> None:
 
 def test_pullers_get_the_published_version_then_done() -> None:
     s = state("a")
-    assert s.model_after("a", 0, timeout=0.1) is None  # nothing newer than version 0 yet
-    got = s.model_after("a", -1, timeout=0.1)
-    assert got is not None and got.header.version == 0 and s.bytes_out == 16
+    with s.sending("a", 0, 0.1, lambda: None) as none:
+        assert none is None  # nothing newer than version 0 yet
+    with s.sending("a", -1, 0.1, lambda: None) as got:
+        assert got is not None and got.header.version == 0 and s.bytes_out == 16
     s.finish()
-    assert s.model_after("a", 0, timeout=5) is DONE
+    with s.sending("a", 0, 5, lambda: None) as done:
+        assert done is DONE
+
+
+def test_retire_cancels_a_stalled_send_and_holds_new_pulls() -> None:
+    s = state("a", "b")
+    assert s.retire(5) == 0  # nothing in flight: returns at once
+    s.publish(1, to_wire("weights", 1, update(1.0)))
+    cancelled = threading.Event()
+
+    def stalled_reader() -> None:
+        with s.sending("a", 0, 5, cancelled.set):
+            cancelled.wait(10)  # a send blocked until its link is closed
+
+    reader = threading.Thread(target=stalled_reader)
+    reader.start()
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    assert s.retire(0.3) == 1
+    assert cancelled.is_set() and 0.25 < time.monotonic() - t0 < 5
+    reader.join(5)
+    got: list[int] = []
+
+    def puller() -> None:
+        with s.sending("b", 0, 5, lambda: None) as model:
+            got.append(model.header.version if model is not None else -2)
+
+    t = threading.Thread(target=puller)
+    t.start()
+    time.sleep(0.2)
+    assert not got  # the retired version is not handed out: its weights may be changing
+    s.publish(2, to_wire("weights", 2, update(2.0)))
+    t.join(5)
+    assert got == [2]

@@ -15,15 +15,20 @@ class ModelLink:
 
     def __init__(self, link: TensorLink) -> None:
         self.link = link
+        self._model: Assembler | None = None
 
     def pull(self, after_version: int) -> tuple[Header, TensorSet]:
         """The first model version after ``after_version`` (waits for it); kind "done" ends training.
 
-        StreamError when the header is malformed, LinkError when the link breaks.
+        The tensors live in buffers that the next ``pull`` reuses (fresh memory would cost page
+        faults on every step): use or copy them before pulling again. StreamError when the
+        header is malformed, LinkError when the link breaks.
         """
         self.link.send(pb.LinkRequest(pull=pb.PullRequest(after_version=after_version)))
         header = decode_header(self.link.recv(pb.TensorHeader))
-        return header, Assembler(header.specs).fill(self.link.recv_into)
+        if self._model is None or self._model.specs != header.specs:
+            self._model = Assembler(header.specs)
+        return header, self._model.fill(self.link.recv_into)
 
     def push(
         self,

@@ -14,6 +14,7 @@ import numpy as np
 
 #: dtypes allowed on the wire and in sealed files (little-endian raw bytes)
 ALLOWED_DTYPES = frozenset({"float16", "float32", "float64", "int32", "int64", "uint8"})
+_CHECK_BLOCK = 1 << 16
 
 
 class RecordError(ValueError):
@@ -79,5 +80,9 @@ class TensorSet:
     def check_finite(self) -> None:
         """Raise RecordError naming the first tensor holding NaN or infinity."""
         for spec, a in zip(self.specs, self.arrays):
-            if a.dtype.kind == "f" and not np.isfinite(a).all():
-                raise RecordError(f"tensor {spec.name!r} holds NaN or infinite values")
+            if a.dtype.kind != "f":
+                continue
+            flat = a.reshape(-1)
+            for i in range(0, flat.size, _CHECK_BLOCK):  # blockwise: no tensor-sized temporary
+                if not np.isfinite(flat[i : i + _CHECK_BLOCK]).all():
+                    raise RecordError(f"tensor {spec.name!r} holds NaN or infinite values")

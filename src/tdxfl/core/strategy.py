@@ -16,36 +16,71 @@ from tdxfl.core.optimizers import Optimizer
 from tdxfl.core.records import RecordError, TensorSet, TensorSpec
 
 
+_BLOCK = 1 << 16
+
+
+def _add_scaled(acc: np.ndarray, a: np.ndarray, weight: float, *, first: bool) -> None:
+    """``acc += weight * a`` in place (``acc = weight * a`` when ``first``), block by block:
+    no temporary the size of the tensor."""
+    acc_flat, a_flat = acc.reshape(-1), np.asarray(a).reshape(-1)
+    if weight == 1.0:
+        if first:
+            np.copyto(acc_flat, a_flat, casting="unsafe")
+        else:
+            np.add(acc_flat, a_flat, out=acc_flat, casting="unsafe")
+        return
+    w = acc.dtype.type(weight)
+    if first:
+        np.multiply(a_flat, w, out=acc_flat, casting="unsafe")
+        return
+    scratch = np.empty(min(_BLOCK, acc_flat.size), dtype=acc.dtype)
+    for i in range(0, acc_flat.size, _BLOCK):
+        part = scratch[: min(_BLOCK, acc_flat.size - i)]
+        np.multiply(a_flat[i : i + _BLOCK], w, out=part, casting="unsafe")
+        acc_flat[i : i + _BLOCK] += part
+
+
 class RoundAccumulator:
-    """Weighted running sum of updates that all share ``specs``."""
+    """Weighted running sum of updates that all share ``specs``; reusable across rounds.
+
+    Its buffers are allocated once (fresh memory costs page faults on every round otherwise):
+    ``reset`` zeroes the sum for the next round, ``mean`` writes into buffers of its own.
+    """
 
     def __init__(self, specs: Sequence[TensorSpec]) -> None:
         self.specs = list(specs)
-        self._sum = [np.zeros(s.shape, dtype=np.float64 if s.dtype == "float64" else np.float32) for s in self.specs]
+        self._sum = [np.empty(s.shape, dtype=np.float64 if s.dtype == "float64" else np.float32) for s in self.specs]
+        self._mean = [np.empty(s.shape, dtype=s.dtype) for s in self.specs]
         self.total_weight = 0.0
         self.count = 0
 
-    def validate(self, update: TensorSet) -> None:
-        """Raise RecordError when ``update`` has the wrong names/shapes or non-finite values."""
-        update.check_compatible(self.specs, check_dtype=False)
-        update.check_finite()
+    def reset(self) -> None:
+        """Empty the sum for a new round (the last ``mean`` is overwritten by the next one)."""
+        self.total_weight = 0.0
+        self.count = 0  # the first add overwrites the sum: no need to zero it
 
-    def add(self, update: TensorSet, weight: float) -> None:
-        """Validate, then add ``weight * update`` to the sum in place."""
+    def add(self, update: TensorSet, weight: float, *, finite_checked: bool = False) -> None:
+        """Check ``update`` (names, shapes and — unless the caller did — NaN/infinity; RecordError
+        names what is wrong), then add ``weight * update`` to the sum in place."""
         if not weight > 0:
             raise RecordError(f"update weight must be positive, got {weight}")
-        self.validate(update)
+        update.check_compatible(self.specs, check_dtype=False)
+        if not finite_checked:
+            update.check_finite()
         for acc, a in zip(self._sum, update.arrays):
-            acc += np.float32(weight) * a if acc.dtype == np.float32 else weight * a
+            _add_scaled(acc, a, weight, first=self.count == 0)
         self.total_weight += weight
         self.count += 1
 
     def mean(self) -> list[np.ndarray]:
-        """The weighted mean of everything added (RecordError when nothing was)."""
+        """The weighted mean of everything added (RecordError when nothing was), in this
+        accumulator's own buffers: valid until the next ``mean``."""
         if self.count == 0:
             raise RecordError("no update to aggregate")
         inv = 1.0 / self.total_weight
-        return [(s * inv).astype(spec.dtype, copy=False) for s, spec in zip(self._sum, self.specs)]
+        for s, out in zip(self._sum, self._mean):
+            np.multiply(s, inv, out=out, casting="unsafe")
+        return list(self._mean)
 
 
 class Strategy(abc.ABC):

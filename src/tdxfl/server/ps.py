@@ -96,13 +96,14 @@ def run_parameter_server(federation: Federation, ctx: PartyContext, *, live: boo
                 contributors = rejected = 0
                 train_loss = 0.0
                 for _ in range(steps):
-                    rounds.publish(version, to_wire("weights", version, weights, copy=True))
+                    rounds.publish(version, to_wire("weights", version, weights))  # shares weights' memory
                     step = rounds.collect(
                         federation.quorum,
                         f.step_timeout_s,
                         fail_on_timeout=f.on_timeout == "fail",
                         grace=f.join_timeout_s,
                     )
+                    rounds.retire(f.step_timeout_s)  # no worker is reading the weights now
                     strategy.apply(weights, step.mean)
                     version += 1
                     contributors += len(step.contributors)

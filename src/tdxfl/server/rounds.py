@@ -5,10 +5,11 @@ gRPC service feeds it, the training loop drives it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from tdxfl.core.records import RecordError, TensorSet, TensorSpec
@@ -30,11 +31,11 @@ class StepResult:
     contributors: list[str]
     missing: list[str]
     rejected: dict[str, str]
-    mean: list  # list[np.ndarray]
+    mean: list  # list[np.ndarray], valid until the next publish (the buffers are reused)
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-#: what ``model_after`` returns once training is over
+#: the model ``sending`` hands out once training is over
 DONE = to_wire("done", -1)
 
 
@@ -47,6 +48,8 @@ class RoundState:
         self._cond = threading.Condition()
         self.version = -1
         self._model: WireTensors | None = None
+        self._retired = False  # the current model may be changing: send nothing until the next publish
+        self._in_flight: dict[object, Callable[[], None]] = {}
         self._done = False
         self._acc: RoundAccumulator | None = None
         self._contributors: list[str] = []
@@ -58,16 +61,42 @@ class RoundState:
 
     # -- training loop side ---------------------------------------------------------------
     def publish(self, version: int, model: WireTensors) -> None:
-        """Make ``model`` (a snapshot: ``to_wire(..., copy=True)``) version ``version`` and open
-        collection for it."""
+        """Make ``model`` version ``version`` and open collection for it.
+
+        ``model`` may share memory with the caller's weights (``to_wire`` without a copy): the
+        caller changes them only after ``retire``.
+        """
         with self._cond:
             self.version = version
             self._model = model
-            self._acc = RoundAccumulator(self.specs)
+            self._retired = False
+            if self._acc is None:
+                self._acc = RoundAccumulator(self.specs)
+            else:
+                self._acc.reset()
             self._contributors = []
             self._rejected = {}
             self._metric_sums = {}
             self._cond.notify_all()
+
+    def retire(self, timeout: float) -> int:
+        """Stop sending the current model and wait until no send of it is in flight, so the
+        caller may change the weights it shares; sends still going after ``timeout`` seconds
+        (a stalled reader) are cancelled. Pulls wait for the next ``publish``. Returns how many
+        sends were cancelled."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._retired = True
+            while self._in_flight and time.monotonic() < deadline:
+                self._cond.wait(deadline - time.monotonic())
+            stragglers = list(self._in_flight.values())
+        for cancel in stragglers:
+            log.warning("cancelling a model send that outlived the step timeout")
+            cancel()
+        with self._cond:
+            while self._in_flight:
+                self._cond.wait(1.0)
+        return len(stragglers)
 
     def finish(self) -> None:
         """Tell every waiting and future puller that training is over."""
@@ -138,22 +167,34 @@ class RoundState:
             self.active.add(party)
             self._cond.notify_all()
 
-    def model_after(self, party: str, after_version: int, timeout: float) -> WireTensors | None:
-        """The published model once version > ``after_version``; ``DONE`` when training is
-        over; None on timeout."""
+    @contextlib.contextmanager
+    def sending(self, party: str, after_version: int, timeout: float, cancel: Callable[[], None]) -> Iterator[WireTensors | None]:
+        """The published model once version > ``after_version`` (``DONE`` when training is over,
+        None after ``timeout``), in flight for the ``with`` block: ``retire`` waits for the
+        block to end, or calls ``cancel()`` to end it."""
         deadline = time.monotonic() + timeout
+        token = object()
         with self._cond:
             self.active.add(party)
-            while not self._done and self.version <= after_version:
+            while not self._done and (self.version <= after_version or self._retired):
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    return None
+                    yield None
+                    return
                 self._cond.wait(left)
             if self._done:
-                return DONE
-            assert self._model is not None
-            self.bytes_out += self._model.nbytes
-            return self._model
+                model = DONE
+            else:
+                assert self._model is not None
+                model = self._model
+                self.bytes_out += model.nbytes
+            self._in_flight[token] = cancel
+        try:
+            yield model
+        finally:
+            with self._cond:
+                del self._in_flight[token]
+                self._cond.notify_all()
 
     def submit(
         self,
@@ -164,10 +205,13 @@ class RoundState:
         weight: float,
         metrics: dict[str, float],
         wire_bytes: int | None = None,
+        *,
+        finite_checked: bool = False,
     ) -> None:
         """Fold one worker's update into the current step; RecordError with the reason if refused.
 
-        ``wire_bytes`` is what the update took on the wire (default: its decoded size).
+        ``wire_bytes`` is what the update took on the wire (default: its decoded size);
+        ``finite_checked``: the caller already refused NaN and infinity (``Assembler.fill``).
         """
         with self._cond:
             if kind != self.update_kind:
@@ -178,7 +222,7 @@ class RoundState:
                 raise RecordError(f"{party} already sent an update for version {version}")
             assert self._acc is not None
             try:
-                self._acc.add(update, weight)
+                self._acc.add(update, weight, finite_checked=finite_checked)
             except RecordError as e:
                 self._rejected[party] = str(e)
                 self._cond.notify_all()

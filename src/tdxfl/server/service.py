@@ -110,12 +110,12 @@ class ParameterServerService(pb_grpc.ParameterServerServicer):
     def _send_model(self, party: str, link: TensorLink, after_version: int) -> None:
         """The next model version, as the PS published it, or "done"."""
         while True:
-            got = self._rounds.model_after(party, after_version, _PULL_WAIT_S)
-            if got is None:
-                continue
-            link.send(got.header)
-            link.send_raw(got.views())
-            return
+            with self._rounds.sending(party, after_version, _PULL_WAIT_S, link.close) as model:
+                if model is None:
+                    continue
+                link.send(model.header)
+                link.send_raw(model.views())
+                return
 
     def _receive_update(self, party: str, link: TensorLink, offered: pb.TensorHeader) -> None:
         """Check the offered header, wait for a receive slot, read the data into it, submit."""
@@ -129,15 +129,20 @@ class ParameterServerService(pb_grpc.ParameterServerServicer):
             with self._staging.slot(header.specs, link.close) as asm:
                 link.send(pb.PushGrant(granted=True))
                 try:
-                    received = asm.fill(link.recv_into)
+                    received = asm.fill(link.recv_into, check_finite=True)
                 except LinkError as e:
                     self._rounds.reject(party, f"update broke off: {e}")
                     raise
+                except RecordError as e:  # NaN or infinity, found as the data arrived
+                    link.send(self._refuse(party, str(e), malformed=True))
+                    return
                 update = as_dtype(received, self._rounds.specs)
                 weight = float(header.num_samples) if self._rounds.update_kind == "weights" else 1.0
                 try:
-                    self._rounds.submit(party, header.kind, header.version, update, weight, header.metrics, asm.nbytes)
-                except RecordError as e:  # stale, duplicate or non-finite: submit already recorded it
+                    self._rounds.submit(
+                        party, header.kind, header.version, update, weight, header.metrics, asm.nbytes, finite_checked=True
+                    )
+                except RecordError as e:  # stale or duplicate: submit already recorded it
                     link.send(self._refuse(party, str(e), malformed=False))
                     return
         except SlotTimeout as e:

@@ -44,6 +44,7 @@ class ByteStream(Protocol):
     """A reliable, ordered byte stream (TLS here; bench code also uses a plaintext socket)."""
 
     def sendall(self, data: memoryview) -> None: ...
+    def send_many(self, views: Sequence[memoryview]) -> None: ...
     def recv_into(self, view: memoryview) -> None: ...
     def close(self) -> None: ...
 
@@ -71,6 +72,8 @@ class TlsStream:
     def __init__(self, sock: socket.socket, ctx: ssl.SSLContext, *, server_side: bool, server_hostname: str | None = None) -> None:
         """Run the handshake (``sock``'s timeout applies); LinkError when it fails."""
         self._sock = sock
+        self._buf = bytearray(IO_BYTES)
+        self._buf_view = memoryview(self._buf)
         self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
         self._tls = ctx.wrap_bio(self._in, self._out, server_side=server_side, server_hostname=server_hostname)
         try:
@@ -106,17 +109,25 @@ class TlsStream:
             self._sock.sendall(data)
 
     def _fill(self) -> None:
-        data = self._sock.recv(IO_BYTES)
-        if not data:
+        n = self._sock.recv_into(self._buf)
+        if not n:
             raise LinkError("connection closed by peer")
-        self._in.write(data)
+        self._in.write(self._buf_view[:n])
 
     def sendall(self, data: memoryview) -> None:
         """Encrypt and send all of ``data``."""
+        self.send_many([data])
+
+    def send_many(self, views: Sequence[memoryview]) -> None:
+        """Encrypt and send the bytes of ``views`` in order, in system calls of about 1 MiB
+        (many small tensors do not cost a system call each)."""
         try:
-            for i in range(0, len(data), IO_BYTES):
-                self._tls.write(data[i : i + IO_BYTES])
-                self._flush()
+            for data in views:
+                for i in range(0, len(data), IO_BYTES):
+                    self._tls.write(data[i : i + IO_BYTES])
+                    if self._out.pending >= IO_BYTES:
+                        self._flush()
+            self._flush()
         except (ssl.SSLError, OSError) as e:
             raise LinkError(f"send failed: {_explain(e)}") from None
 
@@ -160,8 +171,7 @@ class TensorLink:
 
     def send_raw(self, views: Sequence[memoryview]) -> None:
         """Send the bytes of ``views`` (e.g. tensors' memory) as they are, in order."""
-        for view in views:
-            self.stream.sendall(view)
+        self.stream.send_many(views)
 
     def recv(self, message_type: type[M]) -> M:
         """The next message, parsed as ``message_type``; LinkError when it is not one."""

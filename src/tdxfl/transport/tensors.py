@@ -19,6 +19,7 @@ from tdxfl.transport.proto import tdxfl_pb2 as pb
 
 #: refuse headers announcing more than this many bytes (a malicious peer must not OOM us)
 MAX_STREAM_BYTES = 8 << 30
+_CHECK_BLOCK = 1 << 16  # elements: 256 KiB of float32, well inside L2
 
 
 class StreamError(ValueError):
@@ -72,16 +73,13 @@ def to_wire(
     num_samples: int = 0,
     metrics: Mapping[str, float] | None = None,
     wire_dtype: str | None = None,
-    copy: bool = False,
 ) -> WireTensors:
-    """Header and arrays for sending ``tensors``.
+    """Header and arrays for sending ``tensors``: the arrays themselves where they already are
+    contiguous little-endian (no copy: the caller keeps them unchanged while they are sent).
 
-    ``wire_dtype`` (e.g. ``"float16"``) converts floating-point tensors for transfer; ``copy``
-    takes a snapshot, so the caller may change its arrays while the copy is being sent.
+    ``wire_dtype`` (e.g. ``"float16"``) converts floating-point tensors for transfer.
     """
     arrays = [] if tensors is None else [_le(a, wire_dtype) for a in tensors.arrays]
-    if copy:
-        arrays = [a.copy() for a in arrays]
     specs = [] if tensors is None else [TensorSpec(s.name, a.dtype.name, s.shape) for s, a in zip(tensors.specs, arrays)]
     header = pb.TensorHeader(
         kind=kind,
@@ -124,12 +122,27 @@ class Assembler:
         """Bytes the tensors take."""
         return sum(len(v) for v in self.views)
 
-    def fill(self, read_into: Callable[[Sequence[memoryview]], None]) -> TensorSet:
+    def fill(self, read_into: Callable[[Sequence[memoryview]], None], *, check_finite: bool = False) -> TensorSet:
         """Let ``read_into`` fill every view in order; the tensors in native byte order.
 
-        The arrays are this assembler's own: a second ``fill`` overwrites them.
+        With ``check_finite``, floating-point data is checked for NaN and infinity block by
+        block as it arrives, while it is still in the CPU cache: RecordError naming the first
+        such tensor, raised once all bytes are read (the stream stays in step). The arrays are
+        this assembler's own: a second ``fill`` overwrites them.
         """
-        read_into(self.views)
+        bad = None
+        for spec, array, view in zip(self.specs, self.arrays, self.views):
+            if not check_finite or bad is not None or array.dtype.kind != "f":
+                read_into([view])
+                continue
+            flat = array.reshape(-1)
+            for i in range(0, flat.size, _CHECK_BLOCK):
+                block = flat[i : i + _CHECK_BLOCK]
+                read_into([_byte_view(block)])
+                if bad is None and not np.isfinite(block).all():
+                    bad = spec.name
+        if bad is not None:
+            raise RecordError(f"tensor {bad!r} holds NaN or infinite values")
         arrays = [a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("=")) for a in self.arrays]
         return TensorSet(list(self.specs), arrays)
 
