@@ -23,7 +23,7 @@ from bench.common import MB, log, median, result, run_json, spawn
 
 GROUPS: dict[str, tuple[str, ...]] = {
     "P1": ("P1", "P1b", "P1-fp16"),
-    "P2": ("P2", "P2-no-admission"),
+    "P2": ("P2",),
     "P3": ("P3", "P3-tdx"),
     "P4": ("P4-write", "P4-read"),
     "P5": ("P5",),
@@ -94,7 +94,7 @@ def run_p2(tmp: Path, quick: bool, reps: int | None) -> Iterator[dict[str, Any]]
         return {n: run_json("p2_memory", "ps", "--workers", str(n), "--workdir", str(tmp / f"p2-{label}-{n}"), *extra)
                 for n in ns}
 
-    runs = sweep("shipped", ns, "--tracemalloc")
+    runs = sweep("link", ns, "--tracemalloc")
     model = runs[2]["model_bytes"]
     g = {n: r["growth_bytes"] for n, r in runs.items()}
     diff = (g[32] - g[2]) / MB
@@ -104,16 +104,6 @@ def run_p2(tmp: Path, quick: bool, reps: int | None) -> Iterator[dict[str, Any]]
                  growth_MiB_by_phase_32=runs[32]["growth_MiB_by_phase"],
                  round_s_by_workers={str(n): r["round_s"] for n, r in runs.items()},
                  worker_processes={str(n): r["procs"] for n, r in runs.items()})
-    # informational: the same with workers that push without Admit (before acefaa7 / older clients)
-    old = sweep("no-admit", [2, 32], "--no-admit")
-    go = {n: r["growth_bytes"] for n, r in old.items()}
-    do = (go[32] - go[2]) / MB
-    yield result("P2-no-admission", do, diff, None, "MB (peak growth 32 workers - 2 workers)", ok=True,
-                 growth_MB_by_workers={str(n): v / MB for n, v in go.items()}, vs_model=do / (model / MB),
-                 round_s_by_workers={str(n): r["round_s"] for n, r in old.items()},
-                 growth_MiB_by_phase_32=old[32]["growth_MiB_by_phase"],
-                 note="informational: workers push without calling Admit (the Push stream waits in the PS for a slot, "
-                      "as before acefaa7); baseline = P2 (workers call Admit, as shipped)")
 
 
 def run_p3(tmp: Path, quick: bool, reps: int | None) -> Iterator[dict[str, Any]]:

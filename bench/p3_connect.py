@@ -4,9 +4,11 @@
 simulated attestation, the real ParameterServerService) until stdin closes;
 ``python -m bench.p3_connect client --fed F --reps R`` (another process) measures, interleaved:
 
-* ``ratls``: ``connect()`` (fetch the server certificate, Attest — which also returns the
-  server's enrollment challenge —, appraise, create our RA-TLS identity, Enroll) + the first
-  RPC (Join) on the new mutual-TLS channel;
+* ``ratls``: what a worker does before its first tensor moves: ``connect()`` (fetch the server
+  certificate, Attest — which also returns the server's enrollment challenge —, appraise,
+  create our RA-TLS identity, Enroll) + the first RPC (Join) on the new mutual-TLS channel +
+  ``open_link`` (the tensor link's mutual TLS 1.3 handshake) + one request on the link that the
+  server answers at once (an update offer it refuses: a header naming no tensors);
 * ``tls`` (the baseline): a plain server-authenticated TLS gRPC channel to the same server's TLS
   port (the enrollment port: same certificate, no client certificate) + a first RPC that does
   no work: ``/tdxfl.bench.Probe/Ping``, a bench-only no-op handler that ``serve`` registers on the
@@ -49,8 +51,10 @@ def serve_main(args: argparse.Namespace) -> None:
     from tdxfl.core.records import TensorSpec
     from tdxfl.party import party_context
     from tdxfl.server.rounds import RoundState
-    from tdxfl.server.service import ParameterServerService, add_to_server
-    from tdxfl.transport.attested import AttestedServer, role_table
+    from tdxfl.server.service import ParameterServerService
+    from tdxfl.transport.attested import AttestedServer, role_table, split_address
+    from tdxfl.transport.link import LinkServer
+    from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
 
     workdir = Path(args.workdir)
     fed_path = write_federation(workdir, ["worker-1", "worker-2"])
@@ -61,13 +65,18 @@ def serve_main(args: argparse.Namespace) -> None:
         "ps", ctx.attester, ctx.peer_verifier(fed, "workers"), fed.ps.address, fed.ps.enroll_address,
         roles=role_table([(w.name, "worker") for w in fed.workers]),
     )
-    add_to_server(ParameterServerService(fed, server, rounds), server.main)
+    service = ParameterServerService(fed, server, rounds)
+    pb_grpc.add_ParameterServerServicer_to_server(service, server.main)
+    links = LinkServer(split_address(fed.ps.data_address), server.link_context, server.link_party, service.serve_link,
+                       server.link_refused)
     # P3's baseline RPC: a no-op on the enrollment port (Challenge, the old baseline, is gone)
     server.enrollment.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(PROBE_SERVICE, {
         "Ping": grpc.unary_unary_rpc_method_handler(lambda request, context: b"", _as_is, _as_is)}),))
     server.start()
+    links.start()
     print(json.dumps({"fed": str(fed_path)}), flush=True)
     sys.stdin.read()  # until the parent closes our stdin
+    links.stop()
     server.stop(None)
 
 
@@ -108,8 +117,14 @@ def client_main(args: argparse.Namespace) -> None:
         ch = att.connect("worker-1", "worker", ctx.attester, verifier, ps.name, ps.address, ps.enroll_address)
         t_conn = time.perf_counter()
         pb_grpc.ParameterServerStub(ch.channel).Join(join, timeout=30)
+        t_join = time.perf_counter()
+        link = ch.open_link(ps.data_address)
+        link.send(pb.LinkRequest(push=pb.TensorHeader(kind="gradients")))
+        assert not link.recv(pb.PushGrant).granted
         dt = time.perf_counter() - t
-        parts["mtls_join"] = parts.get("mtls_join", 0.0) + time.perf_counter() - t_conn
+        parts["mtls_join"] = parts.get("mtls_join", 0.0) + t_join - t_conn
+        parts["link_first_reply"] = parts.get("link_first_reply", 0.0) + time.perf_counter() - t_join
+        link.close()
         ch.close()
         return dt
 

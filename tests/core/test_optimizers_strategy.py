@@ -66,3 +66,22 @@ def test_fedavg_replaces_weights() -> None:
     weights = ts(np.ones(2, np.float32))
     FedAvg().apply(weights, [np.full(2, 3, np.float32)])
     np.testing.assert_allclose(weights.arrays[0], 3)
+
+
+def test_accumulator_is_exact_across_blocks_and_reusable() -> None:
+    """Tensors larger than the add's block size, weights other than 1, float64 sums, and a reset
+    between rounds all give numpy's weighted mean."""
+    rng = np.random.default_rng(3)
+    u1 = ts(rng.standard_normal(200_001).astype(np.float32), rng.standard_normal((3, 70_000)))
+    u2 = ts(rng.standard_normal(200_001).astype(np.float32), rng.standard_normal((3, 70_000)))
+    acc = RoundAccumulator(u1.specs)
+    for _ in range(2):  # the second round reuses the buffers
+        acc.add(u1, 3.0)
+        acc.add(u2, 1.0)
+        for i, m in enumerate(acc.mean()):
+            want = (3.0 * u1.arrays[i].astype(np.float64) + u2.arrays[i]) / 4.0
+            np.testing.assert_allclose(m, want, rtol=1e-5, atol=1e-6)
+            assert m.dtype == u1.arrays[i].dtype
+        acc.reset()
+    acc.add(u2, 2.0)  # a reset sum holds nothing of the earlier rounds
+    np.testing.assert_allclose(acc.mean()[1], u2.arrays[1])

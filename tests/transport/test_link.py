@@ -6,7 +6,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +15,7 @@ import pytest
 from tdxfl.attestation.ratls import TlsIdentity, tls_name
 from tdxfl.client.model_link import ModelLink
 from tdxfl.config import Federation
-from tdxfl.core.records import TensorSet
+from tdxfl.core.records import RecordError, TensorSet
 from tdxfl.party import PartyContext, party_context
 from tdxfl.server.rounds import RoundState
 from tdxfl.server.service import ParameterServerService
@@ -236,3 +236,25 @@ def test_client_refuses_a_server_other_than_the_attested_one(ps: Ps) -> None:
     t.join(10)
     listener.close()
     channel.close()
+
+
+def test_nan_is_found_while_data_arrives_and_every_byte_is_still_read() -> None:
+    ts = TensorSet.from_arrays(["a", "b"], [np.ones(200_000, np.float32), np.arange(10, dtype=np.int64)])
+    ts.arrays[0][150_000] = np.inf
+    wire = to_wire("gradients", 0, ts)
+    data = memoryview(b"".join(bytes(v) for v in wire.views()))
+    pos = [0]
+
+    def read_into(views: Sequence[memoryview]) -> None:
+        for v in views:
+            v.cast("B")[:] = data[pos[0] : pos[0] + len(v)]
+            pos[0] += len(v)
+
+    with pytest.raises(RecordError, match="'a' holds NaN or infinite"):
+        Assembler(decode_header(wire.header).specs).fill(read_into, check_finite=True)
+    assert pos[0] == len(data)  # the stream stays in step: the rest was read, not left behind
+    pos[0] = 0
+    ts.arrays[0][150_000] = 1.0
+    data = memoryview(b"".join(bytes(v) for v in to_wire("gradients", 0, ts).views()))
+    out = Assembler(decode_header(wire.header).specs).fill(read_into, check_finite=True)
+    np.testing.assert_array_equal(out.arrays[1], ts.arrays[1])

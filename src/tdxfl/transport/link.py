@@ -28,7 +28,7 @@ from google.protobuf.message import DecodeError, Message
 
 log = logging.getLogger(__name__)
 
-IO_BYTES = 1 << 20
+IO_BYTES = 1 << 18
 #: largest control message (a header of a model with many tensors is tens of kB)
 MAX_MESSAGE_BYTES = 16 << 20
 HANDSHAKE_TIMEOUT_S = 10.0
