@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +24,7 @@ from bench.common import MB, log, median, result, run_json, spawn
 
 GROUPS: dict[str, tuple[str, ...]] = {
     "P1": ("P1", "P1b", "P1-fp16"),
+    "P1-wire": ("P1b-10GbE", "P1b-1GbE"),
     "P2": ("P2",),
     "P3": ("P3", "P3-tdx"),
     "P4": ("P4-write", "P4-read"),
@@ -87,6 +89,30 @@ def run_p1(tmp: Path, quick: bool, reps: int | None) -> Iterator[dict[str, Any]]
                  note="informational: fp16 push (upload halves), baseline = fp32 secure round")
 
 
+def run_p1_wire(tmp: Path, quick: bool, reps: int | None) -> Iterator[dict[str, Any]]:
+    """P1b where the wire is the limit: the same rounds with all traffic through a loopback
+    shaped to 10 and 1 Gbit/s (a network namespace; needs root and iproute2)."""
+    from bench.netns import shaped_loopback
+    from bench.p1_round import summarize
+
+    cycle = ["tcp", "secure", "insecure"]
+    for rid, mbit, cycles in (("P1b-10GbE", 10_000, reps or (2 if quick else 4)), ("P1b-1GbE", 1_000, 2)):
+        try:
+            with shaped_loopback(mbit) as prefix:
+                data = run_json("p1_round", "ps", "--workdir", str(tmp / rid), "--schedule",
+                                ",".join(cycle * (cycles + 1)), prefix=prefix)
+        except (OSError, RuntimeError, subprocess.CalledProcessError) as e:
+            yield {"id": rid, "value": None, "baseline": None, "ratio": None, "target": 1.10, "unit": "s/round",
+                   "ok": False, "error": f"no shaped loopback here (needs root and iproute2): {e}"}
+            continue
+        s = summarize(data, warmup=len(cycle))
+        sec, ins, tcp = (s[m]["round_s"] for m in ("secure", "insecure", "tcp"))
+        yield result(rid, sec, ins, 1.10, "s/round", ok=sec / ins <= 1.10, link_mbit=mbit, rounds_per_mode=cycles,
+                     raw_tcp_round_s=tcp, secure_overhead_pct=(sec / ins - 1) * 100,
+                     note="informational: P1b with the PS's traffic through a link of this rate "
+                          "(all flows share it, as a server's NIC); raw_tcp = the wire's own floor")
+
+
 def run_p2(tmp: Path, quick: bool, reps: int | None) -> Iterator[dict[str, Any]]:
     ns = [2, 32] if quick else [2, 4, 8, 16, 32]
 
@@ -107,8 +133,6 @@ def run_p2(tmp: Path, quick: bool, reps: int | None) -> Iterator[dict[str, Any]]
 
 
 def run_p3(tmp: Path, quick: bool, reps: int | None) -> Iterator[dict[str, Any]]:
-    import subprocess
-
     server = spawn("p3_connect", "serve", "--workdir", str(tmp / "p3"), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         assert server.stdout is not None
@@ -142,8 +166,6 @@ def run_p4(tmp: Path, quick: bool, reps: int | None) -> Iterator[dict[str, Any]]
 
 
 def run_p5(tmp: Path, quick: bool, reps: int | None) -> Iterator[dict[str, Any]]:
-    import subprocess
-
     from bench.common import PYTHON, REPO, bench_env
 
     rounds = 2 if quick else 8
@@ -175,14 +197,15 @@ def run_micro(tmp: Path, quick: bool, reps: int | None) -> Iterator[dict[str, An
 
 
 RUNNERS: dict[str, Callable[[Path, bool, int | None], Iterator[dict[str, Any]]]] = {
-    "P1": run_p1, "P2": run_p2, "P3": run_p3, "P4": run_p4, "P5": run_p5, "MICRO": run_micro,
+    "P1": run_p1, "P1-wire": run_p1_wire, "P2": run_p2, "P3": run_p3, "P4": run_p4, "P5": run_p5, "MICRO": run_micro,
 }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", action="append", default=[], metavar="ID",
-                    help="run only this ID or group (P1, P1b, P1-fp16, P2, P3, P3-tdx, P4, P4-write, P4-read, P5, MICRO); repeatable")
+                    help="run only this ID or group (P1, P1b, P1-fp16, P1-wire, P1b-10GbE, P1b-1GbE, P2, P3, P3-tdx, P4, "
+                         "P4-write, P4-read, P5, MICRO); repeatable")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions, smaller sweeps (a smoke run)")
     ap.add_argument("--reps", type=int, default=None, help="override the repetition count of every group")
     ap.add_argument("--settle", type=float, default=10.0, help="max seconds to wait for an idle machine before each group")

@@ -192,10 +192,11 @@ def spawn(module: str, *args: str, **kw: Any) -> subprocess.Popen[bytes]:
     return subprocess.Popen([PYTHON, "-m", f"bench.{module}", *args], cwd=REPO, env=bench_env(), **kw)
 
 
-def run_json(module: str, *args: str, timeout: float = 600.0) -> Any:
-    """Run ``python -m bench.<module> args...`` and parse the last stdout line as JSON."""
+def run_json(module: str, *args: str, timeout: float = 600.0, prefix: tuple[str, ...] | list[str] = ()) -> Any:
+    """Run ``python -m bench.<module> args...`` (after ``prefix``, e.g. ``ip netns exec NAME``)
+    and parse the last stdout line as JSON."""
     proc = subprocess.run(
-        [PYTHON, "-m", f"bench.{module}", *args], cwd=REPO, env=bench_env(), stdout=subprocess.PIPE, timeout=timeout
+        [*prefix, PYTHON, "-m", f"bench.{module}", *args], cwd=REPO, env=bench_env(), stdout=subprocess.PIPE, timeout=timeout
     )
     if proc.returncode != 0:
         raise RuntimeError(f"bench.{module} {' '.join(args)} exited with {proc.returncode}")
