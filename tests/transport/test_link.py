@@ -258,3 +258,39 @@ def test_nan_is_found_while_data_arrives_and_every_byte_is_still_read() -> None:
     data = memoryview(b"".join(bytes(v) for v in to_wire("gradients", 0, ts).views()))
     out = Assembler(decode_header(wire.header).specs).fill(read_into, check_finite=True)
     np.testing.assert_array_equal(out.arrays[1], ts.arrays[1])
+
+
+def test_a_party_has_one_link_and_handshakes_are_bounded(make_federation: Callable[..., Federation]) -> None:
+    """Whoever connects cannot make the PS hold unbounded threads: idle TCP connections beyond
+    the handshake cap are closed at once, and a party's second link closes its first."""
+    fed = make_federation()
+    ctx = party_context(fed, "ps")
+    server = AttestedServer("ps", ctx.attester, ctx.peer_verifier(fed, "workers"), fed.ps.address, fed.ps.enroll_address,
+                            roles=role_table([("worker-1", "worker")]))
+    rounds = RoundState(big_set(0).specs, "weights")
+    service = ParameterServerService(fed, server, rounds)
+    links = LinkServer(split_address(fed.ps.data_address), server.link_context, server.link_party, service.serve_link,
+                       server.link_refused, max_handshakes=2)
+    server.start()
+    links.start()
+    try:
+        idle = [socket.create_connection(split_address(fed.ps.data_address)) for _ in range(3)]
+        idle[2].settimeout(5)
+        assert idle[2].recv(1) == b""  # the third is closed at once: two handshakes are pending
+        for s in idle:
+            s.close()
+        time.sleep(0.3)
+        w = party_context(fed, "worker-1")
+        channel = connect("worker-1", "worker", w.attester, w.peer_verifier(fed, "ps"), "ps", fed.ps.address, fed.ps.enroll_address)
+        first = channel.open_link(fed.ps.data_address)
+        second = ModelLink(channel.open_link(fed.ps.data_address))
+        with pytest.raises(LinkError, match="closed"):
+            first.recv(pb.PushGrant)
+        rounds.publish(0, to_wire("weights", 0, big_set(0)))
+        assert second.pull(-1)[0].version == 0
+        assert any("too many TLS handshakes" in d.reason for d in ctx.decisions.decisions)
+        second.close()
+        channel.close()
+    finally:
+        links.stop()
+        server.stop(None)

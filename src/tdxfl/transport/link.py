@@ -223,6 +223,8 @@ class LinkServer:
     ``context()`` returns the server context to use for the next handshake (the trust set
     changes as parties enroll); ``party_of(der)`` names the enrolled party behind a client
     certificate, or None; ``refused(peer_address, reason)`` records a refused connection.
+    Threads stay bounded whoever connects: at most ``max_handshakes`` handshakes at once (more
+    connections are closed at once) and one link per party (a party's new link closes its old).
     """
 
     def __init__(
@@ -232,15 +234,18 @@ class LinkServer:
         party_of: Callable[[bytes], str | None],
         serve: Callable[[str, TensorLink], None],
         refused: Callable[[str, str], None],
+        *,
+        max_handshakes: int = 64,
     ) -> None:
         self._context = context
         self._party_of = party_of
         self._serve = serve
         self._refused = refused
+        self._handshakes = threading.BoundedSemaphore(max_handshakes)
         self._listener = socket.create_server(address)
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
-        self._links: set[TensorLink] = set()
+        self._links: dict[str, TensorLink] = {}
         self._closed = False
 
     def start(self) -> None:
@@ -250,10 +255,15 @@ class LinkServer:
     def _accept_loop(self) -> None:
         while True:
             try:
-                sock, peer = self._listener.accept()
+                sock, addr = self._listener.accept()
             except OSError:
                 return  # listener closed by stop()
-            threading.Thread(target=self._handle, args=(sock, f"{peer[0]}:{peer[1]}"), name="tensor-link", daemon=True).start()
+            peer = f"{addr[0]}:{addr[1]}"
+            if not self._handshakes.acquire(blocking=False):
+                self._refused(peer, "too many TLS handshakes in progress")
+                sock.close()
+                continue
+            threading.Thread(target=self._handle, args=(sock, peer), name="tensor-link", daemon=True).start()
 
     def _handle(self, sock: socket.socket, peer: str) -> None:
         sock.settimeout(HANDSHAKE_TIMEOUT_S)
@@ -268,26 +278,33 @@ class LinkServer:
             self._refused(peer, str(e))
             sock.close()
             return
+        finally:
+            self._handshakes.release()
         link = TensorLink(stream)
         with self._lock:
             if self._closed:
                 link.close()
                 return
-            self._links.add(link)
+            old = self._links.get(party)
+            self._links[party] = link
+        if old is not None:
+            log.info("new tensor link from %s: closing its previous one", party)
+            old.close()
         try:
             self._serve(party, link)
         except LinkError as e:
             log.info("tensor link of %s closed: %s", party, e)
         finally:
             with self._lock:
-                self._links.discard(link)
+                if self._links.get(party) is link:
+                    del self._links[party]
             link.close()
 
     def stop(self) -> None:
         """Stop accepting and close every open link."""
         with self._lock:
             self._closed = True
-            links = list(self._links)
+            links = list(self._links.values())
         self._listener.close()
         for link in links:
             link.close()
