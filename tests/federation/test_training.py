@@ -73,12 +73,12 @@ def test_garbage_updates_are_rejected_and_honest_worker_keeps_training(make_fede
     fed = make_federation(training={"rounds": 2, "steps_per_round": 10}, faults={"quorum": 1, "step_timeout_s": 3.0})
     out: dict[str, Any] = {}
     ps = start(lambda: run_parameter_server(fed, party_context(fed, "ps"), live=False), out, "ps")
-    honest = start(lambda: run_worker(fed, party_context(fed, "worker-1")), out, "worker-1")
     ctx = party_context(fed, "worker-2")
-    ch = connect_with_retry(fed, ctx)
+    ch = connect_with_retry(fed, ctx)  # the rogue joins first: the PS must deal with it
     stub = pb_grpc.ParameterServerStub(ch.channel)
     stub.Join(pb.JoinRequest(party="worker-2", config_digest=fed.training_digest()))
     link = ModelLink(ch.open_link(fed.ps.data_address))
+    honest = start(lambda: run_worker(fed, party_context(fed, "worker-1")), out, "worker-1")
     header, weights = link.pull(-1)
     version = header.version
     nan = TensorSet(weights.specs, [np.full_like(a, np.nan) for a in weights.arrays])
