@@ -23,7 +23,7 @@ from typing import Any
 from bench.common import MB, log, median, result, run_json, spawn
 
 GROUPS: dict[str, tuple[str, ...]] = {
-    "P1": ("P1", "P1b", "P1-fp16"),
+    "P1": ("P1", "P1b", "P1-fp16", "P1-bf16"),
     "P1-wire": ("P1b-10GbE", "P1b-1GbE"),
     "P2": ("P2",),
     "P3": ("P3", "P3-tdx"),
@@ -62,7 +62,7 @@ def run_p1(tmp: Path, quick: bool, reps: int | None) -> Iterator[dict[str, Any]]
     from bench.p1_round import summarize
 
     cycles = reps or (2 if quick else 5)
-    cycle = ["tls", "tcp", "secure", "insecure", "fp16"]
+    cycle = ["tls", "tcp", "secure", "insecure", "fp16", "bf16"]
     schedule = cycle * (cycles + 1)  # first cycle is warm-up
     data = run_json("p1_round", "ps", "--workdir", str(tmp / "p1"), "--schedule", ",".join(schedule))
     s = summarize(data, warmup=len(cycle))
@@ -76,7 +76,7 @@ def run_p1(tmp: Path, quick: bool, reps: int | None) -> Iterator[dict[str, Any]]
         return median([c[a] / c[b] for c in by_cycle.values() if a in c and b in c])
 
     mb = data["model_bytes"] / MB
-    sec, tls, tcp, ins, f16 = (s[m]["round_s"] for m in ("secure", "tls", "tcp", "insecure", "fp16"))
+    sec, tls, tcp, ins, f16, b16 = (s[m]["round_s"] for m in ("secure", "tls", "tcp", "insecure", "fp16", "bf16"))
     phases = {m: {k: v for k, v in s[m].items() if k != "n"} for m in s}
     yield result("P1", sec, tls, 1.3, "s/round", ok=sec / tls <= 1.3, model_MB=mb, rounds_per_mode=cycles,
                  paired_ratio=paired("secure", "tls"), tls_cipher=data.get("tls_cipher"), phases_s=phases)
@@ -87,6 +87,8 @@ def run_p1(tmp: Path, quick: bool, reps: int | None) -> Iterator[dict[str, Any]]
                       "no framework): no TLS transport can be below it")
     yield result("P1-fp16", f16, sec, None, "s/round", ok=True, paired_ratio=paired("fp16", "secure"),
                  note="informational: fp16 push (upload halves), baseline = fp32 secure round")
+    yield result("P1-bf16", b16, sec, None, "s/round", ok=True, paired_ratio=paired("bf16", "secure"),
+                 note="informational: bfloat16 push (upload halves), baseline = fp32 secure round")
 
 
 def run_p1_wire(tmp: Path, quick: bool, reps: int | None) -> Iterator[dict[str, Any]]:
@@ -204,7 +206,7 @@ RUNNERS: dict[str, Callable[[Path, bool, int | None], Iterator[dict[str, Any]]]]
 def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", action="append", default=[], metavar="ID",
-                    help="run only this ID or group (P1, P1b, P1-fp16, P1-wire, P1b-10GbE, P1b-1GbE, P2, P3, P3-tdx, P4, "
+                    help="run only this ID or group (P1, P1b, P1-fp16, P1-bf16, P1-wire, P1b-10GbE, P1b-1GbE, P2, P3, P3-tdx, P4, "
                          "P4-write, P4-read, P5, MICRO); repeatable")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions, smaller sweeps (a smoke run)")
     ap.add_argument("--reps", type=int, default=None, help="override the repetition count of every group")

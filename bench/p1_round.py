@@ -8,8 +8,8 @@ TLS 1.3, simulated attestation) — and, for P1b only, the same service's ``serv
 plaintext links (``bench.common.serve_plain_links``: TLS and attestation off). It spawns two
 worker processes that enroll once, Join, open both links, then for every round in the schedule
 ``ModelLink.pull`` the published weights and ``ModelLink.push`` precomputed random gradients
-(training excluded), as ``tdxfl.client.worker`` does. ``fp16`` rounds differ only in the pushes
-(``wire_dtype="float16"``). Rounds of all modes are interleaved in one run so that machine noise
+(training excluded), as ``tdxfl.client.worker`` does. ``fp16`` / ``bf16`` rounds differ only in
+the pushes (``wire_dtype="float16"`` / ``"bfloat16"``). Rounds of all modes are interleaved in one run so that machine noise
 hits them alike.
 
 Baselines in the same processes: ``tls`` — raw TLS 1.3 (Python ``ssl``, memory BIOs, 1 MiB
@@ -50,7 +50,7 @@ from bench.common import (
 )
 from bench.tls_baseline import BioTls, _self_signed
 
-MODES = ("tls", "tcp", "secure", "insecure", "fp16")
+MODES = ("tls", "tcp", "secure", "insecure", "fp16", "bf16")
 WORKERS = ("worker-1", "worker-2")
 
 
@@ -217,7 +217,7 @@ def worker_main(args: argparse.Namespace) -> None:
         header, _ = link.pull(v - 1)
         assert header.version == v, header
         t_pulled = time.monotonic()
-        wire = "float16" if mode == "fp16" else None
+        wire = {"fp16": "float16", "bf16": "bfloat16"}.get(mode)
         reply = link.push("gradients", v, grads, num_samples=32, metrics={"loss": 1.0}, wire_dtype=wire)
         t_pushed = time.monotonic()
         if not reply.accepted:

@@ -238,7 +238,10 @@ def parse_federation(doc: Mapping[str, Any]) -> Federation:
     _check(training.mode in ("sync-gradients", "fedavg"), f"training.mode must be 'sync-gradients' or 'fedavg', got {training.mode!r}")
     _check(training.framework in ("keras", "torch"), f"training.framework must be 'keras' or 'torch', got {training.framework!r}")
     _check(training.partition in ("iid", "dirichlet"), "training.partition must be 'iid' or 'dirichlet'")
-    _check(training.wire_dtype in ("float32", "float16"), "training.wire_dtype must be 'float32' or 'float16'")
+    _check(
+        training.wire_dtype in ("float32", "float16", "bfloat16"),
+        f"training.wire_dtype must be 'float32', 'float16' or 'bfloat16', got {training.wire_dtype!r}",
+    )
     _check(training.rounds > 0 and training.steps_per_round > 0 and training.batch_size > 0, "rounds, steps_per_round and batch_size must be positive")
     faults = _build(Faults, doc.get("faults", {}), "faults")
     _check(faults.on_timeout in ("continue", "fail"), "faults.on_timeout must be 'continue' or 'fail'")

@@ -22,7 +22,23 @@ from tdxfl.server.service import ParameterServerService
 from tdxfl.transport.attested import AttestedChannel, AttestedServer, connect, role_table, split_address
 from tdxfl.transport.link import LinkError, LinkServer, TlsStream, open_link
 from tdxfl.transport.proto import tdxfl_pb2 as pb
-from tdxfl.transport.tensors import Assembler, StreamError, decode_header, to_wire
+from tdxfl.transport.tensors import Assembler, StreamError, WireTensors, as_dtype, decode_header, to_wire
+
+
+class WireReader:
+    """A ``read_into`` over a tensor set's wire bytes, as a link would deliver them."""
+
+    def __init__(self, wire: WireTensors) -> None:
+        self.data = memoryview(b"".join(bytes(v) for v in wire.views()))
+        self.pos = 0
+
+    def __call__(self, views: Sequence[memoryview]) -> None:
+        for v in views:
+            v.cast("B")[:] = self.data[self.pos : self.pos + len(v)]
+            self.pos += len(v)
+
+    def left(self) -> int:
+        return len(self.data) - self.pos
 
 
 def big_set(seed: int) -> TensorSet:
@@ -85,12 +101,19 @@ def test_header_validation_refuses_bad_dtypes_and_sizes() -> None:
                                       total_bytes=8 << 31))
 
 
-def test_fp16_wire_dtype_halves_bytes() -> None:
-    ts = TensorSet.from_arrays(["a"], [np.linspace(-1, 1, 1000, dtype=np.float32)])
-    wire = to_wire("gradients", 0, ts, wire_dtype="float16")
-    assert wire.nbytes == 2000 and wire.header.tensors[0].dtype == "float16"
-    out = Assembler(decode_header(wire.header).specs).fill(lambda views: views[0].cast("B").__setitem__(slice(None), wire.views()[0]))
-    np.testing.assert_allclose(out.arrays[0], ts.arrays[0], atol=1e-3)
+@pytest.mark.parametrize("wire_dtype, atol", [("float16", 1e-3), ("bfloat16", 1e-2)])
+def test_half_precision_wire_dtypes_halve_bytes_and_keep_nan_checks(wire_dtype: str, atol: float) -> None:
+    ts = TensorSet.from_arrays(["a", "n"], [np.linspace(-1, 1, 1000, dtype=np.float32), np.arange(3, dtype=np.int64)])
+    wire = to_wire("gradients", 0, ts, wire_dtype=wire_dtype)
+    assert wire.nbytes == 2000 + 24 and wire.header.tensors[0].dtype == wire_dtype and wire.header.tensors[1].dtype == "int64"
+
+    out = as_dtype(Assembler(decode_header(wire.header).specs).fill(WireReader(wire), check_finite=True), ts.specs)
+    assert out.arrays[0].dtype == np.float32
+    np.testing.assert_allclose(out.arrays[0], ts.arrays[0], atol=atol)
+    ts.arrays[0][500] = np.nan
+    wire = to_wire("gradients", 0, ts, wire_dtype=wire_dtype)
+    with pytest.raises(RecordError, match="NaN"):
+        Assembler(decode_header(wire.header).specs).fill(WireReader(wire), check_finite=True)
 
 
 def test_100mb_model_and_update_roundtrip_over_the_link(ps: Ps) -> None:
@@ -242,21 +265,12 @@ def test_nan_is_found_while_data_arrives_and_every_byte_is_still_read() -> None:
     ts = TensorSet.from_arrays(["a", "b"], [np.ones(200_000, np.float32), np.arange(10, dtype=np.int64)])
     ts.arrays[0][150_000] = np.inf
     wire = to_wire("gradients", 0, ts)
-    data = memoryview(b"".join(bytes(v) for v in wire.views()))
-    pos = [0]
-
-    def read_into(views: Sequence[memoryview]) -> None:
-        for v in views:
-            v.cast("B")[:] = data[pos[0] : pos[0] + len(v)]
-            pos[0] += len(v)
-
+    read_into = WireReader(wire)
     with pytest.raises(RecordError, match="'a' holds NaN or infinite"):
         Assembler(decode_header(wire.header).specs).fill(read_into, check_finite=True)
-    assert pos[0] == len(data)  # the stream stays in step: the rest was read, not left behind
-    pos[0] = 0
+    assert read_into.left() == 0  # the stream stays in step: the rest was read, not left behind
     ts.arrays[0][150_000] = 1.0
-    data = memoryview(b"".join(bytes(v) for v in to_wire("gradients", 0, ts).views()))
-    out = Assembler(decode_header(wire.header).specs).fill(read_into, check_finite=True)
+    out = Assembler(decode_header(wire.header).specs).fill(WireReader(to_wire("gradients", 0, ts)), check_finite=True)
     np.testing.assert_array_equal(out.arrays[1], ts.arrays[1])
 
 

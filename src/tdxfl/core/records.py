@@ -10,11 +10,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import ml_dtypes  # registers numpy's "bfloat16" dtype
 import numpy as np
 
 #: dtypes allowed on the wire and in sealed files (little-endian raw bytes)
-ALLOWED_DTYPES = frozenset({"float16", "float32", "float64", "int32", "int64", "uint8"})
+ALLOWED_DTYPES = frozenset({"bfloat16", "float16", "float32", "float64", "int32", "int64", "uint8"})
+BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 _CHECK_BLOCK = 1 << 16
+
+
+def is_floating(dtype: np.dtype) -> bool:
+    """True for IEEE floating-point dtypes, bfloat16 included (numpy files it under kind "V")."""
+    return dtype.kind == "f" or dtype == BFLOAT16
 
 
 class RecordError(ValueError):
@@ -80,7 +87,7 @@ class TensorSet:
     def check_finite(self) -> None:
         """Raise RecordError naming the first tensor holding NaN or infinity."""
         for spec, a in zip(self.specs, self.arrays):
-            if a.dtype.kind != "f":
+            if not is_floating(a.dtype):
                 continue
             flat = a.reshape(-1)
             for i in range(0, flat.size, _CHECK_BLOCK):  # blockwise: no tensor-sized temporary

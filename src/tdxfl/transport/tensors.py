@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tdxfl.core.records import ALLOWED_DTYPES, RecordError, TensorSet, TensorSpec
+from tdxfl.core.records import ALLOWED_DTYPES, RecordError, TensorSet, TensorSpec, is_floating
 from tdxfl.transport.proto import tdxfl_pb2 as pb
 
 #: refuse headers announcing more than this many bytes (a malicious peer must not OOM us)
@@ -39,7 +39,7 @@ class Header:
 
 def _le(array: np.ndarray, wire_dtype: str | None) -> np.ndarray:
     a = np.asarray(array)
-    if wire_dtype is not None and a.dtype.kind == "f" and a.dtype.name != wire_dtype:
+    if wire_dtype is not None and is_floating(a.dtype) and a.dtype.name != wire_dtype:
         a = a.astype(wire_dtype)
     return np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
 
@@ -77,7 +77,7 @@ def to_wire(
     """Header and arrays for sending ``tensors``: the arrays themselves where they already are
     contiguous little-endian (no copy: the caller keeps them unchanged while they are sent).
 
-    ``wire_dtype`` (e.g. ``"float16"``) converts floating-point tensors for transfer.
+    ``wire_dtype`` (``"float16"`` or ``"bfloat16"``) converts floating-point tensors for transfer.
     """
     arrays = [] if tensors is None else [_le(a, wire_dtype) for a in tensors.arrays]
     specs = [] if tensors is None else [TensorSpec(s.name, a.dtype.name, s.shape) for s, a in zip(tensors.specs, arrays)]
@@ -132,7 +132,7 @@ class Assembler:
         """
         bad = None
         for spec, array, view in zip(self.specs, self.arrays, self.views):
-            if not check_finite or bad is not None or array.dtype.kind != "f":
+            if not check_finite or bad is not None or not is_floating(array.dtype):
                 read_into([view])
                 continue
             flat = array.reshape(-1)
