@@ -162,8 +162,6 @@ def run_p4(tmp: Path, quick: bool, reps: int | None) -> Iterator[dict[str, Any]]
     yield result("P4-read", d["sealed_read_MBps"], d["plain_read_MBps"], 0.7, "MB/s", ok=r >= 0.7, ratio=r,
                  sealed_s=d["sealed_read_s"], plain_s=d["plain_read_s"], sealed_old_path_s=d["sealed_read_old_path_s"],
                  old_path_ratio=d["sealed_read_old_path_MBps"] / d["plain_read_MBps"],
-                 sealed_candidate_s=d["sealed_read_candidate_s"],
-                 candidate_ratio=d["sealed_read_candidate_MBps"] / d["plain_read_MBps"],
                  note="both read from the page cache; old path = readinto before ccfb576 (decrypt + copy)")
 
 

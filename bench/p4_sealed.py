@@ -12,13 +12,12 @@
 * sealed read, old path (``detail.sealed_read_old_path_s``): the same ``load`` with
   ``SealedReader.readinto`` swapped (bench-only) for the path it replaced in ccfb576 — decrypt
   each chunk to new bytes, then copy (``bench.micro.readinto_old``) — so the shipped change's
-  before/after is measured in the same run;
-* sealed read, candidate (``detail.sealed_read_candidate_s``): ``bench.micro.readinto_reuse``
-  (chunks that do not fit the rest of the target are decrypted into a reused buffer).
+  before/after is measured in the same run.
 
 Both reads come from the page cache (the files were just written; dropping caches needs
 privileges the suite does not assume), so the read ratio is the CPU cost of unsealing.
-Sealed and plain runs alternate. Throughput = model bytes / median time.
+Sealed and plain runs alternate, and the three reads take turns being first after the writes (the
+first read after two fsync'd writes runs slower). Throughput = model bytes / median time.
 """
 
 from __future__ import annotations
@@ -53,7 +52,7 @@ def main() -> None:
     ap.add_argument("--dir", required=True)
     args = ap.parse_args()
 
-    from bench.micro import readinto_old, readinto_reuse
+    from bench.micro import readinto_old
     from tdxfl.store.model_store import SealedFileStore
     from tdxfl.store.sealed import SealedReader
     from tdxfl.store.tensors_codec import decode_tensor_set, encode_tensor_set
@@ -68,7 +67,7 @@ def main() -> None:
     plain = d / "plain" / "final.bin"
     plain.parent.mkdir(exist_ok=True)
     t: dict[str, list[float]] = {"sealed_write": [], "plain_write": [], "sealed_read": [], "plain_read": [],
-                                 "sealed_read_old_path": [], "sealed_read_candidate": []}
+                                 "sealed_read_old_path": []}
     shipped_readinto = SealedReader.readinto
 
     def timed_load(key: str, i: int, readinto: object = None) -> None:
@@ -101,10 +100,11 @@ def main() -> None:
         if i:
             t["sealed_write"].append(s1 - s0)
             t["plain_write"].append(s2 - s1)
-        timed_load("sealed_read", i)
-        timed_load("plain_read", i)
-        timed_load("sealed_read_old_path", i, readinto_old)
-        timed_load("sealed_read_candidate", i, readinto_reuse)
+        loads: list[tuple[str, object]] = [
+            ("sealed_read", None), ("plain_read", None), ("sealed_read_old_path", readinto_old),
+        ]
+        for key, readinto in loads[i % len(loads):] + loads[: i % len(loads)]:  # each rep in another order
+            timed_load(key, i, readinto)
         if i:
             log(f"P4 rep {i}: " + " ".join(f"{k} {v[-1]:.3f}s" for k, v in t.items()))
     med = {k: median(v) for k, v in t.items()}

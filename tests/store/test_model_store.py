@@ -223,6 +223,31 @@ def test_large_model_memory_is_bounded(tmp_path: Path) -> None:
     assert load_peak - base < nbytes + slack, f"load peaked at {(load_peak - base) / 2**20:.1f} MiB"
 
 
+def test_load_tensors_spanning_many_chunks(tmp_path: Path) -> None:
+    """Tensors spanning many chunks load intact; a forged chunk mid-tensor is refused."""
+    rng = np.random.default_rng(2)
+    model = TensorSet.from_arrays(
+        ["a", "b", "c", "d"],
+        [
+            rng.standard_normal(300_001, dtype=np.float32),
+            np.arange(7),
+            rng.standard_normal((300, 500)),
+            rng.standard_normal(3, dtype=np.float32),
+        ],
+    )
+    store = SealedFileStore(tmp_path, KEY, chunk_size=1 << 16)
+    store.save("m", model, {"round": 3})
+    loaded, meta = store.load("m")
+    assert_same(loaded, model)
+    assert meta == {"round": 3}
+    path = store.path_for("m")
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) * 3 // 4] ^= 0x01
+    path.write_bytes(bytes(raw))
+    with pytest.raises(SealedFileError, match="failed authentication"):
+        store.load("m")
+
+
 # -- key derivation ---------------------------------------------------------------------------
 
 

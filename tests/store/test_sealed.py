@@ -558,6 +558,107 @@ def test_readinto_never_leaves_unauthenticated_plaintext(tmp_path: Path) -> None
     raw[-30] ^= 1  # inside the final (partial) chunk's ciphertext
     path.write_bytes(bytes(raw))
     buffer = bytearray(len(payload) + 4096)
-    with open_sealed(path, key) as reader, pytest.raises(SealedFileError, match="chunk 3 failed authentication"):
-        reader.readinto(buffer)
-    assert buffer[: 3 * 4096] == payload[: 3 * 4096] and buffer[3 * 4096 :] == bytes(len(buffer) - 3 * 4096)
+    with open_sealed(path, key) as reader:
+        with pytest.raises(SealedFileError, match="chunk 3 failed authentication"):
+            reader.readinto(buffer)
+        assert buffer[: 3 * 4096] == payload[: 3 * 4096] and buffer[3 * 4096 :] == bytes(len(buffer) - 3 * 4096)
+        with pytest.raises(SealedFileError, match="^an earlier read from this sealed file failed$"):
+            reader.readinto(buffer)
+
+
+# -- readinto: reads not aligned to chunks, forged chunks, truncation ------------------------
+
+PCS = 1 << 16  # chunk size of these tests
+READ_SIZES = [3 * PCS + 5, 17, PCS, 2 * PCS - 1, 1, 5 * PCS]  # mostly not aligned to chunks
+
+
+def nonzero_bytes(size: int) -> bytes:
+    """Random bytes without a zero, so zeroed regions of a buffer stand out."""
+    return os.urandom(size).replace(b"\0", b"\1")
+
+
+def read_pattern(reader: SealedReader, out: memoryview) -> int:
+    """readinto ``out`` in the sizes of READ_SIZES, over and over; return the bytes read."""
+    got = 0
+    for i in range(len(out)):
+        size = READ_SIZES[i % len(READ_SIZES)]
+        n = reader.readinto(out[got : got + size])
+        if not n:
+            break
+        got += n
+    return got
+
+
+def test_readinto_unaligned_reads(tmp_path: Path) -> None:
+    payload = nonzero_bytes(11 * PCS + 1234)
+    path = tmp_path / "x.sealed"
+    seal_file(path, KEY, payload, label=LABEL, chunk_size=PCS)
+    for source in (path, io.BytesIO(path.read_bytes())):  # a regular file, and an in-memory stream
+        out = bytearray(len(payload) + 7)
+        with open(source, "rb") if isinstance(source, Path) else source as f, SealedReader(f, KEY) as reader:
+            assert read_pattern(reader, memoryview(out)) == len(payload)
+            assert reader.at_end and reader.readinto(out) == 0
+        assert out[: len(payload)] == payload
+
+
+def test_readinto_mixed_with_read_and_iteration(tmp_path: Path) -> None:
+    payload = nonzero_bytes(6 * PCS + 99)
+    path = tmp_path / "x.sealed"
+    seal_file(path, KEY, payload, label=LABEL, chunk_size=PCS)
+    with open_sealed(path, KEY) as reader:
+        head = reader.read(10)
+        middle = bytearray(3 * PCS)
+        assert reader.readinto(middle) == len(middle)
+        rest = b"".join(reader)
+    assert head + bytes(middle) + rest == payload
+
+
+def test_reader_starts_at_the_file_position(tmp_path: Path) -> None:
+    payload = nonzero_bytes(4 * PCS + 5)
+    path = tmp_path / "x.bin"
+    path.write_bytes(b"prefix" + seal(payload, chunk_size=PCS))
+    with open(path, "rb") as f:
+        f.seek(6)
+        reader = SealedReader(f, KEY)
+        out = bytearray(len(payload))
+        assert reader.readinto(out) == len(payload) and out == payload and reader.at_end
+        assert f.tell() == path.stat().st_size  # the chunks were read through the file object
+
+
+@pytest.mark.parametrize("forged", range(9))
+def test_readinto_forged_chunk_leaves_no_plaintext(tmp_path: Path, forged: int) -> None:
+    """A forged chunk anywhere: the error names it, nothing from it on is left in the caller's
+    buffer, what readinto returned before is intact, and the reader stays failed."""
+    payload = nonzero_bytes(8 * PCS + 1000)  # 9 chunks, the last one partial
+    path = tmp_path / "x.sealed"
+    seal_file(path, KEY, payload, label=LABEL, chunk_size=PCS)
+    _, ciphertext, _ = chunk_spans(path.read_bytes(), header_len())[forged]
+    path.write_bytes(flip(path.read_bytes(), ciphertext + 100))
+    out = bytearray(len(payload))
+    view = memoryview(out)
+    returned = 0
+    with open_sealed(path, KEY) as reader:
+        with pytest.raises(SealedFileError, match=f"^chunk {forged} failed authentication"):
+            for size in READ_SIZES * 10:
+                returned += reader.readinto(view[returned : returned + size])
+        with pytest.raises(SealedFileError, match="earlier read"):
+            reader.read()
+    assert out[: forged * PCS] == payload[: forged * PCS]  # what readinto returned, and what the failing call
+    assert out[forged * PCS :] == bytes(len(out) - forged * PCS)  # wrote from the chunks before the forged one
+
+
+def test_readinto_truncation_and_trailing_data(tmp_path: Path) -> None:
+    payload = nonzero_bytes(6 * PCS + 10)
+    blob = seal(payload, chunk_size=PCS)
+    spans = chunk_spans(blob, header_len())
+    path = tmp_path / "x.sealed"
+    for damaged, expected, intact in [
+        (blob[: spans[4][1] + 50], "^truncated: chunk 4 is cut short", 4 * PCS),
+        (blob[: spans[-1][0]], "^truncated: missing final chunk", 6 * PCS),
+        (blob + b"x", "^trailing data after final chunk$", 6 * PCS),  # the final chunk's plaintext is wiped
+    ]:
+        path.write_bytes(damaged)
+        out = bytearray(len(payload))
+        with open_sealed(path, KEY) as reader, pytest.raises(SealedFileError, match=expected):
+            reader.readinto(out)
+        assert out[:intact] == payload[:intact] and out[intact:] == bytes(len(out) - intact)

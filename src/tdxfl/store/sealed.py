@@ -275,6 +275,8 @@ class SealedReader:
 
     ``label``, when given, must equal the label in the header (it names which key / purpose the
     file was sealed for). The underlying file is closed by :meth:`close` only if ``owns_file``.
+    A read that fails (tampering, truncation, I/O error) leaves the reader failed: every later read
+    raises :class:`SealedFileError`.
     """
 
     def __init__(
@@ -318,10 +320,12 @@ class SealedReader:
             raise SealedFileError("wrong key or tampered header") from None
         self._header_hash = hashlib.sha256(body).digest()
         self._chunk_size = chunk_size
-        self._cbuf = bytearray(chunk_size + TAG_SIZE)
+        self._cbuf = memoryview(bytearray(chunk_size + TAG_SIZE))  # one chunk's ciphertext and tag
+        self._pbuf = memoryview(bytearray(chunk_size))  # plaintext of a chunk that does not fit a readinto
         self._index = 0
         self._done = False
         self._closed = False
+        self._failed = False
         self._pending: memoryview = memoryview(b"")
         self.label: str = label_text
         """The key label from the (authenticated) header."""
@@ -361,12 +365,15 @@ class SealedReader:
             raise SealedFileError("truncated or tampered header: file ends inside the header")
         return bytes(buf)
 
-    def _read_record(self) -> tuple[int, bool, memoryview] | None:
-        """Read the next chunk record; (index, final, ciphertext+tag) or None after the final one."""
-        if self._done:
-            return None
+    def _next_record(self) -> tuple[int, bool, int] | None:
+        """Read and check the next chunk record's header; (index, final, plaintext length), or None
+        after the final chunk. Its ciphertext is read next (:meth:`_read_ciphertext`)."""
         if self._closed:
             raise ValueError("read from a closed SealedReader")
+        if self._failed:
+            raise SealedFileError("an earlier read from this sealed file failed")
+        if self._done:
+            return None
         index = self._index
         record = bytearray(_RECORD.size)
         got = self._read_into(memoryview(record))
@@ -377,48 +384,50 @@ class SealedReader:
         flag, length = _RECORD.unpack(record)
         if flag > 1 or length > self._chunk_size or (flag == 0 and length != self._chunk_size):
             raise SealedFileError(f"chunk {index} failed authentication (tampered or wrong key): malformed record")
-        view = memoryview(self._cbuf)[: length + TAG_SIZE]
+        return index, flag == 1, length
+
+    def _read_ciphertext(self, index: int, length: int) -> memoryview:
+        """Read chunk ``index``'s ciphertext and tag (``length`` plaintext bytes) into the reused buffer."""
+        view = self._cbuf[: length + TAG_SIZE]
         if self._read_into(view) != len(view):
             raise SealedFileError(f"truncated: chunk {index} is cut short (missing final chunk)")
-        return index, flag == 1, view
+        return view
 
     def _finish_chunk(self, final: bool) -> None:
         self._index += 1
         if final:
-            if self._file.read(1):
+            if self._read_into(memoryview(bytearray(1))):
                 raise SealedFileError("trailing data after final chunk")
             self._done = True
-            self._cbuf = bytearray()
+            self._cbuf = memoryview(b"")
 
     def _next_chunk(self) -> bytes | None:
         """Authenticate and decrypt the next chunk; None once the final chunk has been consumed."""
-        record = self._read_record()
-        if record is None:
-            return None
-        index, final, view = record
         try:
-            plaintext = self._cipher.decrypt(_nonce(index), view, _aad(self._header_hash, index, final))
-        except InvalidTag:
-            raise SealedFileError(f"chunk {index} failed authentication (tampered or wrong key)") from None
-        self._finish_chunk(final)
+            record = self._next_record()
+            if record is None:
+                return None
+            index, final, length = record
+            view = self._read_ciphertext(index, length)
+            try:
+                plaintext = self._cipher.decrypt(_nonce(index), view, _aad(self._header_hash, index, final))
+            except InvalidTag:
+                raise SealedFileError(f"chunk {index} failed authentication (tampered or wrong key)") from None
+            self._finish_chunk(final)
+        except BaseException:
+            self._failed = True
+            raise
         return plaintext
 
-    def _next_chunk_into(self, target: memoryview) -> int | None:
-        """Like ``_next_chunk`` but decrypts straight into ``target`` (>= one chunk long), saving a
-        copy; returns the plaintext length. On failure ``target`` is zeroed before raising, so no
-        unauthenticated plaintext is ever left to the caller."""
-        record = self._read_record()
-        if record is None:
-            return None
-        index, final, view = record
-        length = len(view) - TAG_SIZE
+    def _unseal_into(self, index: int, final: bool, out: memoryview) -> None:
+        """Read, authenticate and decrypt chunk ``index`` into ``out`` (its plaintext length); on
+        failure ``out`` is zeroed before raising, so no unauthenticated plaintext is left in it."""
+        ciphertext = self._read_ciphertext(index, len(out))
         try:
-            self._cipher.decrypt_into(_nonce(index), view, _aad(self._header_hash, index, final), target[:length])
+            self._cipher.decrypt_into(_nonce(index), ciphertext, _aad(self._header_hash, index, final), out)
         except InvalidTag:
-            target[:length] = bytes(length)
+            out[:] = bytes(len(out))
             raise SealedFileError(f"chunk {index} failed authentication (tampered or wrong key)") from None
-        self._finish_chunk(final)
-        return length
 
     # -- public reading API ------------------------------------------------------------------
 
@@ -443,32 +452,49 @@ class SealedReader:
                 return
             yield chunk
 
+    def _take_pending(self, target: memoryview) -> int:
+        """Copy as much pending plaintext as fits into ``target``; return how much."""
+        take = min(len(target), len(self._pending))
+        target[:take] = self._pending[:take]
+        self._pending = self._pending[take:]
+        return take
+
     def readinto(self, buffer: Any) -> int:
-        """Copy up to ``len(buffer)`` plaintext bytes into ``buffer``; 0 only at the verified end."""
+        """Fill ``buffer`` with up to ``len(buffer)`` plaintext bytes; 0 only at the verified end.
+
+        Each chunk that fits the rest of ``buffer`` is decrypted straight into it; a chunk that does
+        not fit is decrypted into a reused buffer and copied. On failure the reader is left failed
+        and what this call wrote into ``buffer`` from the chunk that failed on is zeroed; the chunks
+        before it stay.
+        """
         target = memoryview(buffer)
         if target.ndim != 1 or target.format != "B":
             target = target.cast("B")
         want = len(target)
-        if want == 0:
-            return 0
-        got = 0
-        while got < want:
-            if not self._pending and want - got >= self._chunk_size:
-                n = self._next_chunk_into(target[got:])
-                if n is None:
+        got = self._take_pending(target)
+        start = got  # where the chunk being read starts in target
+        try:
+            while got < want:
+                start = got
+                record = self._next_record()
+                if record is None:
                     break
-                got += n
-                continue
-            if not self._pending:
-                chunk = self._next_chunk()
-                if chunk is None:
+                index, final, length = record
+                if length > want - got:
+                    self._unseal_into(index, final, self._pbuf[:length])
+                    self._finish_chunk(final)
+                    self._pending = self._pbuf[:length]
+                    got += self._take_pending(target[got:])
                     break
-                self._pending = memoryview(chunk)
-                continue
-            take = min(want - got, len(self._pending))
-            target[got : got + take] = self._pending[:take]
-            self._pending = self._pending[take:]
-            got += take
+                self._unseal_into(index, final, target[got : got + length])
+                got += length
+                self._finish_chunk(final)
+        except BaseException:
+            self._failed = True
+            self._pending = memoryview(b"")
+            self._pbuf[:] = bytes(len(self._pbuf))
+            target[start:got] = bytes(got - start)
+            raise
         return got
 
     def read(self, n: int = -1) -> bytes:
@@ -509,7 +535,8 @@ class SealedReader:
         """Drop buffers; close the underlying file if this reader owns it."""
         self._closed = True
         self._pending = memoryview(b"")
-        self._cbuf = bytearray()
+        self._cbuf = memoryview(b"")
+        self._pbuf = memoryview(b"")
         if self._owns_file:
             self._file.close()
 
