@@ -3,7 +3,9 @@
 ``python -m bench.p5_demo demo --workdir DIR [--rounds R]`` runs ``python -m tdxfl demo
 --summary-json`` (1 PS + 2 worker processes, each importing TensorFlow, sync-gradients,
 small_cnn on digits, Adam lr 0.002, 2 workers x batch 32, ``rounds x 25`` steps, evaluation
-every round, sealed checkpoints) and reports its wall time and accuracy.
+every round, sealed checkpoints; the demo's own process, which sets up the broker's keystore and
+at the end, as the trusted node, unseals the model and checks its accuracy with numpy, imports no
+TensorFlow) and reports its wall time and accuracy.
 
 ``python -m bench.p5_demo single --rounds R`` is the baseline, meant to run as its own process
 so that it pays the TensorFlow import too: the same model, seed, data, optimizer (Keras Adam,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from pathlib import Path
@@ -27,6 +28,29 @@ def _load(path: Path, overrides: tuple[str, ...]) -> Federation:
         raise click.UsageError(str(e)) from e
 
 
+def _preload_training_stack(fed: Federation) -> None:
+    """Start importing the ML framework and data-set modules in the background.
+
+    Called once the party's own imports are done: its first step, fetching the model key from the
+    key broker, is network-bound, so TensorFlow's multi-second import overlaps it instead of
+    following it (see :mod:`tdxfl.ml.preload`).
+    """
+    from tdxfl.ml.preload import start_preload, training_modules
+
+    start_preload(training_modules(fed.training.framework, fed.training.dataset))
+
+
+def _before_exit() -> None:
+    """Make interpreter shutdown cheap once a command's work is done.
+
+    With TensorFlow (or scikit-learn/SciPy) loaded, the garbage collection at exit walks every
+    object those libraries created: ~0.7 s of CPU per TF process here, 0.15 s once they are
+    frozen into the permanent generation. Nothing depends on that collection: every file tdxfl
+    writes is closed before this point.
+    """
+    gc.freeze()
+
+
 @click.command()
 @_federation_option
 @_set_option
@@ -44,6 +68,7 @@ def ps(federation_file: Path, overrides: tuple[str, ...], name: str | None, work
 
     fed = _load(federation_file, overrides)
     ctx = party_context(fed, name or fed.ps.name, workdir)
+    _preload_training_stack(fed)
     try:
         result = run_parameter_server(fed, ctx, live=not no_live)
     except (FederationError, ConfigError, AttestationRefused, KeyRefused, ConnectionError) as e:
@@ -54,6 +79,7 @@ def ps(federation_file: Path, overrides: tuple[str, ...], name: str | None, work
         sys.exit(130)
     (ctx.workdir / "result.json").write_text(json.dumps(result.__dict__, indent=2))
     click.echo(f"final accuracy {result.accuracy:.4f} after {result.rounds} rounds; sealed model {result.checkpoint}")
+    _before_exit()
 
 
 @click.command()
@@ -70,6 +96,7 @@ def worker(federation_file: Path, overrides: tuple[str, ...], name: str, workdir
 
     fed = _load(federation_file, overrides)
     ctx = party_context(fed, name, workdir)
+    _preload_training_stack(fed)
     try:
         result = run_worker(fed, ctx)
     except (AttestationRefused, KeyRefused, ConnectionError, ConfigError) as e:
@@ -79,6 +106,7 @@ def worker(federation_file: Path, overrides: tuple[str, ...], name: str, workdir
         click.echo(f"tdxfl worker {name}: interrupted", err=True)
         sys.exit(130)
     click.echo(f"worker {name}: {result.steps} updates sent, {result.rejected} refused")
+    _before_exit()
 
 
 @click.command()
@@ -99,6 +127,7 @@ def demo(workdir: Path | None, summary_json: Path | None, mode: str, overrides: 
         sys.exit(130)
     if summary_json:
         summary_json.write_text(json.dumps(summary, indent=2))
+    _before_exit()
     sys.exit(0 if summary["ok"] else 1)
 
 

@@ -15,12 +15,13 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
 
-from tdxfl.core.records import TensorSet
+if TYPE_CHECKING:  # at run time only load_sealed needs it (via the store): keeps `tdxfl` start-up light
+    from tdxfl.core.records import TensorSet
 
 _FILE = click.Path(dir_okay=False, exists=True, path_type=Path)
 _PATH = click.Path(dir_okay=False, path_type=Path)
