@@ -1,1 +1,1 @@
-"""The parameter server: attested gRPC service, round orchestration, evaluation."""
+"""The parameter server: attested gRPC service and tensor-link handler, round orchestration, evaluation."""

@@ -1,1 +1,1 @@
-"""gRPC transport: protobuf messages, chunked tensor streaming and attested channels."""
+"""Attested transport: gRPC enrollment and control channels, the tensor link, tensor headers."""
