@@ -156,8 +156,14 @@ def test_bad_updates_are_refused_with_reasons_and_the_link_survives_them(ps: Ps)
     assert "expected" in link.push("weights", 0, renamed, num_samples=1, metrics={}).reason
     nan = TensorSet(weights.specs, [np.full_like(a, np.nan) for a in weights.arrays])
     assert "NaN" in link.push("weights", 0, nan, num_samples=1, metrics={}).reason
+    sent = ps.rounds.bytes_in
     assert "stale" in link.push("weights", 7, weights, num_samples=1, metrics={}).reason
+    assert "expects 'weights'" in link.push("gradients", 0, weights, num_samples=1, metrics={}).reason
     assert link.push("weights", 0, weights, num_samples=1, metrics={}).accepted  # same link, still good
+    assert "already sent" in link.push("weights", 0, weights, num_samples=1, metrics={}).reason
+    assert ps.rounds.bytes_in == sent + weights.nbytes  # refused offers moved no data
+    step = ps.rounds.collect(1, 5, fail_on_timeout=True, grace=0)
+    assert step.contributors == ["worker-1"] and "worker-1" not in step.rejected  # stale offers blame nobody
     link.close()
     channel.close()
 

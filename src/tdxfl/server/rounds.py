@@ -196,6 +196,20 @@ class RoundState:
                 del self._in_flight[token]
                 self._cond.notify_all()
 
+    def check_offer(self, party: str, kind: str, version: int) -> None:
+        """RecordError when an update of ``kind`` for ``version`` from ``party`` would be refused
+        now (wrong kind, stale, duplicate): checked before its data moves, and again by ``submit``."""
+        with self._cond:
+            self._check_offer(party, kind, version)
+
+    def _check_offer(self, party: str, kind: str, version: int) -> None:
+        if kind != self.update_kind:
+            raise RecordError(f"this federation expects {self.update_kind!r} updates, got {kind!r}")
+        if version != self.version:
+            raise RecordError(f"stale update for version {version}; the current version is {self.version}")
+        if party in self._contributors:
+            raise RecordError(f"{party} already sent an update for version {version}")
+
     def submit(
         self,
         party: str,
@@ -214,12 +228,7 @@ class RoundState:
         ``finite_checked``: the caller already refused NaN and infinity (``Assembler.fill``).
         """
         with self._cond:
-            if kind != self.update_kind:
-                raise RecordError(f"this federation expects {self.update_kind!r} updates, got {kind!r}")
-            if version != self.version:
-                raise RecordError(f"stale update for version {version}; the current version is {self.version}")
-            if party in self._contributors:
-                raise RecordError(f"{party} already sent an update for version {version}")
+            self._check_offer(party, kind, version)
             assert self._acc is not None
             try:
                 self._acc.add(update, weight, finite_checked=finite_checked)

@@ -118,12 +118,18 @@ class ParameterServerService(pb_grpc.ParameterServerServicer):
                 return
 
     def _receive_update(self, party: str, link: TensorLink, offered: pb.TensorHeader) -> None:
-        """Check the offered header, wait for a receive slot, read the data into it, submit."""
+        """Check the offered header (and that the update is wanted), wait for a receive slot, read
+        the data into it, submit."""
         try:
             header = decode_header(offered)
             TensorSet(header.specs, []).check_compatible(self._rounds.specs, check_dtype=False)
         except (StreamError, RecordError) as e:  # refused before any data moved: the link stays usable
             link.send(pb.PushGrant(granted=False, reason=self._refuse(party, str(e), malformed=True).reason))
+            return
+        try:
+            self._rounds.check_offer(party, header.kind, header.version)
+        except RecordError as e:  # stale or duplicate: not worth receiving, and no fault of this step
+            link.send(pb.PushGrant(granted=False, reason=self._refuse(party, str(e), malformed=False).reason))
             return
         try:
             with self._staging.slot(header.specs, link.close) as asm:
@@ -142,7 +148,7 @@ class ParameterServerService(pb_grpc.ParameterServerServicer):
                     self._rounds.submit(
                         party, header.kind, header.version, update, weight, header.metrics, asm.nbytes, finite_checked=True
                     )
-                except RecordError as e:  # stale or duplicate: submit already recorded it
+                except RecordError as e:  # became stale while it arrived: submit already recorded it
                     link.send(self._refuse(party, str(e), malformed=False))
                     return
         except SlotTimeout as e:

@@ -9,7 +9,7 @@ sides present their certificate and refuse anything older than TLS 1.3 during th
 
 Wire: every message is a 4-byte big-endian length and one protobuf message; raw tensor bytes
 follow a ``TensorHeader`` where the protocol says so (``tdxfl.proto``, ``LinkRequest``).
-TLS runs through memory BIOs so that the socket is read and written up to 1 MiB per system
+TLS runs through memory BIOs so that the socket is read and written up to 256 KiB per system
 call (``SSLSocket.recv_into`` returns one 16 KiB record per call); decrypted bytes go straight
 into the receiver's arrays.
 """
@@ -67,7 +67,7 @@ def _explain(e: OSError) -> str:
 
 
 class TlsStream:
-    """TLS over a blocking socket through memory BIOs, moving up to 1 MiB per system call."""
+    """TLS over a blocking socket through memory BIOs, moving up to ``IO_BYTES`` per system call."""
 
     def __init__(self, sock: socket.socket, ctx: ssl.SSLContext, *, server_side: bool, server_hostname: str | None = None) -> None:
         """Run the handshake (``sock``'s timeout applies); LinkError when it fails."""
@@ -99,10 +99,6 @@ class TlsStream:
             raise LinkError("peer presented no certificate")
         return der
 
-    def version(self) -> str:
-        """The negotiated protocol version, e.g. ``TLSv1.3``."""
-        return self._tls.version() or "?"
-
     def _flush(self) -> None:
         data = self._out.read()
         if data:
@@ -119,7 +115,7 @@ class TlsStream:
         self.send_many([data])
 
     def send_many(self, views: Sequence[memoryview]) -> None:
-        """Encrypt and send the bytes of ``views`` in order, in system calls of about 1 MiB
+        """Encrypt and send the bytes of ``views`` in order, in system calls of about ``IO_BYTES``
         (many small tensors do not cost a system call each)."""
         try:
             for data in views:
