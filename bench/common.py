@@ -8,6 +8,7 @@ pytest), tensor-set synthesis from cached specs, timing helpers and subprocess h
 from __future__ import annotations
 
 import hashlib
+import socket
 import json
 import logging
 import os
@@ -63,7 +64,7 @@ def reset_hwm() -> bool:
 # -- tensor sets ------------------------------------------------------------------------------
 def load_specs(path: Path = RESNET50_SPECS) -> tuple[list[Any], list[bool]]:
     """(TensorSpecs, trainable mask) from a cached specs JSON (see resnet50_cifar10_specs.json)."""
-    from tdxfl.core.records import TensorSpec
+    from tdxfl.engine.records import TensorSpec
 
     doc = json.loads(Path(path).read_text())
     specs = [TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in doc["tensors"]]
@@ -72,7 +73,7 @@ def load_specs(path: Path = RESNET50_SPECS) -> tuple[list[Any], list[bool]]:
 
 def synthetic_specs(params: int, *, tensors: int = 20) -> list[Any]:
     """About ``params`` float32 parameters in ``tensors`` tensors (for small-model runs)."""
-    from tdxfl.core.records import TensorSpec
+    from tdxfl.engine.records import TensorSpec
 
     per = max(1, params // tensors)
     rows = max(1, int(per**0.5))
@@ -81,7 +82,7 @@ def synthetic_specs(params: int, *, tensors: int = 20) -> list[Any]:
 
 def random_set(specs: list[Any], seed: int, scale: float = 1.0) -> Any:
     """A TensorSet of standard-normal float32 values (times ``scale``) with these specs."""
-    from tdxfl.core.records import TensorSet
+    from tdxfl.engine.records import TensorSet
 
     rng = np.random.default_rng(seed)
     arrays = []
@@ -99,9 +100,20 @@ def nbytes(specs: list[Any]) -> int:
 
 # -- federations -----------------------------------------------------------------------------
 def free_port() -> int:
-    from tdxfl.demo import free_port as fp
+    """A loopback port free now: the bench's parties run in other processes, whose addresses go
+    into the federation file before they start."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
-    return fp()
+
+def bench_fleet(fed: Any, ctx: Any, specs: list[Any]) -> Any:
+    """The shipped PS fleet (``tdxfl.wiring.ps.attested_fleet``) for sync-gradients updates of ``specs``."""
+    from tdxfl.engine.optimizers import SGD
+    from tdxfl.engine.strategy import SyncGradients
+    from tdxfl.wiring.ps import attested_fleet
+
+    return attested_fleet(fed, ctx, specs, SyncGradients(SGD(0.01), [True] * len(specs)))
 
 
 #: Simulated MRTD pinned for every bench party. The default ("auto") hashes the installed tdxfl
@@ -265,7 +277,7 @@ class PlainStream:
 
 
 def serve_plain_links(listener: Any, serve: Any) -> None:
-    """Accept plaintext tensor links forever; the first message (a JoinRequest) names the party."""
+    """Accept plaintext tensor links forever; the first message (an EnrollRequest) names the party."""
     import socket
     import threading
 
@@ -276,7 +288,7 @@ def serve_plain_links(listener: Any, serve: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         link = TensorLink(PlainStream(sock))
         try:
-            serve(link.recv(pb.JoinRequest).party, link)
+            serve(link.recv(pb.EnrollRequest).party, link)
         except LinkError:
             pass
         finally:
@@ -303,5 +315,5 @@ def plain_link(address: tuple[str, int], party: str) -> Any:
     sock = socket.create_connection(address)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     link = TensorLink(PlainStream(sock))
-    link.send(pb.JoinRequest(party=party))
+    link.send(pb.EnrollRequest(party=party))  # names the party: no certificate on this link
     return link

@@ -8,7 +8,7 @@
   ``receive_old``: the same bytes filled without the check, then the add as it was before
   (``np.isfinite(a).all()`` per tensor, then ``acc += w * a`` with a tensor-sized temporary),
   asserted to give the same sum;
-* ``to_wire_fp16_s`` / ``to_wire_bf16_s`` and ``as_dtype_fp16_s`` / ``as_dtype_bf16_s``: a
+* ``to_wire_fp16_s`` / ``to_wire_bf16_s`` and ``as_dtype_fp16_s`` / ``as_dtype_bf16_s`` (``TensorSet.cast_to``): a
   worker's half-precision push conversion and the PS's conversion back to float32;
 * ``unseal_read`` / ``unseal_old``: ``SealedReader.readinto`` over a sealed 94 MB in-memory stream
   as shipped (whole chunks decrypted straight into the caller's buffer with
@@ -72,10 +72,11 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args()
 
-    from tdxfl.core.records import TensorSet
-    from tdxfl.core.strategy import RoundAccumulator
+    from tdxfl.engine.records import TensorSet
+    from tdxfl.engine.strategy import RoundAccumulator
     from tdxfl.store.sealed import SealedReader, SealedWriter
-    from tdxfl.transport.tensors import Assembler, as_dtype, decode_header, to_wire
+    from tdxfl.transport.proto import tdxfl_pb2 as pb
+    from tdxfl.transport.tensors import Assembler, decode_header, to_wire
 
     specs, _ = load_specs()
     size = nbytes(specs)
@@ -83,7 +84,7 @@ def main() -> None:
     r = args.reps
     out: dict[str, float] = {"model_MB": size / MB}
 
-    wire = to_wire("gradients", 0, ts, num_samples=32)
+    wire = to_wire(pb.TENSOR_KIND_GRADIENTS, 0, ts, num_samples=32)
     data = memoryview(b"".join(bytes(v) for v in wire.views()))
 
     def read_from(views: Any) -> None:  # what the link does: the next bytes into each view
@@ -111,10 +112,10 @@ def main() -> None:
     out["receive"] = size / MB / best_of(receive, r)
     out["receive_old"] = size / MB / best_of(receive_old, r)
     for name, dtype in (("fp16", "float16"), ("bf16", "bfloat16")):
-        out[f"to_wire_{name}_s"] = best_of(lambda: to_wire("gradients", 0, ts, wire_dtype=dtype), r)
-        half_wire = to_wire("gradients", 0, ts, wire_dtype=dtype)
+        out[f"to_wire_{name}_s"] = best_of(lambda: to_wire(pb.TENSOR_KIND_GRADIENTS, 0, ts, wire_dtype=dtype), r)
+        half_wire = to_wire(pb.TENSOR_KIND_GRADIENTS, 0, ts, wire_dtype=dtype)
         half = TensorSet(decode_header(half_wire.header).specs, half_wire.arrays)
-        out[f"as_dtype_{name}_s"] = best_of(lambda: as_dtype(half, specs), r)
+        out[f"as_dtype_{name}_s"] = best_of(lambda: half.cast_to(specs), r)
 
     key = os.urandom(32)
     sealed = io.BytesIO()

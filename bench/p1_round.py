@@ -45,6 +45,7 @@ from bench.common import (
     read_federation,
     serve_plain_links,
     spawn,
+    bench_fleet,
     wait_joined,
     write_federation,
 )
@@ -64,32 +65,20 @@ def _recv_exact(sock: socket.socket, view: memoryview) -> None:
 
 
 def ps_main(args: argparse.Namespace) -> None:
-    from tdxfl.party import party_context
-    from tdxfl.server.rounds import RoundState
-    from tdxfl.server.service import ParameterServerService
-    from tdxfl.transport.attested import AttestedServer, role_table, split_address
-    from tdxfl.transport.link import LinkServer
-    from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
+    from tdxfl.transport.proto import tdxfl_pb2 as pb
     from tdxfl.transport.tensors import to_wire
+    from tdxfl.wiring.party import party_context
 
     workdir = Path(args.workdir)
     fed_path = write_federation(workdir, list(WORKERS))
     fed = read_federation(fed_path)
     specs, _ = load_specs()
     ctx = party_context(fed, "ps", workdir / "ps")
-    rounds = RoundState(specs, "gradients")
-    server = AttestedServer(
-        "ps", ctx.attester, ctx.peer_verifier(fed, "workers"), fed.ps.address, fed.ps.enroll_address,
-        roles=role_table([(w.name, "worker") for w in fed.workers]),
-    )
-    service = ParameterServerService(fed, server, rounds)
-    pb_grpc.add_ParameterServerServicer_to_server(service, server.main)
-    links = LinkServer(split_address(fed.ps.data_address), server.link_context, server.link_party, service.serve_link,
-                       server.link_refused)
+    fleet = bench_fleet(fed, ctx, specs)
+    rounds = fleet.state
     plain_listener = socket.create_server(("127.0.0.1", 0))
-    serve_plain_links(plain_listener, service.serve_link)
-    server.start()
-    links.start()
+    serve_plain_links(plain_listener, fleet.service.serve_link)
+    fleet.start()
     # the raw baselines live in the same processes, so their rounds interleave with the others
     cert, key = _self_signed(str(workdir))
     tls_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -143,7 +132,7 @@ def ps_main(args: argparse.Namespace) -> None:
                 log(f"P1 round {v} (raw {mode} baseline): {t2 - t0:.3f}s")
                 continue
             t0 = time.monotonic()
-            model = to_wire("weights", v, weights)
+            model = to_wire(pb.TENSOR_KIND_MODEL, v, weights)
             t1 = time.monotonic()
             rounds.publish(v, model)
             step = rounds.collect(len(WORKERS), 90.0, fail_on_timeout=True, grace=0.0)
@@ -161,8 +150,7 @@ def ps_main(args: argparse.Namespace) -> None:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-        links.stop()
-        server.stop(None)
+        fleet.stop(linger=0)
     wrec = {w: {r["version"]: r for r in json.loads((workdir / f"{w}.json").read_text())} for w in WORKERS}
     for r in records:
         if r["mode"] in ("tls", "tcp"):
@@ -176,7 +164,7 @@ def ps_main(args: argparse.Namespace) -> None:
 
 def worker_main(args: argparse.Namespace) -> None:
     from tdxfl.client.model_link import ModelLink
-    from tdxfl.party import party_context
+    from tdxfl.wiring.party import party_context
     from tdxfl.transport.attested import connect
     from tdxfl.transport.proto import tdxfl_pb2 as pb
     from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
@@ -186,8 +174,8 @@ def worker_main(args: argparse.Namespace) -> None:
     specs, _ = load_specs()
     index = [w.name for w in fed.workers].index(args.name)
     grads = random_set(specs, 100 + index, scale=1e-3)
-    ch = connect(args.name, "worker", ctx.attester, ctx.peer_verifier(fed, "ps"), fed.ps.name, fed.ps.address, fed.ps.enroll_address)
-    pb_grpc.ParameterServerStub(ch.channel).Join(pb.JoinRequest(party=args.name, config_digest=fed.training_digest()), timeout=30)
+    ch = connect(args.name, "worker", ctx.attester, ctx.peer_verifier(fed.policy_for("ps")), fed.ps.name, fed.ps.address, fed.ps.enroll_address)
+    pb_grpc.ParameterServerStub(ch.channel).Join(pb.JoinRequest(config_digest=fed.training_digest()), timeout=30)
     secure = ModelLink(ch.open_link(fed.ps.data_address))
     plain = ModelLink(plain_link(("127.0.0.1", int(args.plain)), args.name))
     tls_port, tls_cert = args.tls.split(":", 1)
@@ -218,12 +206,12 @@ def worker_main(args: argparse.Namespace) -> None:
         assert header.version == v, header
         t_pulled = time.monotonic()
         wire = {"fp16": "float16", "bf16": "bfloat16"}.get(mode)
-        reply = link.push("gradients", v, grads, num_samples=32, metrics={"loss": 1.0}, wire_dtype=wire)
+        reply = link.push(pb.TENSOR_KIND_GRADIENTS, v, grads, num_samples=32, metrics={"loss": 1.0}, wire_dtype=wire)
         t_pushed = time.monotonic()
         if not reply.accepted:
             raise RuntimeError(f"update refused: {reply.reason}")
         records.append({"version": v, "mode": mode, "pull_done": t_pulled, "push_done": t_pushed})
-    assert secure.pull(len(schedule) - 1)[0].kind == "done"
+    assert secure.pull(len(schedule) - 1)[0].kind == pb.TENSOR_KIND_DONE
     Path(args.out).write_text(json.dumps(records))
     for c in (secure, plain):
         c.close()

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import log, nbytes, random_set, read_federation, reset_hwm, rss_kb, spawn, synthetic_specs, wait_joined, write_federation
+from bench.common import bench_fleet, log, nbytes, random_set, read_federation, reset_hwm, rss_kb, spawn, synthetic_specs, wait_joined, write_federation
 
 
 class Counters:
@@ -45,35 +45,32 @@ class Counters:
             setattr(self, field, getattr(self, field) + d)
 
 
-def counted_service(base: type, counters: Counters) -> type:
-    """``base`` (ParameterServerService) counting its transfers; the work is the shipped code's."""
+def count_transfers(service: Any, counters: Counters) -> None:
+    """Make the PS's ``ParameterServerService`` count its transfers in flight (before it serves
+    any link); the work is the shipped code's."""
+    send, receive = service._send_model, service._receive_update
 
-    class Counted(base):  # type: ignore[misc,valid-type]
-        def _send_model(self, party: str, link: Any, after_version: int) -> None:
-            counters.add("sends", 1)
-            try:
-                super()._send_model(party, link, after_version)
-            finally:
-                counters.add("sends", -1)
+    def counted_send(party: str, link: Any, after_version: int) -> None:
+        counters.add("sends", 1)
+        try:
+            send(party, link, after_version)
+        finally:
+            counters.add("sends", -1)
 
-        def _receive_update(self, party: str, link: Any, offered: Any) -> None:
-            counters.add("updates", 1)
-            try:
-                super()._receive_update(party, link, offered)
-            finally:
-                counters.add("updates", -1)
+    def counted_receive(party: str, link: Any, offered: Any) -> None:
+        counters.add("updates", 1)
+        try:
+            receive(party, link, offered)
+        finally:
+            counters.add("updates", -1)
 
-    return Counted
+    service._send_model, service._receive_update = counted_send, counted_receive
 
 
 def ps_main(args: argparse.Namespace) -> None:
-    from tdxfl.party import party_context
-    from tdxfl.server.rounds import RoundState
-    from tdxfl.server.service import ParameterServerService
-    from tdxfl.transport.attested import AttestedServer, role_table, split_address
-    from tdxfl.transport.link import LinkServer
-    from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
+    from tdxfl.transport.proto import tdxfl_pb2 as pb
     from tdxfl.transport.tensors import to_wire
+    from tdxfl.wiring.party import party_context
 
     workdir = Path(args.workdir)
     names = [f"w{i:02d}" for i in range(args.workers)]
@@ -81,18 +78,11 @@ def ps_main(args: argparse.Namespace) -> None:
     fed = read_federation(fed_path)
     specs = synthetic_specs(args.params)
     ctx = party_context(fed, "ps", workdir / "ps")
-    rounds = RoundState(specs, "gradients")
-    server = AttestedServer(
-        "ps", ctx.attester, ctx.peer_verifier(fed, "workers"), fed.ps.address, fed.ps.enroll_address,
-        roles=role_table([(w.name, "worker") for w in fed.workers]),
-    )
+    fleet = bench_fleet(fed, ctx, specs)
+    rounds = fleet.state
     counters = Counters()
-    service = counted_service(ParameterServerService, counters)(fed, server, rounds)
-    pb_grpc.add_ParameterServerServicer_to_server(service, server.main)
-    links = LinkServer(split_address(fed.ps.data_address), server.link_context, server.link_party, service.serve_link,
-                       server.link_refused)
-    server.start()
-    links.start()
+    count_transfers(fleet.service, counters)
+    fleet.start()
     weights = random_set(specs, 7, scale=0.05)
     procs_n = min(args.procs, args.workers)
     groups = [names[i::procs_n] for i in range(procs_n)]
@@ -100,7 +90,7 @@ def ps_main(args: argparse.Namespace) -> None:
              for g in groups]
     try:
         wait_joined(rounds, args.workers, procs, 180.0)
-        model = to_wire("weights", 0, weights)
+        model = to_wire(pb.TENSOR_KIND_MODEL, 0, weights)
         gc.collect()
         time.sleep(0.5)
         if args.tracemalloc:
@@ -154,8 +144,7 @@ def ps_main(args: argparse.Namespace) -> None:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-        links.stop()
-        server.stop(None)
+        fleet.stop(linger=0)
     peak_kb = max(peak[0], hwm) if hwm_reset else peak[0]
     out = {
         "workers": args.workers, "procs": procs_n, "model_bytes": nbytes(specs), "rss_before_kb": before,
@@ -174,7 +163,7 @@ def ps_main(args: argparse.Namespace) -> None:
 
 def worker_main(args: argparse.Namespace) -> None:
     from tdxfl.client.model_link import ModelLink
-    from tdxfl.party import party_context
+    from tdxfl.wiring.party import party_context
     from tdxfl.transport.attested import connect
     from tdxfl.transport.proto import tdxfl_pb2 as pb
     from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
@@ -188,15 +177,15 @@ def worker_main(args: argparse.Namespace) -> None:
     def party(name: str) -> None:
         try:
             ctx = party_context(fed, name, Path(args.fed).parent / name)
-            ch = connect(name, "worker", ctx.attester, ctx.peer_verifier(fed, "ps"), fed.ps.name, fed.ps.address, fed.ps.enroll_address)
-            pb_grpc.ParameterServerStub(ch.channel).Join(pb.JoinRequest(party=name, config_digest=fed.training_digest()), timeout=60)
+            ch = connect(name, "worker", ctx.attester, ctx.peer_verifier(fed.policy_for("ps")), fed.ps.name, fed.ps.address, fed.ps.enroll_address)
+            pb_grpc.ParameterServerStub(ch.channel).Join(pb.JoinRequest(config_digest=fed.training_digest()), timeout=60)
             link = ModelLink(ch.open_link(fed.ps.data_address))
             ready.wait(300)
             header, _ = link.pull(-1)
-            reply = link.push("gradients", header.version, update, num_samples=32, metrics={})
+            reply = link.push(pb.TENSOR_KIND_GRADIENTS, header.version, update, num_samples=32, metrics={})
             if not reply.accepted:
                 raise RuntimeError(reply.reason)
-            assert link.pull(header.version)[0].kind == "done"
+            assert link.pull(header.version)[0].kind == pb.TENSOR_KIND_DONE
             link.close()
             ch.close()
         except BaseException as e:  # noqa: BLE001 - reported below

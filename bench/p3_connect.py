@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import log, median, read_federation, write_federation
+from bench.common import bench_fleet, log, median, read_federation, write_federation
 
 LOCAL_POOL = [("grpc.use_local_subchannel_pool", 1)]
 SAMPLE_TIME = 1752919234  # tests/attestation/conftest.py: the sample collateral is valid then
@@ -48,52 +48,38 @@ def _as_is(b: bytes) -> bytes:
 def serve_main(args: argparse.Namespace) -> None:
     import grpc
 
-    from tdxfl.core.records import TensorSpec
-    from tdxfl.party import party_context
-    from tdxfl.server.rounds import RoundState
-    from tdxfl.server.service import ParameterServerService
-    from tdxfl.transport.attested import AttestedServer, role_table, split_address
-    from tdxfl.transport.link import LinkServer
-    from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
+    from tdxfl.engine.records import TensorSpec
+    from tdxfl.wiring.party import party_context
 
     workdir = Path(args.workdir)
     fed_path = write_federation(workdir, ["worker-1", "worker-2"])
     fed = read_federation(fed_path)
     ctx = party_context(fed, "ps", workdir / "ps")
-    rounds = RoundState([TensorSpec("w", "float32", (4,))], "gradients")
-    server = AttestedServer(
-        "ps", ctx.attester, ctx.peer_verifier(fed, "workers"), fed.ps.address, fed.ps.enroll_address,
-        roles=role_table([(w.name, "worker") for w in fed.workers]),
-    )
-    service = ParameterServerService(fed, server, rounds)
-    pb_grpc.add_ParameterServerServicer_to_server(service, server.main)
-    links = LinkServer(split_address(fed.ps.data_address), server.link_context, server.link_party, service.serve_link,
-                       server.link_refused)
+    fleet = bench_fleet(fed, ctx, [TensorSpec("w", "float32", (4,))])
+    server = fleet.server
     # P3's baseline RPC: a no-op on the enrollment port (Challenge, the old baseline, is gone)
     server.enrollment.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(PROBE_SERVICE, {
         "Ping": grpc.unary_unary_rpc_method_handler(lambda request, context: b"", _as_is, _as_is)}),))
-    server.start()
-    links.start()
+    fleet.start()
     print(json.dumps({"fed": str(fed_path)}), flush=True)
     sys.stdin.read()  # until the parent closes our stdin
-    links.stop()
-    server.stop(None)
+    fleet.stop(linger=0)
 
 
 def client_main(args: argparse.Namespace) -> None:
     import grpc
 
     import tdxfl.transport.attested as att
-    from tdxfl.party import party_context
+    from tdxfl.wiring.party import party_context
     from tdxfl.transport.proto import tdxfl_pb2 as pb
     from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
 
     fed = read_federation(args.fed)
     ctx = party_context(fed, "worker-1", Path(args.fed).parent / "worker-1")
-    verifier = ctx.peer_verifier(fed, "ps")
+    verifier = ctx.peer_verifier(fed.policy_for("ps"))
     ps = fed.ps
     override = [("grpc.ssl_target_name_override", att.tls_name(ps.name))]
-    join = pb.JoinRequest(party="worker-1", config_digest=fed.training_digest())
+    join = pb.JoinRequest(config_digest=fed.training_digest())
 
     # breakdown of connect(): wrap its steps (module-level names it looks up at call time)
     parts: dict[str, float] = {}
@@ -119,7 +105,7 @@ def client_main(args: argparse.Namespace) -> None:
         pb_grpc.ParameterServerStub(ch.channel).Join(join, timeout=30)
         t_join = time.perf_counter()
         link = ch.open_link(ps.data_address)
-        link.send(pb.LinkRequest(push=pb.TensorHeader(kind="gradients")))
+        link.send(pb.LinkRequest(push=pb.TensorHeader(kind=pb.TENSOR_KIND_GRADIENTS)))
         assert not link.recv(pb.PushGrant).granted
         dt = time.perf_counter() - t
         parts["mtls_join"] = parts.get("mtls_join", 0.0) + t_join - t_conn
@@ -145,8 +131,8 @@ def client_main(args: argparse.Namespace) -> None:
 
     # a second party stays enrolled for the mtls case (re-enrolling worker-1 replaces its certificate)
     ctx2 = party_context(fed, "worker-2", Path(args.fed).parent / "worker-2")
-    enrolled = att.connect("worker-2", "worker", ctx2.attester, ctx2.peer_verifier(fed, "ps"), ps.name, ps.address, ps.enroll_address)
-    join2 = pb.JoinRequest(party="worker-2", config_digest=fed.training_digest())
+    enrolled = att.connect("worker-2", "worker", ctx2.attester, ctx2.peer_verifier(fed.policy_for("ps")), ps.name, ps.address, ps.enroll_address)
+    join2 = pb.JoinRequest(config_digest=fed.training_digest())
 
     def mtls() -> float:
         creds = grpc.ssl_channel_credentials(root_certificates=enrolled.server_cert_pem,

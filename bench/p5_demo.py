@@ -48,7 +48,8 @@ def single_main(args: argparse.Namespace) -> None:
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from tdxfl.ml.data import batches, load_dataset
+    from tdxfl.engine.data import batches
+    from tdxfl.ml.data import load_dataset
     from tdxfl.ml.keras_adapter import KerasAdapter
     from tdxfl.ml.models import build_model
 

@@ -7,6 +7,7 @@ the raw document before validation.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import os
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from tdxfl.attestation.policy import Policy, PolicyError
+from tdxfl.engine.kinds import Mode, OnTimeout
+from tdxfl.ml.factory import Framework
 
 
 class ConfigError(ValueError):
@@ -38,8 +41,8 @@ class Party:
 class Training:
     """What is trained and how."""
 
-    mode: str = "sync-gradients"
-    framework: str = "keras"
+    mode: Mode = Mode.SYNC_GRADIENTS
+    framework: Framework = Framework.KERAS
     model: str = "small_cnn"
     dataset: str = "digits"
     data_path: str = ""
@@ -62,7 +65,7 @@ class Faults:
 
     quorum: int = 0
     step_timeout_s: float = 30.0
-    on_timeout: str = "continue"
+    on_timeout: OnTimeout = OnTimeout.CONTINUE
     join_timeout_s: float = 120.0
     connect_retries: int = 20
     connect_backoff_s: float = 0.5
@@ -150,6 +153,11 @@ class Federation:
                 return p
         raise ConfigError(f"no party named {name!r} in the federation file (have: {[p.name for p in self.parties]})")
 
+    def with_ps_addresses(self, address: str, enroll_address: str, data_address: str) -> Federation:
+        """This federation with the PS at other addresses (e.g. the ports a PS bound for port 0)."""
+        ps = replace(self.ps, address=address, enroll_address=enroll_address, data_address=data_address)
+        return replace(self, parties=tuple(ps if p.role == "ps" else p for p in self.parties))
+
     def policy_for(self, role: str) -> Policy:
         """The policy every party applies to peers of ``role`` (``"workers"``, ``"ps"``, ``"keybroker"``)."""
         return self.policies[role]
@@ -177,6 +185,12 @@ def _build(cls: type, table: Any, where: str) -> Any:
         if isinstance(default, (SimulatedTdConfig, TdxConfig)):
             kwargs[key] = _build(type(default), value, f"{where}.{key}")
             continue
+        if isinstance(default, enum.Enum):
+            choices = [str(m.value) for m in type(default)]
+            if value not in choices:
+                raise ConfigError(f"{where}.{key} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+            kwargs[key] = type(default)(value)
+            continue
         if default is not None and not isinstance(value, type(default)):
             if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
@@ -200,8 +214,9 @@ def _check(cond: bool, message: str) -> None:
 
 
 def _next_port(address: str, offset: int) -> str:
+    """The address ``offset`` ports above ``address`` (port 0, "any free port", stays 0)."""
     host, _, port = address.rpartition(":")
-    return f"{host}:{int(port) + offset}"
+    return f"{host}:{int(port) + offset if int(port) else 0}"
 
 
 def parse_attestation(table: Any) -> Attestation:
@@ -235,8 +250,6 @@ def parse_federation(doc: Mapping[str, Any]) -> Federation:
     _check(sum(p.role == "ps" for p in parties) == 1, "exactly one party must have role = \"ps\"")
     _check(any(p.role == "worker" for p in parties), "at least one party must have role = \"worker\"")
     training = _build(Training, doc.get("training", {}), "training")
-    _check(training.mode in ("sync-gradients", "fedavg"), f"training.mode must be 'sync-gradients' or 'fedavg', got {training.mode!r}")
-    _check(training.framework in ("keras", "torch"), f"training.framework must be 'keras' or 'torch', got {training.framework!r}")
     _check(training.partition in ("iid", "dirichlet"), "training.partition must be 'iid' or 'dirichlet'")
     _check(
         training.wire_dtype in ("float32", "float16", "bfloat16"),
@@ -244,7 +257,6 @@ def parse_federation(doc: Mapping[str, Any]) -> Federation:
     )
     _check(training.rounds > 0 and training.steps_per_round > 0 and training.batch_size > 0, "rounds, steps_per_round and batch_size must be positive")
     faults = _build(Faults, doc.get("faults", {}), "faults")
-    _check(faults.on_timeout in ("continue", "fail"), "faults.on_timeout must be 'continue' or 'fail'")
     _check(faults.max_concurrent_updates >= 1, "faults.max_concurrent_updates must be at least 1")
     n_workers = sum(p.role == "worker" for p in parties)
     _check(0 <= faults.quorum <= n_workers, f"faults.quorum must be between 1 and the {n_workers} workers (0 = all)")

@@ -12,12 +12,11 @@ from typing import Any
 
 import pytest
 
-from tdxfl.client.worker import run_worker
 from tdxfl.config import Federation
-from tdxfl.party import party_context
-from tdxfl.server.ps import run_parameter_server
-from tdxfl.server.rounds import FederationError
-from tdxfl.transport.attested import AttestationRefused
+from tdxfl.errors import AttestationRefused, FederationError
+from tdxfl.wiring.party import party_context
+from tdxfl.wiring.ps import ParameterServer
+from tdxfl.wiring.worker import run_worker
 
 
 def test_tdx_ps_is_refused_by_real_verifier(
@@ -30,10 +29,12 @@ def test_tdx_ps_is_refused_by_real_verifier(
     )
     ps_ctx = replace(party_context(fed, "ps"), attester=fake_configfs())
     out: dict[str, Any] = {}
+    ps = ParameterServer(fed, ps_ctx, live=False)
+    fed = fed.with_ps_addresses(ps.addresses.address, ps.addresses.enroll_address, ps.addresses.data_address)
 
     def serve() -> None:
         try:
-            out["ps"] = run_parameter_server(fed, ps_ctx, live=False)
+            out["ps"] = ps.run()
         except FederationError as e:
             out["ps"] = e
 
@@ -54,7 +55,9 @@ def test_simulated_worker_refused_by_tdx_policy_over_the_wire(make_federation: C
     fed = make_federation(policy={"workers": {"tee": ["tdx"], "mrtd": "any"}}, faults={"join_timeout_s": 8.0})
     ps_ctx = party_context(fed, "ps")
     out: dict[str, Any] = {}
-    t = threading.Thread(target=lambda: out.setdefault("ps", _catch(lambda: run_parameter_server(fed, ps_ctx, live=False))), daemon=True)
+    ps = ParameterServer(fed, ps_ctx, live=False)
+    fed = fed.with_ps_addresses(ps.addresses.address, ps.addresses.enroll_address, ps.addresses.data_address)
+    t = threading.Thread(target=lambda: out.setdefault("ps", _catch(ps.run)), daemon=True)
     t.start()
     with pytest.raises(AttestationRefused, match="ps refused us: evidence kind is 'simulated'"):
         run_worker(fed, party_context(fed, "worker-1"))

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from tdxfl.attestation.simulated import SimulatedAttester, SimulatedTd
 from tdxfl.cli.keybroker import keybroker
 from tdxfl.config import ConfigError
-from tdxfl.demo import free_port
+from fedtools import free_port
 from tdxfl.keybroker.client import fetch_key
 from tdxfl.keybroker.keystore import Keystore
 from tdxfl.keybroker.server import load_broker_config, parse_broker_config, run_keybroker

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tdxfl.attestation.simulated import SimulatedAttester
-from tdxfl.demo import free_port
+from fedtools import free_port
 from tdxfl.keybroker.audit import verify_chain
 from tdxfl.keybroker.client import BrokerUnavailable, KeyRefused, fetch_key
 from tdxfl.transport.attested import AttestationRefused

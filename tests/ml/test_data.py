@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tdxfl.engine.data import batches
 from tdxfl.ml.data import (
     Dataset,
     UnsafePickleError,
-    batches,
     load_cifar10,
     load_dataset,
     load_digits,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from tdxfl.core.optimizers import Adam
-from tdxfl.ml.data import batches, load_digits
+from tdxfl.engine.optimizers import Adam
+from tdxfl.engine.data import batches
+from tdxfl.ml.data import load_digits
 from tdxfl.ml.torch_adapter import TorchAdapter
 from tdxfl.ml.torch_models import build_torch_model
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tdxfl.core.records import TensorSet
+from tdxfl.engine.records import TensorSet
 from tdxfl.store import sealed
 from tdxfl.store.keys import derive_store_key
 from tdxfl.store.model_store import (

@@ -9,7 +9,7 @@ import struct
 import numpy as np
 import pytest
 
-from tdxfl.core.records import TensorSet, TensorSpec
+from tdxfl.engine.records import TensorSet, TensorSpec
 from tdxfl.store.tensors_codec import CODEC_MAGIC, TensorCodecError, decode_tensor_set, encode_tensor_set
 
 

@@ -10,8 +10,11 @@ import pytest
 
 from tdxfl.attestation.ratls import TlsIdentity, tls_name
 from tdxfl.config import Federation
-from tdxfl.party import PartyContext, party_context
-from tdxfl.transport.attested import AttestationRefused, AttestedServer, connect, fetch_server_certificate, role_table
+from tdxfl.errors import AttestationRefused
+from tdxfl.transport.attested import AttestedServer, connect, fetch_server_certificate, role_table
+from tdxfl.wiring.party import PartyContext, party_context
+
+WORKERS = ["worker-1", "worker-2"]
 from tdxfl.transport.proto import tdxfl_pb2 as pb
 from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
 
@@ -22,30 +25,30 @@ class Echo(pb_grpc.ParameterServerServicer):
 
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
         peer = self.server.peer_of(context)
-        return pb.JoinReply(config_digest=peer.party)
+        return pb.JoinReply(worker_index=WORKERS.index(peer.party))
 
 
 @pytest.fixture
 def served(make_federation: Callable[..., Federation]) -> Iterator[tuple[Federation, AttestedServer, PartyContext]]:
     fed = make_federation()
     ctx = party_context(fed, "ps")
-    server = AttestedServer("ps", ctx.attester, ctx.peer_verifier(fed, "workers"), fed.ps.address, fed.ps.enroll_address,
-                            roles=role_table([("worker-1", "worker"), ("worker-2", "worker")]))
+    server = AttestedServer("ps", ctx.attester, ctx.peer_verifier(fed.policy_for("workers")), "127.0.0.1:0", "127.0.0.1:0",
+                            roles=role_table([(w, "worker") for w in WORKERS]))
     pb_grpc.add_ParameterServerServicer_to_server(Echo(server), server.main)
     server.start()
-    yield fed, server, ctx
+    yield fed.with_ps_addresses(f"127.0.0.1:{server.port}", f"127.0.0.1:{server.enroll_port}", fed.ps.data_address), server, ctx
     server.stop(None)
 
 
 def dial(fed: Federation, name: str) -> grpc.Channel:
     ctx = party_context(fed, name)
-    return connect(name, "worker", ctx.attester, ctx.peer_verifier(fed, "ps"), "ps", fed.ps.address, fed.ps.enroll_address).channel
+    return connect(name, "worker", ctx.attester, ctx.peer_verifier(fed.policy_for("ps")), "ps", fed.ps.address, fed.ps.enroll_address).channel
 
 
 def test_mutual_attestation_then_rpc_identifies_the_peer(served: tuple[Federation, AttestedServer, PartyContext]) -> None:
     fed, server, ps_ctx = served
     channel = dial(fed, "worker-1")
-    assert pb_grpc.ParameterServerStub(channel).Join(pb.JoinRequest(), timeout=10).config_digest == "worker-1"
+    assert pb_grpc.ParameterServerStub(channel).Join(pb.JoinRequest(), timeout=10).worker_index == 0
     assert [(d.verifier, d.peer, d.result) for d in ps_ctx.decisions.decisions] == [("ps", "worker-1", "accepted")]
     assert [p.party for p in server.enrolled()] == ["worker-1"]
 
@@ -82,9 +85,9 @@ def test_unknown_party_or_wrong_role_is_refused(served: tuple[Federation, Attest
     fed, _, _ = served
     ctx = party_context(fed, "worker-1")
     with pytest.raises(AttestationRefused, match="may not enroll as 'ps'"):
-        connect("worker-1", "ps", ctx.attester, ctx.peer_verifier(fed, "ps"), "ps", fed.ps.address, fed.ps.enroll_address)
+        connect("worker-1", "ps", ctx.attester, ctx.peer_verifier(fed.policy_for("ps")), "ps", fed.ps.address, fed.ps.enroll_address)
     with pytest.raises(AttestationRefused, match="'mallory' may not enroll"):
-        connect("mallory", "worker", ctx.attester, ctx.peer_verifier(fed, "ps"), "ps", fed.ps.address, fed.ps.enroll_address)
+        connect("mallory", "worker", ctx.attester, ctx.peer_verifier(fed.policy_for("ps")), "ps", fed.ps.address, fed.ps.enroll_address)
 
 
 def test_worker_refuses_ps_with_wrong_measurement(served: tuple[Federation, AttestedServer, PartyContext], make_federation: Callable[..., Federation]) -> None:
@@ -92,7 +95,7 @@ def test_worker_refuses_ps_with_wrong_measurement(served: tuple[Federation, Atte
     strict = make_federation(policy={"ps": {"tee": ["simulated"], "mrtd": ["00" * 48]}})
     ctx = party_context(strict, "worker-1")
     with pytest.raises(AttestationRefused, match="we refused ps: MRTD"):
-        connect("worker-1", "worker", ctx.attester, ctx.peer_verifier(strict, "ps"), "ps", fed.ps.address, fed.ps.enroll_address)
+        connect("worker-1", "worker", ctx.attester, ctx.peer_verifier(strict.policy_for("ps")), "ps", fed.ps.address, fed.ps.enroll_address)
 
 
 def test_re_enrollment_replaces_the_old_certificate(served: tuple[Federation, AttestedServer, PartyContext]) -> None:
@@ -100,6 +103,6 @@ def test_re_enrollment_replaces_the_old_certificate(served: tuple[Federation, At
     first = dial(fed, "worker-1")
     second = dial(fed, "worker-1")  # e.g. the worker restarted
     assert len(server.enrolled()) == 1
-    assert pb_grpc.ParameterServerStub(second).Join(pb.JoinRequest(), timeout=10).config_digest == "worker-1"
+    assert pb_grpc.ParameterServerStub(second).Join(pb.JoinRequest(), timeout=10).worker_index == 0
     with pytest.raises(grpc.RpcError):
         pb_grpc.ParameterServerStub(first).Join(pb.JoinRequest(), timeout=5)

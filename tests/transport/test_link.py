@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -15,14 +14,23 @@ import pytest
 from tdxfl.attestation.ratls import TlsIdentity, tls_name
 from tdxfl.client.model_link import ModelLink
 from tdxfl.config import Federation
-from tdxfl.core.records import RecordError, TensorSet
-from tdxfl.party import PartyContext, party_context
-from tdxfl.server.rounds import RoundState
-from tdxfl.server.service import ParameterServerService
-from tdxfl.transport.attested import AttestedChannel, AttestedServer, connect, role_table, split_address
-from tdxfl.transport.link import LinkError, LinkServer, TlsStream, open_link
+from tdxfl.engine.records import TensorSet
+from tdxfl.errors import RecordError
+from fedtools import eventually
+
+from tdxfl.engine.rounds import RoundState
+from tdxfl.engine.strategy import FedAvg, LocalTraining
+from tdxfl.errors import LinkError
+from tdxfl.server.fleet import AttestedFleet
+from tdxfl.transport.attested import AttestedChannel, connect, split_address
+from tdxfl.transport.link import TlsStream, open_link
 from tdxfl.transport.proto import tdxfl_pb2 as pb
-from tdxfl.transport.tensors import Assembler, StreamError, WireTensors, as_dtype, decode_header, to_wire
+from tdxfl.transport.tensors import Assembler, WireTensors, decode_header, to_wire
+from tdxfl.wiring.party import PartyContext, party_context
+from tdxfl.wiring.ps import attested_fleet
+
+MODEL, DONE = pb.TENSOR_KIND_MODEL, pb.TENSOR_KIND_DONE
+WEIGHTS, GRADIENTS = pb.TENSOR_KIND_WEIGHTS, pb.TENSOR_KIND_GRADIENTS
 
 
 class WireReader:
@@ -51,67 +59,68 @@ def big_set(seed: int) -> TensorSet:
 
 @dataclass
 class Ps:
-    fed: Federation
+    fed: Federation  # with the ports the PS bound
     ctx: PartyContext
-    server: AttestedServer
-    rounds: RoundState
-    links: LinkServer
+    fleet: AttestedFleet
+
+    @property
+    def rounds(self) -> RoundState[WireTensors]:
+        return self.fleet.state
+
+
+def start_ps(fed: Federation, *, max_handshakes: int = 64) -> Ps:
+    """The PS's attested fleet (FedAvg: updates are weights) for ``big_set`` models, on port 0."""
+    ctx = party_context(fed, "ps")
+    fleet = attested_fleet(fed, ctx, big_set(0).specs, FedAvg(LocalTraining(1, 0.1)), max_handshakes=max_handshakes)
+    a = fleet.addresses
+    fleet.start()
+    return Ps(fed.with_ps_addresses(a.address, a.enroll_address, a.data_address), ctx, fleet)
 
 
 @pytest.fixture
 def ps(make_federation: Callable[..., Federation]) -> Iterator[Ps]:
-    fed = make_federation()
-    ctx = party_context(fed, "ps")
-    server = AttestedServer("ps", ctx.attester, ctx.peer_verifier(fed, "workers"), fed.ps.address, fed.ps.enroll_address,
-                            roles=role_table([("worker-1", "worker"), ("worker-2", "worker")]))
-    model = big_set(0)
-    rounds = RoundState(model.specs, "weights")
-    service = ParameterServerService(fed, server, rounds)
-    links = LinkServer(split_address(fed.ps.data_address), server.link_context, server.link_party, service.serve_link,
-                       server.link_refused)
-    server.start()
-    links.start()
-    yield Ps(fed, ctx, server, rounds, links)
-    links.stop()
-    server.stop(None)
+    running = start_ps(make_federation())
+    yield running
+    running.fleet.stop(linger=0)
 
 
 def enroll(ps: Ps, name: str) -> AttestedChannel:
     ctx = party_context(ps.fed, name)
-    return connect(name, "worker", ctx.attester, ctx.peer_verifier(ps.fed, "ps"), "ps", ps.fed.ps.address, ps.fed.ps.enroll_address)
+    policy = ps.fed.policy_for("ps")
+    return connect(name, "worker", ctx.attester, ctx.peer_verifier(policy), "ps", ps.fed.ps.address, ps.fed.ps.enroll_address)
 
 
 def test_header_validation_refuses_bad_dtypes_and_sizes() -> None:
     ts = TensorSet.from_arrays(["a", "b"], [np.arange(5, dtype=np.float32), np.ones((3, 7), np.float64)])
-    wire = to_wire("weights", 4, ts, num_samples=3)
+    wire = to_wire(WEIGHTS, 4, ts, num_samples=3)
     header = decode_header(wire.header)
-    assert (header.kind, header.version, header.num_samples, header.specs) == ("weights", 4, 3, ts.specs)
+    assert (header.kind, header.version, header.num_samples, header.specs) == (WEIGHTS, 4, 3, ts.specs)
     assert wire.nbytes == ts.nbytes and [bytes(v) for v in wire.views()] == [a.tobytes() for a in ts.arrays]
     bad = pb.TensorHeader()
     bad.CopyFrom(wire.header)
     bad.total_bytes = 1
-    with pytest.raises(StreamError, match="header says"):
+    with pytest.raises(RecordError, match="header says"):
         decode_header(bad)
-    with pytest.raises(StreamError, match="dtype"):
-        decode_header(pb.TensorHeader(kind="weights", tensors=[pb.TensorSpec(name="x", dtype="object", shape=[1])]))
-    with pytest.raises(StreamError, match="negative"):
-        decode_header(pb.TensorHeader(kind="weights", tensors=[pb.TensorSpec(name="x", dtype="uint8", shape=[-1])]))
-    with pytest.raises(StreamError, match="exceeds"):
-        decode_header(pb.TensorHeader(kind="weights", tensors=[pb.TensorSpec(name="x", dtype="float64", shape=[1 << 31])],
+    with pytest.raises(RecordError, match="dtype"):
+        decode_header(pb.TensorHeader(kind=WEIGHTS, tensors=[pb.TensorSpec(name="x", dtype="object", shape=[1])]))
+    with pytest.raises(RecordError, match="negative"):
+        decode_header(pb.TensorHeader(kind=WEIGHTS, tensors=[pb.TensorSpec(name="x", dtype="uint8", shape=[-1])]))
+    with pytest.raises(RecordError, match="exceeds"):
+        decode_header(pb.TensorHeader(kind=WEIGHTS, tensors=[pb.TensorSpec(name="x", dtype="float64", shape=[1 << 31])],
                                       total_bytes=8 << 31))
 
 
 @pytest.mark.parametrize("wire_dtype, atol", [("float16", 1e-3), ("bfloat16", 1e-2)])
 def test_half_precision_wire_dtypes_halve_bytes_and_keep_nan_checks(wire_dtype: str, atol: float) -> None:
     ts = TensorSet.from_arrays(["a", "n"], [np.linspace(-1, 1, 1000, dtype=np.float32), np.arange(3, dtype=np.int64)])
-    wire = to_wire("gradients", 0, ts, wire_dtype=wire_dtype)
+    wire = to_wire(GRADIENTS, 0, ts, wire_dtype=wire_dtype)
     assert wire.nbytes == 2000 + 24 and wire.header.tensors[0].dtype == wire_dtype and wire.header.tensors[1].dtype == "int64"
 
-    out = as_dtype(Assembler(decode_header(wire.header).specs).fill(WireReader(wire), check_finite=True), ts.specs)
+    out = Assembler(decode_header(wire.header).specs).fill(WireReader(wire), check_finite=True).cast_to(ts.specs)
     assert out.arrays[0].dtype == np.float32
     np.testing.assert_allclose(out.arrays[0], ts.arrays[0], atol=atol)
     ts.arrays[0][500] = np.nan
-    wire = to_wire("gradients", 0, ts, wire_dtype=wire_dtype)
+    wire = to_wire(GRADIENTS, 0, ts, wire_dtype=wire_dtype)
     with pytest.raises(RecordError, match="NaN"):
         Assembler(decode_header(wire.header).specs).fill(WireReader(wire), check_finite=True)
 
@@ -121,7 +130,7 @@ def test_100mb_model_and_update_roundtrip_over_the_link(ps: Ps) -> None:
     assert model.nbytes >= 100 * 2**20
     channel = enroll(ps, "worker-1")
     link = ModelLink(channel.open_link(ps.fed.ps.data_address))
-    ps.rounds.publish(0, to_wire("weights", 0, model))
+    ps.rounds.publish(0, to_wire(MODEL, 0, model))
     header, pulled = link.pull(-1)
     assert header.version == 0
     for x, y in zip(model.arrays, pulled.arrays):
@@ -131,7 +140,7 @@ def test_100mb_model_and_update_roundtrip_over_the_link(ps: Ps) -> None:
     t = threading.Thread(target=lambda: collected.update(r=ps.rounds.collect(1, 60, fail_on_timeout=True, grace=0)))
     ps.rounds.join("worker-1")
     t.start()
-    reply = link.push("weights", 0, update, num_samples=5, metrics={"loss": 0.5})
+    reply = link.push(WEIGHTS, 0, update, num_samples=5, metrics={"loss": 0.5})
     assert reply.accepted, reply.reason
     t.join(60)
     result = collected["r"]
@@ -139,7 +148,7 @@ def test_100mb_model_and_update_roundtrip_over_the_link(ps: Ps) -> None:
         np.testing.assert_allclose(x, y, rtol=1e-6)
     assert ps.rounds.bytes_in == update.nbytes and ps.rounds.bytes_out >= model.nbytes
     ps.rounds.finish()
-    assert link.pull(0)[0].kind == "done"
+    assert link.pull(0)[0].kind == DONE
     link.close()
     channel.close()
 
@@ -148,19 +157,19 @@ def test_bad_updates_are_refused_with_reasons_and_the_link_survives_them(ps: Ps)
     model = big_set(0)
     channel = enroll(ps, "worker-1")
     link = ModelLink(channel.open_link(ps.fed.ps.data_address))
-    ps.rounds.publish(0, to_wire("weights", 0, model))
+    ps.rounds.publish(0, to_wire(MODEL, 0, model))
     _, weights = link.pull(-1)
     wrong = TensorSet.from_arrays([s.name for s in weights.specs], [np.zeros(3, np.float32)] * len(weights.specs))
-    assert "shape" in link.push("weights", 0, wrong, num_samples=1, metrics={}).reason
+    assert "shape" in link.push(WEIGHTS, 0, wrong, num_samples=1, metrics={}).reason
     renamed = TensorSet.from_arrays(["x"] * len(weights.specs), weights.arrays)
-    assert "expected" in link.push("weights", 0, renamed, num_samples=1, metrics={}).reason
+    assert "expected" in link.push(WEIGHTS, 0, renamed, num_samples=1, metrics={}).reason
     nan = TensorSet(weights.specs, [np.full_like(a, np.nan) for a in weights.arrays])
-    assert "NaN" in link.push("weights", 0, nan, num_samples=1, metrics={}).reason
+    assert "NaN" in link.push(WEIGHTS, 0, nan, num_samples=1, metrics={}).reason
     sent = ps.rounds.bytes_in
-    assert "stale" in link.push("weights", 7, weights, num_samples=1, metrics={}).reason
-    assert "expects 'weights'" in link.push("gradients", 0, weights, num_samples=1, metrics={}).reason
-    assert link.push("weights", 0, weights, num_samples=1, metrics={}).accepted  # same link, still good
-    assert "already sent" in link.push("weights", 0, weights, num_samples=1, metrics={}).reason
+    assert "stale" in link.push(WEIGHTS, 7, weights, num_samples=1, metrics={}).reason
+    assert "expects 'weights'" in link.push(GRADIENTS, 0, weights, num_samples=1, metrics={}).reason
+    assert link.push(WEIGHTS, 0, weights, num_samples=1, metrics={}).accepted  # same link, still good
+    assert "already sent" in link.push(WEIGHTS, 0, weights, num_samples=1, metrics={}).reason
     assert ps.rounds.bytes_in == sent + weights.nbytes  # refused offers moved no data
     step = ps.rounds.collect(1, 5, fail_on_timeout=True, grace=0)
     assert step.contributors == ["worker-1"] and "worker-1" not in step.rejected  # stale offers blame nobody
@@ -171,17 +180,17 @@ def test_bad_updates_are_refused_with_reasons_and_the_link_survives_them(ps: Ps)
 def test_an_update_that_breaks_off_is_recorded_and_a_new_link_works(ps: Ps) -> None:
     model = big_set(0)
     channel, honest = enroll(ps, "worker-1"), enroll(ps, "worker-2")
-    ps.rounds.publish(0, to_wire("weights", 0, model))
+    ps.rounds.publish(0, to_wire(MODEL, 0, model))
     link = channel.open_link(ps.fed.ps.data_address)
     ModelLink(link).pull(-1)
-    wire = to_wire("weights", 0, model, num_samples=1)
+    wire = to_wire(WEIGHTS, 0, model, num_samples=1)
     link.send(pb.LinkRequest(push=wire.header))
     assert link.recv(pb.PushGrant).granted
     link.send_raw([wire.views()[0]])  # a part of the data, then the worker "crashes"
     link.close()
     good = ModelLink(honest.open_link(ps.fed.ps.data_address))
     _, weights = good.pull(-1)
-    assert good.push("weights", 0, weights, num_samples=1, metrics={}).accepted
+    assert good.push(WEIGHTS, 0, weights, num_samples=1, metrics={}).accepted
     step = ps.rounds.collect(1, 10, fail_on_timeout=True, grace=0)  # waits for worker-1's outcome
     assert step.contributors == ["worker-2"] and "broke off" in step.rejected["worker-1"]
     again = ModelLink(channel.open_link(ps.fed.ps.data_address))
@@ -213,10 +222,9 @@ def test_unenrolled_certificate_is_refused_and_logged(ps: Ps) -> None:
         link.send(pb.LinkRequest(pull=pb.PullRequest(after_version=-1)))
         link.recv(pb.TensorHeader)
     link.close()
-    deadline = time.monotonic() + 5
-    while not (refusals := [d for d in ps.ctx.decisions.decisions if d.result == "refused"]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert refusals and "tensor link" in refusals[-1].peer and "certificate" in refusals[-1].reason
+    assert eventually(lambda: any(d.result == "refused" for d in ps.ctx.decisions.decisions), timeout=5)
+    refusals = [d for d in ps.ctx.decisions.decisions if d.result == "refused"]
+    assert "tensor link" in refusals[-1].peer and "certificate" in refusals[-1].reason
     channel.close()
 
 
@@ -270,47 +278,37 @@ def test_client_refuses_a_server_other_than_the_attested_one(ps: Ps) -> None:
 def test_nan_is_found_while_data_arrives_and_every_byte_is_still_read() -> None:
     ts = TensorSet.from_arrays(["a", "b"], [np.ones(200_000, np.float32), np.arange(10, dtype=np.int64)])
     ts.arrays[0][150_000] = np.inf
-    wire = to_wire("gradients", 0, ts)
+    wire = to_wire(GRADIENTS, 0, ts)
     read_into = WireReader(wire)
     with pytest.raises(RecordError, match="'a' holds NaN or infinite"):
         Assembler(decode_header(wire.header).specs).fill(read_into, check_finite=True)
     assert read_into.left() == 0  # the stream stays in step: the rest was read, not left behind
     ts.arrays[0][150_000] = 1.0
-    out = Assembler(decode_header(wire.header).specs).fill(WireReader(to_wire("gradients", 0, ts)), check_finite=True)
+    out = Assembler(decode_header(wire.header).specs).fill(WireReader(to_wire(GRADIENTS, 0, ts)), check_finite=True)
     np.testing.assert_array_equal(out.arrays[1], ts.arrays[1])
 
 
 def test_a_party_has_one_link_and_handshakes_are_bounded(make_federation: Callable[..., Federation]) -> None:
     """Whoever connects cannot make the PS hold unbounded threads: idle TCP connections beyond
     the handshake cap are closed at once, and a party's second link closes its first."""
-    fed = make_federation()
-    ctx = party_context(fed, "ps")
-    server = AttestedServer("ps", ctx.attester, ctx.peer_verifier(fed, "workers"), fed.ps.address, fed.ps.enroll_address,
-                            roles=role_table([("worker-1", "worker")]))
-    rounds = RoundState(big_set(0).specs, "weights")
-    service = ParameterServerService(fed, server, rounds)
-    links = LinkServer(split_address(fed.ps.data_address), server.link_context, server.link_party, service.serve_link,
-                       server.link_refused, max_handshakes=2)
-    server.start()
-    links.start()
+    ps = start_ps(make_federation(), max_handshakes=2)
+    data = split_address(ps.fed.ps.data_address)
     try:
-        idle = [socket.create_connection(split_address(fed.ps.data_address)) for _ in range(3)]
+        idle = [socket.create_connection(data) for _ in range(3)]
         idle[2].settimeout(5)
         assert idle[2].recv(1) == b""  # the third is closed at once: two handshakes are pending
         for s in idle:
             s.close()
-        time.sleep(0.3)
-        w = party_context(fed, "worker-1")
-        channel = connect("worker-1", "worker", w.attester, w.peer_verifier(fed, "ps"), "ps", fed.ps.address, fed.ps.enroll_address)
-        first = channel.open_link(fed.ps.data_address)
-        second = ModelLink(channel.open_link(fed.ps.data_address))
+        assert eventually(lambda: ps.fleet.links.handshakes_in_progress == 0, timeout=15)
+        channel = enroll(ps, "worker-1")
+        first = channel.open_link(ps.fed.ps.data_address)
+        second = ModelLink(channel.open_link(ps.fed.ps.data_address))
         with pytest.raises(LinkError, match="closed"):
             first.recv(pb.PushGrant)
-        rounds.publish(0, to_wire("weights", 0, big_set(0)))
+        ps.rounds.publish(0, to_wire(MODEL, 0, big_set(0)))
         assert second.pull(-1)[0].version == 0
-        assert any("too many TLS handshakes" in d.reason for d in ctx.decisions.decisions)
+        assert any("too many TLS handshakes" in d.reason for d in ps.ctx.decisions.decisions)
         second.close()
         channel.close()
     finally:
-        links.stop()
-        server.stop(None)
+        ps.fleet.stop(linger=0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tdxfl.transport.attested import AttestationRefused
+from tdxfl.errors import AttestationRefused, Unavailable
 from tdxfl.transport.retry import with_backoff
 
 
@@ -17,15 +17,19 @@ def test_retries_transient_errors_then_succeeds() -> None:
             raise ConnectionRefusedError("not up yet")
         return "ok"
 
-    assert with_backoff(attempt, what="peer", retries=5, backoff_s=0.01) == "ok" and len(calls) == 3
+    slept: list[float] = []
+    assert with_backoff(attempt, what="peer", retries=5, backoff_s=0.5, sleep=slept.append) == "ok" and len(calls) == 3
+    assert slept == [0.5, 1.0]  # exponential backoff
 
 
 def test_gives_up_with_a_clear_error() -> None:
     def attempt() -> None:
         raise ConnectionRefusedError("down")
 
-    with pytest.raises(ConnectionError, match="peer unreachable after 3 attempts"):
-        with_backoff(attempt, what="peer", retries=2, backoff_s=0.01)
+    slept: list[float] = []
+    with pytest.raises(Unavailable, match="peer unreachable after 4 attempts"):
+        with_backoff(attempt, what="peer", retries=3, backoff_s=4.0, max_backoff_s=10.0, sleep=slept.append)
+    assert slept == [4.0, 8.0, 10.0]  # capped
 
 
 @pytest.mark.parametrize("error", [AttestationRefused("we refused ps: MRTD"), PermissionError("denied")])
@@ -37,5 +41,5 @@ def test_refusals_are_not_retried(error: Exception) -> None:
         raise error
 
     with pytest.raises(type(error)):
-        with_backoff(attempt, what="peer", retries=5, backoff_s=0.01)
+        with_backoff(attempt, what="peer", retries=5, backoff_s=0.01, sleep=lambda s: None)
     assert len(calls) == 1

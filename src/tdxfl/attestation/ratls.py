@@ -23,6 +23,7 @@ from cryptography.x509.oid import NameOID
 from tdxfl.attestation.decisions import Decision, DecisionLog
 from tdxfl.attestation.evidence import (
     TAGGED_EVIDENCE_OID,
+    SIMULATED_EVIDENCE_TAG,
     TDX_EVIDENCE_TAG,
     Claims,
     TaggedEvidence,
@@ -172,6 +173,10 @@ class Appraisal:
     decision: Decision
 
 
+#: evidence kinds by CBOR tag, to name them in a refusal even where no verifier for them exists
+_KIND_OF_TAG = {TDX_EVIDENCE_TAG: "tdx", SIMULATED_EVIDENCE_TAG: "simulated"}
+
+
 class PeerVerifier:
     """Appraises peers' RA-TLS certificates and fresh evidence against one policy."""
 
@@ -196,7 +201,7 @@ class PeerVerifier:
     def verify_genuine(self, evidence: TaggedEvidence, spki_der: bytes, nonce: bytes | None = None) -> VerifiedEvidence:
         """Check the evidence kind is acceptable, the quote genuine and bound to the key and nonce."""
         verifier = self._verifiers.get(evidence.tag)
-        kind = verifier.tee if verifier else ("tdx" if evidence.tag == TDX_EVIDENCE_TAG else f"tag {evidence.tag}")
+        kind = verifier.tee if verifier else _KIND_OF_TAG.get(evidence.tag, f"tag {evidence.tag}")
         refusal = self.policy.tee_refusal(kind)
         if refusal:
             raise AttestationError(refusal)

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import click
 
-from tdxfl.config import ConfigError, Federation, load_federation
+from tdxfl.config import Federation, load_federation
+from tdxfl.engine.kinds import Mode
+from tdxfl.errors import ConfigError, TdxflError
 
 _federation_option = click.option(
     "-f", "--federation", "federation_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -60,18 +62,15 @@ def _before_exit() -> None:
 @click.option("--no-live", is_flag=True, help="No live progress display.")
 def ps(federation_file: Path, overrides: tuple[str, ...], name: str | None, workdir: Path | None, no_live: bool) -> None:
     """Run the parameter server."""
-    from tdxfl.keybroker.client import KeyRefused
-    from tdxfl.party import party_context
-    from tdxfl.server.ps import run_parameter_server
-    from tdxfl.server.rounds import FederationError
-    from tdxfl.transport.attested import AttestationRefused
+    from tdxfl.wiring.party import party_context
+    from tdxfl.wiring.ps import run_parameter_server
 
     fed = _load(federation_file, overrides)
     ctx = party_context(fed, name or fed.ps.name, workdir)
     _preload_training_stack(fed)
     try:
         result = run_parameter_server(fed, ctx, live=not no_live)
-    except (FederationError, ConfigError, AttestationRefused, KeyRefused, ConnectionError) as e:
+    except TdxflError as e:
         click.echo(f"tdxfl ps: {e}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
@@ -89,17 +88,15 @@ def ps(federation_file: Path, overrides: tuple[str, ...], name: str | None, work
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None)
 def worker(federation_file: Path, overrides: tuple[str, ...], name: str, workdir: Path | None) -> None:
     """Run a worker."""
-    from tdxfl.client.worker import run_worker
-    from tdxfl.keybroker.client import KeyRefused
-    from tdxfl.party import party_context
-    from tdxfl.transport.attested import AttestationRefused
+    from tdxfl.wiring.party import party_context
+    from tdxfl.wiring.worker import run_worker
 
     fed = _load(federation_file, overrides)
     ctx = party_context(fed, name, workdir)
     _preload_training_stack(fed)
     try:
         result = run_worker(fed, ctx)
-    except (AttestationRefused, KeyRefused, ConnectionError, ConfigError) as e:
+    except TdxflError as e:
         click.echo(f"tdxfl worker {name}: {e}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
@@ -114,14 +111,14 @@ def worker(federation_file: Path, overrides: tuple[str, ...], name: str, workdir
               help="Run directory (default: a new directory under ./runs).")
 @click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the run summary as JSON here.")
-@click.option("--mode", type=click.Choice(["sync-gradients", "fedavg"]), default="sync-gradients")
+@click.option("--mode", type=click.Choice([m.value for m in Mode]), default=Mode.SYNC_GRADIENTS.value)
 @_set_option
 def demo(workdir: Path | None, summary_json: Path | None, mode: str, overrides: tuple[str, ...]) -> None:
     """Run a whole federation on this machine: 1 PS + 2 workers, simulated TDs, digits data."""
-    from tdxfl.demo import run_demo
+    from tdxfl.wiring.demo import run_demo
 
     try:
-        summary = run_demo(workdir, mode=mode, overrides=overrides)
+        summary = run_demo(workdir, mode=Mode(mode), overrides=overrides)
     except KeyboardInterrupt:
         click.echo("tdxfl demo: interrupted; all parties stopped", err=True)
         sys.exit(130)

@@ -21,7 +21,7 @@ import click
 import numpy as np
 
 if TYPE_CHECKING:  # at run time only load_sealed needs it (via the store): keeps `tdxfl` start-up light
-    from tdxfl.core.records import TensorSet
+    from tdxfl.engine.records import TensorSet
 
 _FILE = click.Path(dir_okay=False, exists=True, path_type=Path)
 _PATH = click.Path(dir_okay=False, path_type=Path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from tdxfl.core.records import TensorSet
+from tdxfl.engine.records import TensorSet
 from tdxfl.transport.link import TensorLink
 from tdxfl.transport.proto import tdxfl_pb2 as pb
 from tdxfl.transport.tensors import Assembler, Header, decode_header, to_wire
@@ -18,10 +18,11 @@ class ModelLink:
         self._model: Assembler | None = None
 
     def pull(self, after_version: int) -> tuple[Header, TensorSet]:
-        """The first model version after ``after_version`` (waits for it); kind "done" ends training.
+        """The first model version after ``after_version`` (waits for it); kind
+        ``TENSOR_KIND_DONE`` ends training.
 
         The tensors live in buffers that the next ``pull`` reuses (fresh memory would cost page
-        faults on every step): use or copy them before pulling again. StreamError when the
+        faults on every step): use or copy them before pulling again. RecordError when the
         header is malformed, LinkError when the link breaks.
         """
         self.link.send(pb.LinkRequest(pull=pb.PullRequest(after_version=after_version)))
@@ -32,7 +33,7 @@ class ModelLink:
 
     def push(
         self,
-        kind: str,
+        kind: pb.TensorKind.ValueType,
         version: int,
         update: TensorSet,
         *,

@@ -12,16 +12,14 @@ import logging
 import grpc
 
 from tdxfl.attestation.interfaces import Attester
-from tdxfl.attestation.policy import Policy
 from tdxfl.attestation.ratls import PeerVerifier
-from tdxfl.party import PartyContext
 from tdxfl.store.sealed import KEY_SIZE
 from tdxfl.transport.attested import AttestationRefused, connect
 from tdxfl.transport.retry import is_transient, with_backoff
 from tdxfl.transport.proto import keybroker_pb2 as kb
 from tdxfl.transport.proto import keybroker_pb2_grpc as kb_grpc
 
-__all__ = ["DEFAULT_BROKER_PARTY", "BrokerUnavailable", "KeyRefused", "fetch_key", "fetch_key_for"]
+__all__ = ["DEFAULT_BROKER_PARTY", "BrokerUnavailable", "KeyRefused", "fetch_key"]
 
 log = logging.getLogger(__name__)
 DEFAULT_BROKER_PARTY = "keybroker"
@@ -112,37 +110,3 @@ def fetch_key(
         raise BrokerUnavailable(str(e)) from e
     log.info("fetched key %r from key broker %s", key_name, broker_party)
     return key
-
-
-def fetch_key_for(
-    ctx: PartyContext,
-    broker_policy: Policy,
-    key_name: str,
-    broker_address: str,
-    enroll_address: str,
-    *,
-    broker_party: str = DEFAULT_BROKER_PARTY,
-    retries: int = 10,
-    backoff_s: float = 0.5,
-    max_backoff_s: float = 10.0,
-    timeout: float = 30.0,
-) -> bytes:
-    """``fetch_key`` for a federation party: its name, role, attester, verifiers and decision log.
-
-    ``broker_policy`` is what this party demands of the broker's TD (e.g. ``[policy.keybroker]``).
-    """
-    verifier = PeerVerifier(ctx.name, broker_policy, ctx.verifiers, ctx.decisions)
-    return fetch_key(
-        ctx.name,
-        ctx.role,
-        ctx.attester,
-        verifier,
-        key_name,
-        broker_address,
-        enroll_address,
-        broker_party=broker_party,
-        retries=retries,
-        backoff_s=backoff_s,
-        max_backoff_s=max_backoff_s,
-        timeout=timeout,
-    )

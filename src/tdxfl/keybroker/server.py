@@ -163,10 +163,10 @@ def start_keybroker(
     verifiers: list[Verifier] | None = None,
 ) -> KeyBroker:
     """Start serving ``keystore`` per ``config``; ``attester``/``verifiers`` default from ``[attestation]``."""
-    from tdxfl.party import make_attester, make_verifiers
+    from tdxfl.wiring.party import make_attester, verifiers_for
 
     attester = attester or make_attester(config.attestation)
-    verifiers = verifiers if verifiers is not None else make_verifiers(config.attestation)
+    verifiers = verifiers if verifiers is not None else verifiers_for(config.policy, config.attestation)
     config.decisions_log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     decisions = DecisionLog(config.decisions_log)
     audit = AuditLog(config.audit_log, mac_key=keystore.audit_mac_key())

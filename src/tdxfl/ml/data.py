@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import pickle
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -269,28 +268,3 @@ def partition(
             out[k] = out[donor][pick : pick + 1].copy()
             out[donor] = np.delete(out[donor], pick)
     return [np.sort(s) for s in out]
-
-
-def batches(
-    x: np.ndarray, y: np.ndarray, batch_size: int, seed: int = 0
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield shuffled ``(x, y)`` minibatches forever, all of exactly ``batch_size`` samples.
-
-    Epochs are reshuffled and chained, so a batch may straddle an epoch boundary (no short last
-    batch: a fixed shape keeps compiled training steps from retracing). If ``batch_size`` exceeds
-    the number of samples, a batch repeats samples.
-    """
-    n = len(x)
-    if n == 0:
-        raise ValueError("cannot draw batches from an empty data set")
-    if len(y) != n:
-        raise ValueError(f"{n} inputs but {len(y)} labels")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    rng = np.random.default_rng(seed)
-    order = np.empty(0, dtype=np.int64)
-    while True:
-        while len(order) < batch_size:
-            order = np.concatenate([order, rng.permutation(n)])
-        idx, order = order[:batch_size], order[batch_size:]
-        yield x[idx], y[idx]

@@ -2,25 +2,39 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 
-from tdxfl.ml.adapter import ModelAdapter
+from tdxfl.engine.model import ModelAdapter
+from tdxfl.errors import ConfigError
 
-FRAMEWORKS = ("keras", "torch")
+__all__ = ["Framework", "make_adapter"]
 
 
-def make_adapter(framework: str, model: str, input_shape: Sequence[int], num_classes: int, seed: int = 0) -> ModelAdapter:
-    """A ``KerasAdapter`` or ``TorchAdapter`` around a freshly built ``model``."""
-    if framework == "keras":
+class Framework(enum.StrEnum):
+    """The ML framework a federation trains with (``training.framework``)."""
+
+    KERAS = "keras"
+    TORCH = "torch"
+
+
+def make_adapter(
+    framework: Framework | str, model: str, input_shape: Sequence[int], num_classes: int, seed: int = 0
+) -> ModelAdapter:
+    """A ``KerasAdapter`` or ``TorchAdapter`` around a freshly built ``model``; ConfigError for an
+    unknown framework or a missing PyTorch."""
+    try:
+        framework = Framework(framework)
+    except ValueError:
+        raise ConfigError(f"unknown framework {framework!r} (expected one of {[str(f) for f in Framework]})") from None
+    if framework is Framework.KERAS:
         from tdxfl.ml.keras_adapter import KerasAdapter
         from tdxfl.ml.models import build_model
 
         return KerasAdapter(build_model(model, input_shape, num_classes, seed=seed))
-    if framework == "torch":
-        try:
-            from tdxfl.ml.torch_adapter import TorchAdapter
-            from tdxfl.ml.torch_models import build_torch_model
-        except ImportError as e:
-            raise RuntimeError("training.framework = \"torch\" needs PyTorch: pip install 'tdxfl[torch]'") from e
-        return TorchAdapter(build_torch_model(model, input_shape, num_classes, seed=seed))
-    raise ValueError(f"unknown framework {framework!r} (expected one of {FRAMEWORKS})")
+    try:
+        from tdxfl.ml.torch_adapter import TorchAdapter
+        from tdxfl.ml.torch_models import build_torch_model
+    except ImportError as e:
+        raise ConfigError("training.framework = \"torch\" needs PyTorch: pip install 'tdxfl[torch]'") from e
+    return TorchAdapter(build_torch_model(model, input_shape, num_classes, seed=seed))

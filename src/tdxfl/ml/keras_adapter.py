@@ -1,4 +1,4 @@
-"""Keras 3 (TensorFlow backend) implementation of :class:`~tdxfl.ml.adapter.ModelAdapter`.
+"""Keras 3 (TensorFlow backend) implementation of :class:`~tdxfl.engine.model.ModelAdapter`.
 
 All TensorFlow-specific code of tdxfl lives here. Gradient, training and evaluation steps are
 compiled with ``tf.function(reduce_retracing=True, autograph=False)`` (see :func:`_compile`); the
@@ -20,9 +20,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tdxfl.core.records import TensorSpec  # noqa: E402
-from tdxfl.ml.adapter import ModelAdapter  # noqa: E402
-from tdxfl.ml.data import batches  # noqa: E402
+from tdxfl.engine.records import TensorSpec  # noqa: E402
+from tdxfl.engine.model import ModelAdapter  # noqa: E402
+from tdxfl.engine.data import batches  # noqa: E402
 
 __all__ = ["KerasAdapter"]
 

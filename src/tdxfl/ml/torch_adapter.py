@@ -1,4 +1,4 @@
-"""PyTorch implementation of :class:`~tdxfl.ml.adapter.ModelAdapter`.
+"""PyTorch implementation of :class:`~tdxfl.engine.model.ModelAdapter`.
 
 Weights are the module's ``state_dict`` entries in order: parameters that require gradients are
 trainable, buffers (e.g. batch-norm running statistics) are not.
@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from tdxfl.core.records import TensorSpec
-from tdxfl.ml.adapter import ModelAdapter
-from tdxfl.ml.data import batches
+from tdxfl.engine.records import TensorSpec
+from tdxfl.engine.model import ModelAdapter
+from tdxfl.engine.data import batches
 
 __all__ = ["TorchAdapter"]
 

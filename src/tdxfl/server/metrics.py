@@ -5,28 +5,14 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from types import TracebackType
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-
-@dataclass(frozen=True)
-class RoundMetrics:
-    """What the parameter server measured in one round."""
-
-    round: int
-    version: int
-    loss: float
-    accuracy: float
-    train_loss: float
-    bytes_in: int
-    bytes_out: int
-    round_s: float
-    contributors: int
-    rejected: int
+from tdxfl.engine.server import RoundMetrics
 
 
 Sealer = Callable[[Path, bytes], None]

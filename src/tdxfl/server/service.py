@@ -1,7 +1,7 @@
 """The parameter server's two faces: the gRPC ``ParameterServer`` service (``Join``, on the
 mutual-TLS federation port) and the tensor-link handler (models out, updates in, on the data
 port). Both know the attested party behind a call before anything else happens and hand the work
-to ``RoundState``; every refusal goes back to the worker with its reason."""
+to the engine's ``RoundState``; every refusal goes back to the worker with its reason."""
 
 from __future__ import annotations
 
@@ -12,17 +12,19 @@ from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 
-from tdxfl.config import Federation
-from tdxfl.core.records import RecordError, TensorSet, TensorSpec
-from tdxfl.server.rounds import RoundState
+from tdxfl.engine.records import TensorSet, TensorSpec
+from tdxfl.engine.rounds import FINISHED, RoundState
+from tdxfl.errors import LinkError, RecordError
 from tdxfl.transport.attested import AttestedServer
-from tdxfl.transport.link import LinkError, TensorLink
+from tdxfl.transport.link import TensorLink
 from tdxfl.transport.proto import tdxfl_pb2 as pb
 from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
-from tdxfl.transport.tensors import Assembler, StreamError, as_dtype, decode_header
+from tdxfl.transport.tensors import Assembler, WireTensors, decode_header, to_wire
 
 log = logging.getLogger(__name__)
 _PULL_WAIT_S = 30.0
+#: what a pull gets once training is over
+DONE = to_wire(pb.TENSOR_KIND_DONE, -1)
 
 
 class SlotTimeout(TimeoutError):
@@ -71,28 +73,37 @@ class StagingPool:
 
 
 class ParameterServerService(pb_grpc.ParameterServerServicer):
-    """The parameter server's gRPC service and tensor-link handler."""
+    """The parameter server's gRPC service and tensor-link handler.
 
-    def __init__(self, federation: Federation, server: AttestedServer, rounds: RoundState) -> None:
-        self._fed = federation
+    ``workers`` are the federation's worker names in file order (a worker's index is its
+    position); ``digest`` is the hash of the training settings every worker must share.
+    """
+
+    def __init__(
+        self,
+        server: AttestedServer,
+        rounds: RoundState[WireTensors],
+        workers: Sequence[str],
+        digest: str,
+        *,
+        max_concurrent_updates: int,
+        transfer_timeout: float,
+    ) -> None:
         self._server = server
         self._rounds = rounds
-        self._worker_index = {p.name: i for i, p in enumerate(federation.workers)}
-        self._staging = StagingPool(federation.faults.max_concurrent_updates, federation.faults.step_timeout_s)
+        self._worker_index = {name: i for i, name in enumerate(workers)}
+        self._digest = digest
+        self._staging = StagingPool(max_concurrent_updates, transfer_timeout)
 
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
         peer = self._server.peer_of(context)
-        digest = self._fed.training_digest()
-        if request.config_digest != digest:
+        if request.config_digest != self._digest:
             context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "training settings differ from the parameter server's (compare the [training] tables)",
             )
         self._rounds.join(peer.party)
-        log.info("worker %s joined", peer.party)
-        return pb.JoinReply(
-            worker_index=self._worker_index[peer.party], num_workers=len(self._worker_index), config_digest=digest
-        )
+        return pb.JoinReply(worker_index=self._worker_index[peer.party], num_workers=len(self._worker_index))
 
     # -- tensor link ----------------------------------------------------------------------
     def serve_link(self, party: str, link: TensorLink) -> None:
@@ -110,11 +121,13 @@ class ParameterServerService(pb_grpc.ParameterServerServicer):
     def _send_model(self, party: str, link: TensorLink, after_version: int) -> None:
         """The next model version, as the PS published it, or "done"."""
         while True:
-            with self._rounds.sending(party, after_version, _PULL_WAIT_S, link.close) as model:
+            with self._rounds.sending(party, after_version, _PULL_WAIT_S, link.close, _wire_bytes) as model:
                 if model is None:
                     continue
-                link.send(model.header)
-                link.send_raw(model.views())
+                wire = DONE if model is FINISHED else model
+                assert isinstance(wire, WireTensors)
+                link.send(wire.header)
+                link.send_raw(wire.views())
                 return
 
     def _receive_update(self, party: str, link: TensorLink, offered: pb.TensorHeader) -> None:
@@ -122,12 +135,13 @@ class ParameterServerService(pb_grpc.ParameterServerServicer):
         the data into it, submit."""
         try:
             header = decode_header(offered)
+            info = header.update_info()
             TensorSet(header.specs, []).check_compatible(self._rounds.specs, check_dtype=False)
-        except (StreamError, RecordError) as e:  # refused before any data moved: the link stays usable
+        except RecordError as e:  # refused before any data moved: the link stays usable
             link.send(pb.PushGrant(granted=False, reason=self._refuse(party, str(e), malformed=True).reason))
             return
         try:
-            self._rounds.check_offer(party, header.kind, header.version)
+            self._rounds.check_offer(party, info)
         except RecordError as e:  # stale or duplicate: not worth receiving, and no fault of this step
             link.send(pb.PushGrant(granted=False, reason=self._refuse(party, str(e), malformed=False).reason))
             return
@@ -142,12 +156,9 @@ class ParameterServerService(pb_grpc.ParameterServerServicer):
                 except RecordError as e:  # NaN or infinity, found as the data arrived
                     link.send(self._refuse(party, str(e), malformed=True))
                     return
-                update = as_dtype(received, self._rounds.specs)
-                weight = float(header.num_samples) if self._rounds.update_kind == "weights" else 1.0
+                update = received.cast_to(self._rounds.specs)
                 try:
-                    self._rounds.submit(
-                        party, header.kind, header.version, update, weight, header.metrics, asm.nbytes, finite_checked=True
-                    )
+                    self._rounds.submit(party, info, update, asm.nbytes, finite_checked=True)
                 except RecordError as e:  # became stale while it arrived: submit already recorded it
                     link.send(self._refuse(party, str(e), malformed=False))
                     return
@@ -161,3 +172,7 @@ class ParameterServerService(pb_grpc.ParameterServerServicer):
         if malformed:
             self._rounds.reject(party, reason)
         return pb.PushReply(accepted=False, reason=reason)
+
+
+def _wire_bytes(model: WireTensors) -> int:
+    return model.nbytes

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from tdxfl.core.records import TensorSet
+from tdxfl.engine.records import TensorSet
 from tdxfl.store.sealed import DEFAULT_CHUNK_SIZE, SealedFileError, check_key, open_sealed, seal_file
 from tdxfl.store.tensors_codec import TensorCodecError, decode_tensor_set, encode_tensor_set
 

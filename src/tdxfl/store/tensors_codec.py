@@ -1,4 +1,4 @@
-"""Pickle-free byte encoding of a :class:`~tdxfl.core.records.TensorSet` plus a JSON metadata dict.
+"""Pickle-free byte encoding of a :class:`~tdxfl.engine.records.TensorSet` plus a JSON metadata dict.
 
 Layout::
 
@@ -10,7 +10,7 @@ Layout::
     data         each tensor's raw little-endian, C-order bytes, in header order, nothing after
 
 Encoding yields views of the arrays (no concatenation); decoding allocates each array once and
-reads straight into it. Only dtypes in :data:`tdxfl.core.records.ALLOWED_DTYPES` are accepted,
+reads straight into it. Only dtypes in :data:`tdxfl.engine.records.ALLOWED_DTYPES` are accepted,
 so decoding never constructs arbitrary objects.
 """
 
@@ -24,7 +24,7 @@ from typing import Any, Final, Protocol, TypeAlias
 
 import numpy as np
 
-from tdxfl.core.records import ALLOWED_DTYPES, TensorSet, TensorSpec
+from tdxfl.engine.records import ALLOWED_DTYPES, TensorSet, TensorSpec
 
 __all__ = [
     "CODEC_MAGIC",

@@ -28,8 +28,9 @@ import grpc
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from tdxfl.attestation.decisions import Decision
-from tdxfl.attestation.interfaces import Attester, AttestationError
+from tdxfl.attestation.interfaces import Attester
 from tdxfl.attestation.ratls import PeerVerifier, TlsIdentity, certificate_evidence, load_certificate, tls_name
+from tdxfl.errors import AttestationError, AttestationRefused
 from tdxfl.transport.link import TensorLink, open_link
 from tdxfl.transport.proto import tdxfl_pb2 as pb
 from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
@@ -51,10 +52,6 @@ GRPC_OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_ping_strikes", 0),
 ]
-
-
-class AttestationRefused(Exception):
-    """A peer refused us, or we refused a peer; the message says who and why."""
 
 
 @dataclass(frozen=True)
@@ -331,6 +328,8 @@ def connect(
         )
         if not reply.accepted:
             raise AttestationRefused(f"{server_party} refused us: {reply.reason}")
+    except AttestationRefused:
+        raise
     except AttestationError as e:
         raise AttestationRefused(f"we refused {server_party}: {e}") from e
     finally:

@@ -26,6 +26,8 @@ from typing import Protocol, TypeVar, cast
 
 from google.protobuf.message import DecodeError, Message
 
+from tdxfl.errors import LinkError
+
 log = logging.getLogger(__name__)
 
 IO_BYTES = 1 << 18
@@ -34,10 +36,6 @@ MAX_MESSAGE_BYTES = 16 << 20
 HANDSHAKE_TIMEOUT_S = 10.0
 _LENGTH = struct.Struct("!I")
 M = TypeVar("M", bound=Message)
-
-
-class LinkError(ConnectionError):
-    """The link broke: closed, reset, timed out, refused, or the peer broke the protocol."""
 
 
 class ByteStream(Protocol):
@@ -238,9 +236,10 @@ class LinkServer:
         self._serve = serve
         self._refused = refused
         self._handshakes = threading.BoundedSemaphore(max_handshakes)
+        self._pending = 0  # handshakes in progress
         self._listener = socket.create_server(address)
         self.port: int = self._listener.getsockname()[1]
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._links: dict[str, TensorLink] = {}
         self._closed = False
 
@@ -259,6 +258,8 @@ class LinkServer:
                 self._refused(peer, "too many TLS handshakes in progress")
                 sock.close()
                 continue
+            with self._lock:
+                self._pending += 1
             threading.Thread(target=self._handle, args=(sock, peer), name="tensor-link", daemon=True).start()
 
     def _handle(self, sock: socket.socket, peer: str) -> None:
@@ -275,6 +276,8 @@ class LinkServer:
             sock.close()
             return
         finally:
+            with self._lock:
+                self._pending -= 1
             self._handshakes.release()
         link = TensorLink(stream)
         with self._lock:
@@ -294,7 +297,20 @@ class LinkServer:
             with self._lock:
                 if self._links.get(party) is link:
                     del self._links[party]
+                    self._lock.notify_all()
             link.close()
+
+    @property
+    def handshakes_in_progress(self) -> int:
+        """TLS handshakes running now (at most ``max_handshakes``)."""
+        with self._lock:
+            return self._pending
+
+    def wait_closed(self, timeout: float) -> bool:
+        """Wait until no link is open (every peer hung up), at most ``timeout`` seconds; whether
+        that happened."""
+        with self._lock:
+            return self._lock.wait_for(lambda: not self._links, timeout)
 
     def stop(self) -> None:
         """Stop accepting and close every open link."""

@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tdxfl.core.records import ALLOWED_DTYPES, RecordError, TensorSet, TensorSpec, is_floating
+from tdxfl.engine.fleet import UpdateInfo
+from tdxfl.engine.kinds import UpdateKind
+from tdxfl.engine.records import ALLOWED_DTYPES, TensorSet, TensorSpec, is_floating
+from tdxfl.errors import RecordError
 from tdxfl.transport.proto import tdxfl_pb2 as pb
 
 #: refuse headers announcing more than this many bytes (a malicious peer must not OOM us)
@@ -22,19 +25,32 @@ MAX_STREAM_BYTES = 8 << 30
 _CHECK_BLOCK = 1 << 16  # elements: 256 KiB of float32, well inside L2
 
 
-class StreamError(ValueError):
-    """A tensor header or its data is malformed: bad dtype or shape, wrong sizes."""
+#: the wire kind of each update kind, and back
+_UPDATE_KINDS = {UpdateKind.GRADIENTS: pb.TENSOR_KIND_GRADIENTS, UpdateKind.WEIGHTS: pb.TENSOR_KIND_WEIGHTS}
+_FROM_WIRE = {v: k for k, v in _UPDATE_KINDS.items()}
+
+
+def wire_kind(kind: UpdateKind) -> pb.TensorKind.ValueType:
+    """The ``TensorKind`` that carries updates of ``kind``."""
+    return _UPDATE_KINDS[kind]
 
 
 @dataclass
 class Header:
     """Decoded ``TensorHeader``."""
 
-    kind: str
+    kind: pb.TensorKind.ValueType
     version: int
     specs: list[TensorSpec] = field(default_factory=list)
     num_samples: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
+
+    def update_info(self) -> UpdateInfo:
+        """This header as an update's description; RecordError when it announces no update."""
+        kind = _FROM_WIRE.get(self.kind)
+        if kind is None:
+            raise RecordError(f"a {pb.TensorKind.Name(self.kind)} header is not an update")
+        return UpdateInfo(kind, self.version, self.num_samples, self.metrics)
 
 
 def _le(array: np.ndarray, wire_dtype: str | None) -> np.ndarray:
@@ -66,7 +82,7 @@ class WireTensors:
 
 
 def to_wire(
-    kind: str,
+    kind: pb.TensorKind.ValueType,
     version: int,
     tensors: TensorSet | None = None,
     *,
@@ -93,19 +109,21 @@ def to_wire(
 
 
 def decode_header(h: pb.TensorHeader) -> Header:
-    """Validate and decode a header: allowed dtypes, sane shapes, sizes that add up."""
+    """Validate and decode a header: a known kind, allowed dtypes, sane shapes, sizes that add up."""
+    if h.kind not in pb.TensorKind.values() or h.kind == pb.TENSOR_KIND_UNSPECIFIED:
+        raise RecordError(f"tensor header of unknown kind {h.kind}")
     specs = []
     for t in h.tensors:
         if t.dtype not in ALLOWED_DTYPES:
-            raise StreamError(f"tensor {t.name!r} has dtype {t.dtype!r}, not one of {sorted(ALLOWED_DTYPES)}")
+            raise RecordError(f"tensor {t.name!r} has dtype {t.dtype!r}, not one of {sorted(ALLOWED_DTYPES)}")
         if any(d < 0 for d in t.shape):
-            raise StreamError(f"tensor {t.name!r} has a negative dimension {list(t.shape)}")
+            raise RecordError(f"tensor {t.name!r} has a negative dimension {list(t.shape)}")
         specs.append(TensorSpec(t.name, t.dtype, tuple(int(d) for d in t.shape)))
     total = sum(s.nbytes for s in specs)
     if total != h.total_bytes:
-        raise StreamError(f"header says {h.total_bytes} bytes but its tensors need {total}")
+        raise RecordError(f"header says {h.total_bytes} bytes but its tensors need {total}")
     if total > MAX_STREAM_BYTES:
-        raise StreamError(f"stream of {total} bytes exceeds the limit of {MAX_STREAM_BYTES}")
+        raise RecordError(f"stream of {total} bytes exceeds the limit of {MAX_STREAM_BYTES}")
     return Header(h.kind, h.version, specs, h.num_samples, dict(h.metrics))
 
 
@@ -147,24 +165,12 @@ class Assembler:
         return TensorSet(list(self.specs), arrays)
 
 
-def as_dtype(tensors: TensorSet, specs: Sequence[TensorSpec]) -> TensorSet:
-    """Convert a received set to the expected specs' dtypes (e.g. float16 wire back to float32).
-
-    Raises RecordError when names or shapes differ.
-    """
-    tensors.check_compatible(specs, check_dtype=False)
-    arrays = [a if a.dtype.name == s.dtype else a.astype(s.dtype) for a, s in zip(tensors.arrays, specs)]
-    return TensorSet(list(specs), arrays)
-
-
 __all__ = [
     "Assembler",
     "Header",
     "MAX_STREAM_BYTES",
-    "RecordError",
-    "StreamError",
     "WireTensors",
-    "as_dtype",
     "decode_header",
     "to_wire",
+    "wire_kind",
 ]

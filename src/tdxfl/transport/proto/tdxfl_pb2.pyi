@@ -1,10 +1,24 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class TensorKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TENSOR_KIND_UNSPECIFIED: _ClassVar[TensorKind]
+    TENSOR_KIND_MODEL: _ClassVar[TensorKind]
+    TENSOR_KIND_DONE: _ClassVar[TensorKind]
+    TENSOR_KIND_GRADIENTS: _ClassVar[TensorKind]
+    TENSOR_KIND_WEIGHTS: _ClassVar[TensorKind]
+TENSOR_KIND_UNSPECIFIED: TensorKind
+TENSOR_KIND_MODEL: TensorKind
+TENSOR_KIND_DONE: TensorKind
+TENSOR_KIND_GRADIENTS: TensorKind
+TENSOR_KIND_WEIGHTS: TensorKind
 
 class EnrollRequest(_message.Message):
     __slots__ = ("party", "role", "certificate_pem")
@@ -55,22 +69,18 @@ class PushGrant(_message.Message):
     def __init__(self, granted: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
-    __slots__ = ("party", "config_digest")
-    PARTY_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("config_digest",)
     CONFIG_DIGEST_FIELD_NUMBER: _ClassVar[int]
-    party: str
     config_digest: str
-    def __init__(self, party: _Optional[str] = ..., config_digest: _Optional[str] = ...) -> None: ...
+    def __init__(self, config_digest: _Optional[str] = ...) -> None: ...
 
 class JoinReply(_message.Message):
-    __slots__ = ("worker_index", "num_workers", "config_digest")
+    __slots__ = ("worker_index", "num_workers")
     WORKER_INDEX_FIELD_NUMBER: _ClassVar[int]
     NUM_WORKERS_FIELD_NUMBER: _ClassVar[int]
-    CONFIG_DIGEST_FIELD_NUMBER: _ClassVar[int]
     worker_index: int
     num_workers: int
-    config_digest: str
-    def __init__(self, worker_index: _Optional[int] = ..., num_workers: _Optional[int] = ..., config_digest: _Optional[str] = ...) -> None: ...
+    def __init__(self, worker_index: _Optional[int] = ..., num_workers: _Optional[int] = ...) -> None: ...
 
 class PullRequest(_message.Message):
     __slots__ = ("after_version",)
@@ -103,13 +113,13 @@ class TensorHeader(_message.Message):
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
-    kind: str
+    kind: TensorKind
     version: int
     tensors: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     num_samples: int
     metrics: _containers.ScalarMap[str, float]
     total_bytes: int
-    def __init__(self, kind: _Optional[str] = ..., version: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., num_samples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., total_bytes: _Optional[int] = ...) -> None: ...
+    def __init__(self, kind: _Optional[_Union[TensorKind, str]] = ..., version: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., num_samples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., total_bytes: _Optional[int] = ...) -> None: ...
 
 class PushReply(_message.Message):
     __slots__ = ("accepted", "reason")

@@ -1,19 +1,25 @@
-"""Aggregation strategies: how the parameter server turns worker updates into a new model.
+"""Strategies: what workers send and how the parameter server turns their updates into a model.
 
-One ``Strategy`` interface (after Flower's): a strategy says what workers must send
-(``update_kind``) and folds each accepted update into a running weighted sum as soon as it
-arrives (``RoundAccumulator``), so the server never holds all updates of a round at once.
+One ``Strategy`` interface (after Flower's) owns the update contract: what a worker sends
+(``make_update``), how an update is weighted, how the mean becomes the next model. Each accepted
+update is folded into a running weighted sum as soon as it arrives (``RoundAccumulator``), so the server never holds all updates of a round at once.
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from tdxfl.core.optimizers import Optimizer
-from tdxfl.core.records import RecordError, TensorSet, TensorSpec
+from tdxfl.engine.data import LocalData
+from tdxfl.engine.fleet import Update, UpdateInfo
+from tdxfl.engine.kinds import UpdateKind
+from tdxfl.engine.model import ModelAdapter
+from tdxfl.engine.optimizers import Optimizer
+from tdxfl.engine.records import TensorSet, TensorSpec
+from tdxfl.errors import RecordError
 
 
 _BLOCK = 1 << 16
@@ -84,10 +90,26 @@ class RoundAccumulator:
 
 
 class Strategy(abc.ABC):
-    """Turns the mean of a round's updates into the next global weights."""
+    """The whole update contract of a federation, on both sides.
 
-    #: what workers send: "gradients" or "weights"
-    update_kind: str
+    Worker side: ``make_update`` says what a worker sends for a model version (and how it packs
+    gradients and non-trainable state). Server side: ``update_weight`` says how much each
+    accepted update counts in the mean, ``apply`` turns the mean into the next global weights, and
+    ``steps_per_round`` says how many publish/collect steps make one round.
+    """
+
+    #: what workers send
+    update_kind: UpdateKind
+    #: synchronous steps per round (the PS evaluates and checkpoints after each round)
+    steps_per_round: int = 1
+
+    @abc.abstractmethod
+    def make_update(self, model: ModelAdapter, data: LocalData, version: int) -> Update:
+        """The worker's update for model ``version``, which ``model`` holds now."""
+
+    @abc.abstractmethod
+    def update_weight(self, info: UpdateInfo) -> float:
+        """The weight of an accepted update in the round's mean (positive)."""
 
     @abc.abstractmethod
     def apply(self, global_weights: TensorSet, mean_update: list[np.ndarray]) -> None:
@@ -99,14 +121,26 @@ class SyncGradients(Strategy):
 
     A gradient update carries, aligned with the model's tensors, the gradient for each trainable
     tensor and the worker's current value for each non-trainable one (e.g. batch-norm
-    statistics), which the server replaces by the average.
+    statistics), which the server replaces by the average. Every update counts equally.
     """
 
-    update_kind = "gradients"
+    update_kind = UpdateKind.GRADIENTS
 
-    def __init__(self, optimizer: Optimizer, trainable: Sequence[bool]) -> None:
+    def __init__(self, optimizer: Optimizer, trainable: Sequence[bool], steps_per_round: int = 1) -> None:
         self.optimizer = optimizer
         self.trainable = list(trainable)
+        self.steps_per_round = steps_per_round
+
+    def make_update(self, model: ModelAdapter, data: LocalData, version: int) -> Update:
+        xb, yb = data.next_batch()
+        grads, loss = model.compute_gradients(xb, yb)
+        g, others = iter(grads), iter(model.non_trainable_weights())
+        arrays = [next(g) if t else next(others) for t in self.trainable]
+        info = UpdateInfo(self.update_kind, version, len(xb), {"loss": float(loss)})
+        return Update(info, TensorSet(model.specs(), arrays))
+
+    def update_weight(self, info: UpdateInfo) -> float:
+        return 1.0
 
     def apply(self, global_weights: TensorSet, mean_update: list[np.ndarray]) -> None:
         weights = [w for w, t in zip(global_weights.arrays, self.trainable) if t]
@@ -117,10 +151,33 @@ class SyncGradients(Strategy):
                 global_weights.arrays[i][...] = mean_update[i]
 
 
-class FedAvg(Strategy):
-    """Federated averaging: the new model is the sample-weighted mean of the workers' weights."""
+@dataclass(frozen=True)
+class LocalTraining:
+    """How a FedAvg worker trains between two global models."""
 
-    update_kind = "weights"
+    steps: int
+    learning_rate: float
+    optimizer: str = "sgd"
+    seed: int = 0  # the batch order of round ``version`` is seeded with ``seed + version``
+
+
+class FedAvg(Strategy):
+    """Federated averaging: workers train locally from the global model, the new model is the
+    sample-weighted mean of their weights."""
+
+    update_kind = UpdateKind.WEIGHTS
+
+    def __init__(self, local: LocalTraining) -> None:
+        self.local = local
+
+    def make_update(self, model: ModelAdapter, data: LocalData, version: int) -> Update:
+        lt = self.local
+        out = model.train_local(data.x, data.y, lt.steps, data.batch_size, lt.learning_rate, lt.optimizer, seed=lt.seed + version)
+        info = UpdateInfo(self.update_kind, version, len(data.x), {"loss": float(out["loss"])})
+        return Update(info, TensorSet(model.specs(), model.get_weights()))
+
+    def update_weight(self, info: UpdateInfo) -> float:
+        return float(info.num_samples)
 
     def apply(self, global_weights: TensorSet, mean_update: list[np.ndarray]) -> None:
         for w, m in zip(global_weights.arrays, mean_update):

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fedtools import SoftmaxRegression, blobs
 
-from tdxfl.core.optimizers import SGD, Adam, make_optimizer
-from tdxfl.core.records import RecordError, TensorSet
-from tdxfl.core.strategy import FedAvg, RoundAccumulator, SyncGradients
+from tdxfl.engine.optimizers import SGD, Adam, make_optimizer
+from tdxfl.engine.records import TensorSet
+from tdxfl.errors import RecordError
+from tdxfl.engine.data import LocalData, batches
+from tdxfl.engine.kinds import UpdateKind
+from tdxfl.engine.strategy import LocalTraining, FedAvg, RoundAccumulator, SyncGradients
 
 
 def test_adam_matches_keras() -> None:
@@ -64,8 +68,43 @@ def test_sync_gradients_applies_optimizer_and_averages_state() -> None:
 
 def test_fedavg_replaces_weights() -> None:
     weights = ts(np.ones(2, np.float32))
-    FedAvg().apply(weights, [np.full(2, 3, np.float32)])
+    FedAvg(LocalTraining(steps=1, learning_rate=0.1)).apply(weights, [np.full(2, 3, np.float32)])
     np.testing.assert_allclose(weights.arrays[0], 3)
+
+
+def test_sync_gradients_packs_gradients_and_state_and_weights_equally() -> None:
+    """A sync-gradients update is, in the model's tensor order, the gradient of each trainable
+    tensor and the current value of each non-trainable one; every update weighs 1."""
+    x, y = blobs(64)
+    model = SoftmaxRegression(4, 3)
+    strategy = SyncGradients(SGD(0.1), model.trainable_mask())
+    data = LocalData(x, y, batch_size=16, seed=1)
+    up = strategy.make_update(model, data, version=7)
+    xb, yb = next(batches(x, y, 16, seed=1))
+    reference = SoftmaxRegression(4, 3)
+    (gw, gb), loss = reference.compute_gradients(xb, yb)
+    assert [s.name for s in up.tensors.specs] == ["w", "b", "x_mean"]
+    np.testing.assert_allclose(up.tensors.arrays[0], gw, rtol=1e-6)
+    np.testing.assert_allclose(up.tensors.arrays[1], gb, rtol=1e-6)
+    np.testing.assert_allclose(up.tensors.arrays[2], reference.x_mean)  # the state after the step
+    assert (up.info.kind, up.info.version, up.info.num_samples) == (UpdateKind.GRADIENTS, 7, 16)
+    assert up.info.metrics["loss"] == pytest.approx(loss)
+    assert strategy.update_weight(up.info) == 1.0
+
+
+def test_fedavg_sends_trained_weights_weighted_by_samples() -> None:
+    x, y = blobs(50)
+    model = SoftmaxRegression(4, 3)
+    strategy = FedAvg(LocalTraining(steps=5, learning_rate=0.5, seed=3))
+    before = model.get_weights()
+    up = strategy.make_update(model, LocalData(x, y, batch_size=10), version=2)
+    reference = SoftmaxRegression(4, 3)
+    reference.train_local(x, y, 5, 10, 0.5, seed=3 + 2)  # round "version" is seeded with seed + version
+    for got, want, old in zip(up.tensors.arrays, reference.get_weights(), before):
+        np.testing.assert_allclose(got, want)
+    assert not np.allclose(up.tensors.arrays[0], before[0])
+    assert (up.info.kind, up.info.num_samples) == (UpdateKind.WEIGHTS, 50)
+    assert strategy.update_weight(up.info) == 50.0
 
 
 def test_accumulator_is_exact_across_blocks_and_reusable() -> None:

@@ -1,4 +1,5 @@
-"""What every party sets up before it talks: its attester, its verifiers, its decision log."""
+"""What every party sets up before it talks: its attester, its verifiers, its decision log, and
+its model key."""
 
 from __future__ import annotations
 
@@ -9,9 +10,18 @@ from pathlib import Path
 
 from tdxfl.attestation.decisions import DecisionLog
 from tdxfl.attestation.interfaces import Attester, Verifier
+from tdxfl.attestation.policy import Policy
 from tdxfl.attestation.ratls import PeerVerifier
 from tdxfl.attestation.simulated import SimulatedAttester, SimulatedTd, SimulatedVerifier, code_measurement
-from tdxfl.config import Attestation, ConfigError, Federation
+from tdxfl.attestation.tdx.collateral import collateral_source
+from tdxfl.attestation.tdx.configfs import TdxAttester
+from tdxfl.attestation.tdx.dcap import TdxVerifier
+from tdxfl.config import Attestation, Federation
+from tdxfl.errors import ConfigError
+from tdxfl.keybroker.client import fetch_key
+from tdxfl.store.keys import derive_store_key
+
+__all__ = ["PartyContext", "make_attester", "model_key", "party_context", "verifiers_for"]
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +48,19 @@ def make_attester(cfg: Attestation) -> Attester:
             debug=s.debug,
         )
         return SimulatedAttester(td)
-    from tdxfl.attestation.tdx.configfs import TdxAttester
-
     return TdxAttester(cfg.tdx.configfs_path)
 
 
-def make_verifiers(cfg: Attestation) -> list[Verifier]:
-    """One verifier per evidence kind; the policy decides which kinds are acceptable."""
-    from tdxfl.attestation.tdx.collateral import collateral_source
-    from tdxfl.attestation.tdx.dcap import TdxVerifier
-
-    t = cfg.tdx
-    return [SimulatedVerifier(), TdxVerifier(collateral_source(t.collateral_file, t.pccs_url, t.cache_dir))]
+def verifiers_for(policy: Policy, cfg: Attestation) -> list[Verifier]:
+    """One verifier per evidence kind that ``policy`` accepts, and no other: the simulated
+    verifier exists only where a policy admits simulated evidence."""
+    verifiers: list[Verifier] = []
+    if "tdx" in policy.tee:
+        t = cfg.tdx
+        verifiers.append(TdxVerifier(collateral_source(t.collateral_file, t.pccs_url, t.cache_dir)))
+    if "simulated" in policy.tee:
+        verifiers.append(SimulatedVerifier())
+    return verifiers
 
 
 @dataclass
@@ -60,26 +71,25 @@ class PartyContext:
     role: str
     workdir: Path
     attester: Attester
-    verifiers: list[Verifier]
+    attestation: Attestation
     decisions: DecisionLog
 
-    def peer_verifier(self, federation: Federation, peer_role: str) -> PeerVerifier:
-        """A verifier applying the federation's policy for peers of ``peer_role``."""
-        return PeerVerifier(self.name, federation.policy_for(peer_role), self.verifiers, self.decisions)
+    def peer_verifier(self, policy: Policy) -> PeerVerifier:
+        """A verifier appraising peers against ``policy``, with the backends it needs."""
+        return PeerVerifier(self.name, policy, verifiers_for(policy, self.attestation), self.decisions)
 
 
 def party_context(federation: Federation, name: str, workdir: Path | None = None) -> PartyContext:
-    """Set up party ``name``: working directory, attester, verifiers and decision log."""
+    """Set up party ``name``: working directory, attester and decision log."""
     party = federation.party(name)
     wd = workdir or Path(federation.output.dir) / name
     wd.mkdir(parents=True, exist_ok=True)
-    attester = make_attester(federation.attestation)
     return PartyContext(
         name=name,
         role=party.role,
         workdir=wd,
-        attester=attester,
-        verifiers=make_verifiers(federation.attestation),
+        attester=make_attester(federation.attestation),
+        attestation=federation.attestation,
         decisions=DecisionLog(wd / "attestation.jsonl"),
     )
 
@@ -92,11 +102,11 @@ def model_key(federation: Federation, ctx: PartyContext) -> bytes:
     """
     broker = federation.keybroker
     if broker is not None:
-        from tdxfl.keybroker.client import fetch_key_for
-
-        return fetch_key_for(
-            ctx,
-            federation.policy_for("keybroker"),
+        return fetch_key(
+            ctx.name,
+            ctx.role,
+            ctx.attester,
+            ctx.peer_verifier(federation.policy_for("keybroker")),
             broker.key,
             broker.address,
             broker.enroll_address,
@@ -104,8 +114,6 @@ def model_key(federation: Federation, ctx: PartyContext) -> bytes:
             retries=federation.faults.connect_retries,
             backoff_s=federation.faults.connect_backoff_s,
         )
-    from tdxfl.store.keys import derive_store_key
-
     secret = os.environ.get(federation.output.secret_env, "")
     if not secret:
         raise ConfigError(

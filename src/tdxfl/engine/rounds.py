@@ -1,6 +1,10 @@
 """The parameter server's synchronisation point: one published model version at a time, the
-updates that arrive for it, and the wait for a quorum. Framework-neutral and thread-safe; the
-gRPC service feeds it, the training loop drives it.
+updates that arrive for it, and the wait for a quorum.
+
+Framework- and transport-neutral and thread-safe: a fleet's receiving side feeds it (``join``,
+``sending``, ``check_offer``, ``submit``, ``reject``), the training loop drives it (``publish``,
+``collect``, ``retire``, ``finish``). Time comes from a ``Clock``, so quorum and timeout
+behaviour can be tested in simulated time.
 """
 
 from __future__ import annotations
@@ -8,46 +12,54 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
-from tdxfl.core.records import RecordError, TensorSet, TensorSpec
-from tdxfl.core.strategy import RoundAccumulator
-from tdxfl.transport.tensors import WireTensors, to_wire
+from tdxfl.engine.clock import Clock, MonotonicClock
+from tdxfl.engine.fleet import EventKind, EventSink, FleetEvent, StepResult, UpdateInfo
+from tdxfl.engine.records import TensorSet, TensorSpec
+from tdxfl.engine.strategy import RoundAccumulator, Strategy
+from tdxfl.errors import FederationError, RecordError
+
+__all__ = ["FINISHED", "RoundState", "log_event"]
 
 log = logging.getLogger(__name__)
+P = TypeVar("P")
 
 
-class FederationError(RuntimeError):
-    """Training cannot go on (e.g. fewer live workers than the quorum); the message says why."""
+class _Finished:
+    def __repr__(self) -> str:
+        return "FINISHED"
 
 
-@dataclass
-class StepResult:
-    """What one synchronous step collected."""
-
-    version: int
-    contributors: list[str]
-    missing: list[str]
-    rejected: dict[str, str]
-    mean: list  # list[np.ndarray], valid until the next publish (the buffers are reused)
-    metrics: dict[str, float] = field(default_factory=dict)
+#: what ``sending`` hands out once training is over
+FINISHED = _Finished()
 
 
-#: the model ``sending`` hands out once training is over
-DONE = to_wire("done", -1)
+def log_event(event: FleetEvent) -> None:
+    """The default event sink: one INFO log line per join, drop or refusal."""
+    log.info("%s %s%s", event.party, event.kind.value, f": {event.reason}" if event.reason else "")
 
 
-class RoundState:
-    """Holds the current model version, ready to send, and collects updates for it."""
+class RoundState(Generic[P]):
+    """Holds the current model version (a payload ``P`` ready to send, e.g. a ``TensorSet`` or
+    its wire form) and collects updates for it, weighted as ``strategy`` says."""
 
-    def __init__(self, specs: Sequence[TensorSpec], update_kind: str) -> None:
+    def __init__(
+        self,
+        specs: Sequence[TensorSpec],
+        strategy: Strategy,
+        *,
+        clock: Clock | None = None,
+        on_event: EventSink = log_event,
+    ) -> None:
         self.specs = list(specs)
-        self.update_kind = update_kind
-        self._cond = threading.Condition()
+        self.strategy = strategy
+        self._clock: Clock = clock or MonotonicClock()
+        self._on_event = on_event
+        self._cond = threading.Condition()  # re-entrant: simulated-time events may call back in
         self.version = -1
-        self._model: WireTensors | None = None
+        self._model: P | None = None
         self._retired = False  # the current model may be changing: send nothing until the next publish
         self._in_flight: dict[object, Callable[[], None]] = {}
         self._done = False
@@ -60,11 +72,11 @@ class RoundState:
         self.bytes_out = 0
 
     # -- training loop side ---------------------------------------------------------------
-    def publish(self, version: int, model: WireTensors) -> None:
+    def publish(self, version: int, model: P) -> None:
         """Make ``model`` version ``version`` and open collection for it.
 
-        ``model`` may share memory with the caller's weights (``to_wire`` without a copy): the
-        caller changes them only after ``retire``.
+        ``model`` may share memory with the caller's weights: the caller changes them only after
+        ``retire``.
         """
         with self._cond:
             self.version = version
@@ -84,18 +96,18 @@ class RoundState:
         caller may change the weights it shares; sends still going after ``timeout`` seconds
         (a stalled reader) are cancelled. Pulls wait for the next ``publish``. Returns how many
         sends were cancelled."""
-        deadline = time.monotonic() + timeout
         with self._cond:
+            deadline = self._clock.now() + timeout
             self._retired = True
-            while self._in_flight and time.monotonic() < deadline:
-                self._cond.wait(deadline - time.monotonic())
+            while self._in_flight and self._clock.now() < deadline:
+                self._clock.wait(self._cond, deadline - self._clock.now())
             stragglers = list(self._in_flight.values())
         for cancel in stragglers:
             log.warning("cancelling a model send that outlived the step timeout")
             cancel()
         with self._cond:
             while self._in_flight:
-                self._cond.wait(1.0)
+                self._clock.wait(self._cond, 1.0)
         return len(stragglers)
 
     def finish(self) -> None:
@@ -106,15 +118,15 @@ class RoundState:
 
     def wait_for_workers(self, count: int, timeout: float) -> None:
         """Block until ``count`` workers have joined; FederationError after ``timeout``."""
-        deadline = time.monotonic() + timeout
         with self._cond:
+            deadline = self._clock.now() + timeout
             while len(self.active) < count:
-                left = deadline - time.monotonic()
+                left = deadline - self._clock.now()
                 if left <= 0:
                     raise FederationError(
                         f"only {len(self.active)} of the {count} required workers joined within {timeout:.0f}s"
                     )
-                self._cond.wait(left)
+                self._clock.wait(self._cond, left)
 
     def collect(self, quorum: int, timeout: float, *, fail_on_timeout: bool, grace: float) -> StepResult:
         """Wait for the current version's updates and return their weighted mean.
@@ -124,15 +136,15 @@ class RoundState:
         rejoin by pulling again) — or raises FederationError when ``fail_on_timeout``. Below the
         quorum it waits up to ``grace`` more seconds for workers to (re)join, then raises.
         """
-        start = time.monotonic()
         with self._cond:
+            start = self._clock.now()
             while True:
                 got = len(self._contributors)
                 expected = self.active - set(self._rejected)
                 # every live, well-behaved worker contributed (a refused update lowers the bar)
                 if got >= max(1, min(quorum, len(expected))) and set(self._contributors) >= expected:
                     break
-                elapsed = time.monotonic() - start
+                elapsed = self._clock.now() - start
                 if elapsed >= timeout:
                     missing = sorted(expected - set(self._contributors))
                     if fail_on_timeout:
@@ -142,13 +154,16 @@ class RoundState:
                     if got >= quorum:
                         log.warning("step %d: going on without %s (no update within %.0fs)", self.version, missing, timeout)
                         self.active -= set(missing)
+                        for party in missing:
+                            self._on_event(FleetEvent(EventKind.DROPPED, party, f"no update within {timeout:.0f}s"))
                         break
                     if elapsed >= timeout + grace:
                         raise FederationError(
-                            f"step {self.version}: only {got} update(s), quorum is {quorum}; "
-                            f"silent workers: {missing}"
+                            f"step {self.version}: only {got} update(s), quorum is {quorum}; silent workers: {missing}"
                         )
-                self._cond.wait(0.05 if elapsed >= timeout else min(0.5, timeout - elapsed))
+                    self._clock.wait(self._cond, timeout + grace - elapsed)
+                else:
+                    self._clock.wait(self._cond, timeout - elapsed)
             assert self._acc is not None
             n = max(1, len(self._contributors))
             return StepResult(
@@ -160,34 +175,38 @@ class RoundState:
                 metrics={k: v / n for k, v in self._metric_sums.items()},
             )
 
-    # -- service side ---------------------------------------------------------------------
+    # -- receiving side -------------------------------------------------------------------
     def join(self, party: str) -> None:
         """Mark ``party`` as a live worker that the next steps wait for."""
         with self._cond:
             self.active.add(party)
             self._cond.notify_all()
+        self._on_event(FleetEvent(EventKind.JOINED, party))
 
     @contextlib.contextmanager
-    def sending(self, party: str, after_version: int, timeout: float, cancel: Callable[[], None]) -> Iterator[WireTensors | None]:
-        """The published model once version > ``after_version`` (``DONE`` when training is over,
-        None after ``timeout``), in flight for the ``with`` block: ``retire`` waits for the
-        block to end, or calls ``cancel()`` to end it."""
-        deadline = time.monotonic() + timeout
+    def sending(
+        self, party: str, after_version: int, timeout: float, cancel: Callable[[], None], nbytes: Callable[[P], int]
+    ) -> Iterator[P | _Finished | None]:
+        """The published model once version > ``after_version`` (``FINISHED`` when training is
+        over, None after ``timeout``), in flight for the ``with`` block: ``retire`` waits for the
+        block to end, or calls ``cancel()`` to end it. ``nbytes(model)`` counts what is sent."""
         token = object()
+        model: P | _Finished
         with self._cond:
+            deadline = self._clock.now() + timeout
             self.active.add(party)
             while not self._done and (self.version <= after_version or self._retired):
-                left = deadline - time.monotonic()
+                left = deadline - self._clock.now()
                 if left <= 0:
                     yield None
                     return
-                self._cond.wait(left)
+                self._clock.wait(self._cond, left)
             if self._done:
-                model = DONE
+                model = FINISHED
             else:
                 assert self._model is not None
                 model = self._model
-                self.bytes_out += model.nbytes
+                self.bytes_out += nbytes(model)
             self._in_flight[token] = cancel
         try:
             yield model
@@ -196,50 +215,48 @@ class RoundState:
                 del self._in_flight[token]
                 self._cond.notify_all()
 
-    def check_offer(self, party: str, kind: str, version: int) -> None:
-        """RecordError when an update of ``kind`` for ``version`` from ``party`` would be refused
-        now (wrong kind, stale, duplicate): checked before its data moves, and again by ``submit``."""
+    def check_offer(self, party: str, info: UpdateInfo) -> None:
+        """RecordError when ``party``'s update described by ``info`` would be refused now (wrong
+        kind, stale, duplicate): checked before its data moves, and again by ``submit``."""
         with self._cond:
-            self._check_offer(party, kind, version)
+            self._check_offer(party, info)
 
-    def _check_offer(self, party: str, kind: str, version: int) -> None:
-        if kind != self.update_kind:
-            raise RecordError(f"this federation expects {self.update_kind!r} updates, got {kind!r}")
-        if version != self.version:
-            raise RecordError(f"stale update for version {version}; the current version is {self.version}")
+    def _check_offer(self, party: str, info: UpdateInfo) -> None:
+        want = self.strategy.update_kind
+        if info.kind is not want:
+            raise RecordError(f"this federation expects {want.value!r} updates, got {info.kind.value!r}")
+        if info.version != self.version:
+            raise RecordError(f"stale update for version {info.version}; the current version is {self.version}")
         if party in self._contributors:
-            raise RecordError(f"{party} already sent an update for version {version}")
+            raise RecordError(f"{party} already sent an update for version {info.version}")
 
     def submit(
         self,
         party: str,
-        kind: str,
-        version: int,
+        info: UpdateInfo,
         update: TensorSet,
-        weight: float,
-        metrics: dict[str, float],
         wire_bytes: int | None = None,
         *,
         finite_checked: bool = False,
     ) -> None:
-        """Fold one worker's update into the current step; RecordError with the reason if refused.
+        """Fold one worker's update into the current step, weighted by the strategy; RecordError
+        with the reason if refused.
 
         ``wire_bytes`` is what the update took on the wire (default: its decoded size);
-        ``finite_checked``: the caller already refused NaN and infinity (``Assembler.fill``).
+        ``finite_checked``: the caller already refused NaN and infinity.
         """
         with self._cond:
-            self._check_offer(party, kind, version)
+            self._check_offer(party, info)
             assert self._acc is not None
             try:
-                self._acc.add(update, weight, finite_checked=finite_checked)
+                self._acc.add(update, self.strategy.update_weight(info), finite_checked=finite_checked)
             except RecordError as e:
-                self._rejected[party] = str(e)
-                self._cond.notify_all()
+                self._refused(party, str(e))
                 raise
             self._contributors.append(party)
             self._rejected.pop(party, None)
             self.active.add(party)
-            for k, v in metrics.items():
+            for k, v in info.metrics.items():
                 self._metric_sums[k] = self._metric_sums.get(k, 0.0) + float(v)
             self.bytes_in += update.nbytes if wire_bytes is None else wire_bytes
             self._cond.notify_all()
@@ -247,5 +264,9 @@ class RoundState:
     def reject(self, party: str, reason: str) -> None:
         """Record that ``party``'s update for the current step was refused before submission."""
         with self._cond:
-            self._rejected[party] = reason
-            self._cond.notify_all()
+            self._refused(party, reason)
+
+    def _refused(self, party: str, reason: str) -> None:
+        self._rejected[party] = reason
+        self._cond.notify_all()
+        self._on_event(FleetEvent(EventKind.REFUSED, party, reason))

@@ -1,7 +1,7 @@
-"""The framework-neutral model interface the federated core talks to.
+"""The model interface a framework plugs into: what the round engine asks of a model.
 
 The parameter server and the workers only ever see numpy arrays and :class:`TensorSpec` lists;
-everything framework-specific (Keras/TensorFlow today, PyTorch later) lives behind a
+everything framework-specific (Keras/TensorFlow, PyTorch) lives behind a
 :class:`ModelAdapter`.
 
 Conventions shared by every implementation:
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tdxfl.core.records import TensorSet, TensorSpec
+from tdxfl.engine.records import TensorSet, TensorSpec
 
 __all__ = ["ModelAdapter"]
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import ml_dtypes  # registers numpy's "bfloat16" dtype
 import numpy as np
 
+from tdxfl.errors import RecordError
+
 #: dtypes allowed on the wire and in sealed files (little-endian raw bytes)
 ALLOWED_DTYPES = frozenset({"bfloat16", "float16", "float32", "float64", "int32", "int64", "uint8"})
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
@@ -22,10 +24,6 @@ _CHECK_BLOCK = 1 << 16
 def is_floating(dtype: np.dtype) -> bool:
     """True for IEEE floating-point dtypes, bfloat16 included (numpy files it under kind "V")."""
     return dtype.kind == "f" or dtype == BFLOAT16
-
-
-class RecordError(ValueError):
-    """A tensor set does not match what was expected (names, dtypes, shapes or values)."""
 
 
 @dataclass(frozen=True)
@@ -93,3 +91,11 @@ class TensorSet:
             for i in range(0, flat.size, _CHECK_BLOCK):  # blockwise: no tensor-sized temporary
                 if not np.isfinite(flat[i : i + _CHECK_BLOCK]).all():
                     raise RecordError(f"tensor {spec.name!r} holds NaN or infinite values")
+
+    def cast_to(self, specs: Sequence[TensorSpec]) -> TensorSet:
+        """This set converted to ``specs``' dtypes (e.g. a float16 wire form back to float32);
+        arrays that already match are not copied. RecordError when names or shapes differ."""
+        self.check_compatible(specs, check_dtype=False)
+        arrays = [a if a.dtype.name == s.dtype else a.astype(s.dtype) for a, s in zip(self.arrays, specs)]
+        return TensorSet(list(specs), arrays)
+

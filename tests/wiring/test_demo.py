@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tdxfl import demo
+from tdxfl.engine.kinds import Mode
+from tdxfl.wiring import demo
 from tdxfl.keybroker.keystore import Keystore
 from tdxfl.ml.data import load_dataset
 from tdxfl.ml.factory import make_adapter
@@ -28,7 +29,7 @@ def test_tf_thread_env_shares_the_cores(monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_trusted_node_model(tmp_path: Path) -> None:
     fed = tmp_path / "federation.toml"
-    fed.write_text(demo.demo_federation(tmp_path, "sync-gradients"))
+    fed.write_text(demo.demo_federation(tmp_path, Mode.SYNC_GRADIENTS))
     assert demo._trusted_node_model(fed, ()) == "small_cnn"
     assert demo._trusted_node_model(fed, ("training.model=mlp",)) == "mlp"
     assert demo._trusted_node_model(tmp_path / "missing.toml", ()) == ""

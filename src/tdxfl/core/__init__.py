@@ -1,1 +1,0 @@
-"""Framework-neutral federated-learning core: typed records, optimizers, aggregation strategies."""

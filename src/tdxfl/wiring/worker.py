@@ -1,0 +1,60 @@
+"""A worker, wired: model key, sealed state, its local data shard and model, the attested
+connection to the PS, and the engine's worker loop."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from tdxfl.client.connection import AttestedConnection, PsEndpoint, connect_to_ps
+from tdxfl.config import Federation
+from tdxfl.engine.data import LocalData
+from tdxfl.engine.records import TensorSet
+from tdxfl.engine.worker import WorkerResult, run_worker_loop
+from tdxfl.ml.data import load_dataset, partition
+from tdxfl.ml.factory import make_adapter
+from tdxfl.store.model_store import SealedFileStore
+from tdxfl.wiring.party import PartyContext, model_key
+from tdxfl.wiring.ps import make_strategy
+
+__all__ = ["run_worker"]
+
+log = logging.getLogger(__name__)
+
+
+def run_worker(federation: Federation, ctx: PartyContext) -> WorkerResult:
+    """Train until the parameter server finishes; raises on refusal or when the PS is gone."""
+    t, f = federation.training, federation.faults
+    store = SealedFileStore(ctx.workdir / "sealed", model_key(federation, ctx), label="worker-state")
+    index = [w.name for w in federation.workers].index(ctx.name)
+    data = load_dataset(t.dataset, t.data_path or None, seed=t.seed)
+    shard = partition(data.y_train, len(federation.workers), t.partition, t.dirichlet_alpha, t.seed)[index]
+    local = LocalData(data.x_train[shard], data.y_train[shard], t.batch_size, seed=t.seed + index)
+    log.info("worker %s: %d local samples (shard %d)", ctx.name, len(local.x), index)
+    adapter = make_adapter(t.framework, t.model, data.input_shape, data.num_classes, seed=t.seed)
+    strategy = make_strategy(t, adapter.trainable_mask())
+    ps = federation.ps
+    endpoint = PsEndpoint(ps.name, ps.address, ps.enroll_address, ps.data_address)
+    verifier = ctx.peer_verifier(federation.policy_for("ps"))
+    wire = t.wire_dtype if t.wire_dtype != "float32" else None
+
+    def connect() -> AttestedConnection:
+        return connect_to_ps(
+            ctx.name,
+            ctx.attester,
+            verifier,
+            endpoint,
+            digest=federation.training_digest(),
+            wire_dtype=wire,
+            retries=f.connect_retries,
+            backoff_s=f.connect_backoff_s,
+        )
+
+    result = run_worker_loop(ctx.name, connect, adapter, strategy, local, max_reconnects=f.connect_retries)
+    store.save(
+        "training-log",
+        TensorSet.from_arrays(["loss"], [np.asarray(result.losses, np.float32)]),
+        {"steps": result.steps, "rejected": result.rejected, "samples": len(local.x)},
+    )
+    return result

@@ -1,0 +1,218 @@
+"""The round engine on the in-memory fleet: the PS's loop and the workers' loops end to end, and
+fault behaviour (crash, stall, rejoin, quorum) in simulated time.
+
+The end-to-end tests run the real loops in threads (real time, synchronised only by the fleet);
+the fault tests simulate the workers in the PS's own thread under a ``ManualClock``, so every
+timeout is exact and nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from fedtools import SoftmaxRegression, blobs
+
+from tdxfl.engine.clock import ManualClock
+from tdxfl.engine.data import LocalData
+from tdxfl.engine.fleet import EventKind, FleetEvent, Model, Update, UpdateInfo
+from tdxfl.engine.kinds import OnTimeout, UpdateKind
+from tdxfl.engine.memory import InMemoryConnection, InMemoryFleet
+from tdxfl.engine.optimizers import SGD, Adam
+from tdxfl.engine.records import TensorSet
+from tdxfl.engine.server import RoundMetrics, RoundPlan, TrainingResult, run_rounds
+from tdxfl.engine.strategy import FedAvg, LocalTraining, Strategy, SyncGradients
+from tdxfl.engine.worker import WorkerResult, run_worker_loop
+from tdxfl.errors import FederationError, LinkError, Unavailable
+
+WORKERS = ["w1", "w2"]
+
+
+def plan(rounds: int = 5, **kw: object) -> RoundPlan:
+    base: dict[str, object] = dict(rounds=rounds, quorum=2, step_timeout_s=30.0, on_timeout=OnTimeout.CONTINUE, join_timeout_s=60.0)
+    base.update(kw)
+    return RoundPlan(**base)  # type: ignore[arg-type]
+
+
+def federate(strategy_for: Callable[[SoftmaxRegression], Strategy], rounds: int) -> tuple[TrainingResult, list[WorkerResult], list[RoundMetrics]]:
+    """A PS and two workers on disjoint halves of a blob data set, in threads."""
+    x, y = blobs(600, seed=1)
+    x_test, y_test = blobs(300, seed=2)
+    server_model = SoftmaxRegression(4, 3)
+    strategy = strategy_for(server_model)
+    fleet = InMemoryFleet(server_model.specs(), strategy, WORKERS)
+    results: list[WorkerResult] = []
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        model = SoftmaxRegression(4, 3)
+        data = LocalData(x[i::2], y[i::2], batch_size=32, seed=i)
+        try:
+            results.append(run_worker_loop(WORKERS[i], lambda: fleet.connect(WORKERS[i]), model, strategy_for(model), data, max_reconnects=0))
+        except BaseException as e:  # noqa: BLE001 - reported by the test
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    rounds_seen: list[RoundMetrics] = []
+
+    def evaluate(w: TensorSet) -> tuple[float, float]:
+        server_model.set_weights(w.arrays)
+        return server_model.evaluate(x_test, y_test)
+
+    weights = TensorSet(server_model.specs(), server_model.get_weights())
+    try:
+        result = run_rounds(fleet, strategy, weights, plan(rounds), evaluate=evaluate, on_round=lambda m, w: rounds_seen.append(m))
+    finally:
+        fleet.finish()
+        for t in threads:
+            t.join(60)
+    assert not errors, errors
+    return result, results, rounds_seen
+
+
+def test_sync_gradients_trains_end_to_end() -> None:
+    result, workers, rounds = federate(lambda m: SyncGradients(Adam(0.05), m.trainable_mask(), steps_per_round=10), rounds=4)
+    assert result.accuracy >= 0.9 and result.rounds == 4 and result.version == 40
+    assert [w.steps for w in workers] == [40, 40] and all(w.rejected == 0 for w in workers)
+    assert [m.contributors for m in rounds] == [20] * 4  # both workers, every step
+    assert rounds[-1].loss < rounds[0].loss
+
+
+def test_fedavg_trains_end_to_end() -> None:
+    result, workers, rounds = federate(lambda m: FedAvg(LocalTraining(steps=10, learning_rate=0.5)), rounds=4)
+    assert result.accuracy >= 0.9 and result.version == 4
+    assert [w.steps for w in workers] == [4, 4]
+    assert rounds[0].bytes_in > 0 and rounds[0].bytes_out > 0
+
+
+# -- simulated workers, simulated time ---------------------------------------------------------
+
+
+class SimWorker:
+    """A worker simulated in the PS's thread: after each publish it answers after ``delay``
+    simulated seconds with a gradient of ``value`` — or not at all while ``silent``."""
+
+    def __init__(self, fleet: InMemoryFleet, clock: ManualClock, name: str, delay: float, value: float) -> None:
+        self.fleet, self.clock, self.name, self.delay, self.value = fleet, clock, name, delay, value
+        self.silent = False
+        self.conn = fleet.connect(name)
+        self.answers: list[tuple[int, bool, str]] = []
+        fleet.on_publish(self._published)
+
+    def _published(self, model: Model) -> None:
+        if not self.silent:
+            self.clock.call_later(self.delay, lambda: self._push(model.version))
+
+    def _push(self, version: int) -> None:
+        if self.conn.closed:
+            return
+        tensors = TensorSet(self.fleet.state.specs, [np.full(2, self.value, np.float32)])
+        answer = self.conn.push(Update(UpdateInfo(UpdateKind.GRADIENTS, version, 1, {"loss": self.value}), tensors))
+        self.answers.append((version, answer.accepted, answer.reason))
+
+
+def sim_fleet(*workers: tuple[str, float, float], quorum: int = 1) -> tuple[InMemoryFleet, ManualClock, dict[str, SimWorker], list[FleetEvent]]:
+    clock, events = ManualClock(), []
+    specs = TensorSet.from_arrays(["w"], [np.zeros(2, np.float32)]).specs
+    fleet = InMemoryFleet(specs, SyncGradients(SGD(1.0), [True]), [w[0] for w in workers], clock=clock, on_event=events.append)
+    sims = {name: SimWorker(fleet, clock, name, delay, value) for name, delay, value in workers}
+    for sim in sims.values():
+        sim.conn.join()
+    return fleet, clock, sims, events
+
+
+def run_sim(fleet: InMemoryFleet, clock: ManualClock, rounds: int, **kw: object) -> tuple[TrainingResult, list[RoundMetrics], TensorSet]:
+    weights = TensorSet.from_arrays(["w"], [np.zeros(2, np.float32)])
+    seen: list[RoundMetrics] = []
+    result = run_rounds(
+        fleet,
+        fleet.state.strategy,
+        weights,
+        plan(rounds, **{"quorum": 1, **kw}),
+        evaluate=lambda w: (0.0, 0.0),
+        on_round=lambda m, w: seen.append(m),
+        clock=clock,
+    )
+    return result, seen, weights
+
+
+def test_crashed_worker_is_dropped_and_training_goes_on() -> None:
+    fleet, clock, sims, events = sim_fleet(("a", 1.0, 1.0), ("b", 2.0, 3.0))
+    sims["b"].silent = True  # b crashed: it never answers again
+    result, rounds, weights = run_sim(fleet, clock, rounds=3)
+    assert [m.contributors for m in rounds] == [1, 1, 1]
+    assert FleetEvent(EventKind.DROPPED, "b", "no update within 30s") in events
+    # the first step waited the step timeout for b, the later ones only for a
+    assert rounds[0].round_s == 30.0 and rounds[1].round_s == 1.0
+    np.testing.assert_allclose(weights.arrays[0], -3.0)  # three SGD steps on a's gradient of 1
+
+
+def test_stalled_worker_is_dropped_then_rejoins_by_pulling() -> None:
+    fleet, clock, sims, events = sim_fleet(("a", 1.0, 1.0), ("b", 31.0, 3.0))  # b answers just after the timeout
+    fleet.on_publish(lambda m: m.version == 1 and setattr(sims["b"], "delay", 2.0))  # then b recovers
+
+    def rejoin(model: Model) -> None:
+        if model.version == 2:  # b pulls the new version: it is waited for again
+            assert sims["b"].conn.pull(1) is not None
+
+    fleet.on_publish(rejoin)
+    result, rounds, weights = run_sim(fleet, clock, rounds=3)
+    stale = [a for a in sims["b"].answers if not a[1]]
+    assert stale and "stale update for version 0" in stale[0][2]  # its late update was refused
+    assert [m.contributors for m in rounds] == [1, 1, 2]
+    assert rounds[2].round_s == 2.0  # back in: the step waited for b, not the timeout
+    np.testing.assert_allclose(weights.arrays[0], -1 - 1 - 2)  # a, a, then mean(a, b) = 2
+
+
+def test_fail_on_timeout_ends_the_federation() -> None:
+    fleet, clock, sims, _ = sim_fleet(("a", 1.0, 1.0), ("b", 2.0, 3.0))
+    sims["b"].silent = True
+    with pytest.raises(FederationError, match=r"no update from \['b'\]"):
+        run_sim(fleet, clock, rounds=2, on_timeout=OnTimeout.FAIL)
+    assert clock.now() == 30.0
+
+
+def test_below_quorum_fails_after_the_grace() -> None:
+    fleet, clock, sims, _ = sim_fleet(("a", 1.0, 1.0), ("b", 2.0, 3.0))
+    sims["a"].silent = sims["b"].silent = True
+    with pytest.raises(FederationError, match="only 0 update"):
+        run_sim(fleet, clock, rounds=1, quorum=1, join_timeout_s=60.0)
+    assert clock.now() == 90.0  # step timeout + grace
+
+
+def test_refused_update_is_not_counted_and_its_worker_not_waited_for() -> None:
+    fleet, clock, sims, events = sim_fleet(("a", 1.0, 1.0), ("b", 2.0, float("nan")))
+    result, rounds, weights = run_sim(fleet, clock, rounds=2, quorum=2)
+    assert all(m.contributors == 1 and m.rejected == 1 for m in rounds)
+    assert rounds[0].round_s == 2.0  # no timeout: the refusal lowered the bar
+    assert any(e.kind is EventKind.REFUSED and e.party == "b" and "NaN" in e.reason for e in events)
+    assert sims["b"].answers[0][1] is False
+
+
+def test_worker_loop_reconnects_a_broken_connection_then_gives_up() -> None:
+    specs = TensorSet.from_arrays(["w"], [np.zeros(1, np.float32)]).specs
+    fleet = InMemoryFleet(specs, SyncGradients(SGD(1.0), [True]), ["w1"])
+    opened: list[InMemoryConnection] = []
+
+    def connect() -> InMemoryConnection:
+        conn = fleet.connect("w1")
+        conn.close()  # every connection breaks at once
+        opened.append(conn)
+        return conn
+
+    model = SoftmaxRegression(1, 2)
+    with pytest.raises(Unavailable, match="lost the parameter server too often"):
+        run_worker_loop("w1", connect, model, SyncGradients(SGD(1.0), model.trainable_mask()), LocalData(*blobs(8, dim=1, classes=2), 4), max_reconnects=2)
+    assert len(opened) == 3
+    with pytest.raises(LinkError):
+        opened[0].pull(-1)
+
+
+def test_unknown_worker_cannot_join() -> None:
+    fleet = InMemoryFleet([], SyncGradients(SGD(1.0), []), ["w1"])
+    with pytest.raises(FederationError, match="not a worker"):
+        fleet.connect("mallory").join()
