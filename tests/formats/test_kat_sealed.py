@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from tdxfl.core.records import BFLOAT16, TensorSet
+from tdxfl.engine.records import BFLOAT16, TensorSet
 from tdxfl.store.model_store import SealedFileStore
 from tdxfl.store.sealed import SealedFileError, open_sealed, read_sealed_bytes, seal_file
 

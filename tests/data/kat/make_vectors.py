@@ -56,7 +56,7 @@ from tdxfl.attestation.interfaces import Attester
 from tdxfl.attestation.policy import Policy
 from tdxfl.attestation.ratls import make_evidence, tls_name
 from tdxfl.attestation.simulated import SimulatedAttester, SimulatedTd
-from tdxfl.core.records import BFLOAT16, TensorSet
+from tdxfl.engine.records import BFLOAT16, TensorSet
 from tdxfl.keybroker.keystore import Keystore
 from tdxfl.store.model_store import SealedFileStore
 from tdxfl.store.sealed import seal_file
