@@ -33,7 +33,7 @@ class ModelLink:
 
     def push(
         self,
-        kind: pb.TensorKind.ValueType,
+        kind: pb.TensorKind,
         version: int,
         update: TensorSet,
         *,

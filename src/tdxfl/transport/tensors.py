@@ -30,7 +30,7 @@ _UPDATE_KINDS = {UpdateKind.GRADIENTS: pb.TENSOR_KIND_GRADIENTS, UpdateKind.WEIG
 _FROM_WIRE = {v: k for k, v in _UPDATE_KINDS.items()}
 
 
-def wire_kind(kind: UpdateKind) -> pb.TensorKind.ValueType:
+def wire_kind(kind: UpdateKind) -> pb.TensorKind:
     """The ``TensorKind`` that carries updates of ``kind``."""
     return _UPDATE_KINDS[kind]
 
@@ -39,7 +39,7 @@ def wire_kind(kind: UpdateKind) -> pb.TensorKind.ValueType:
 class Header:
     """Decoded ``TensorHeader``."""
 
-    kind: pb.TensorKind.ValueType
+    kind: pb.TensorKind
     version: int
     specs: list[TensorSpec] = field(default_factory=list)
     num_samples: int = 0
@@ -82,7 +82,7 @@ class WireTensors:
 
 
 def to_wire(
-    kind: pb.TensorKind.ValueType,
+    kind: pb.TensorKind,
     version: int,
     tensors: TensorSet | None = None,
     *,
