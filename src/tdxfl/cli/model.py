@@ -10,8 +10,7 @@ checkpoint under another keystore key (e.g. one whose policy admits an inference
 
 from __future__ import annotations
 
-import contextlib
-import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
+
+from tdxfl.files import atomic_write
 
 if TYPE_CHECKING:  # at run time only load_sealed needs it (via the store): keeps `tdxfl` start-up light
     from tdxfl.core.records import TensorSet
@@ -55,18 +56,17 @@ def load_sealed(sealed: Path, key: bytes, label: str = "checkpoint") -> tuple[Te
         raise UnsealError(f"refusing {sealed}: {e}") from None
 
 
-def _atomic_private_write(target: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` for a temporary file beside ``target``, chmod 600, rename over it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=target.suffix, dir=target.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+def _write_keras(model: Any, target: Path) -> None:
+    """Save a Keras model to ``target`` with :func:`tdxfl.files.atomic_write`.
+
+    Keras saves only to a path ending in ``.keras``, so the model is saved into a private
+    temporary directory beside ``target`` first and copied from there.
+    """
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as scratch:
+        saved = Path(scratch) / target.name
+        model.save(saved)
+        with saved.open("rb") as src, atomic_write(target) as out:
+            shutil.copyfileobj(src, out)
 
 
 def _model_params(
@@ -137,13 +137,10 @@ def unseal_model(
         adapter.set_weights(tensors.arrays)
     arrays = {spec.name: array for spec, array in zip(tensors.specs, tensors.arrays)}
 
-    def save_npz(tmp: Path) -> None:
-        with tmp.open("wb") as f:
-            np.savez(f, **arrays)  # type: ignore[arg-type]
-
-    _atomic_private_write(targets["npz"], save_npz)
+    with atomic_write(targets["npz"]) as f:
+        np.savez(f, **arrays)  # type: ignore[arg-type]
     if keras_model is not None:
-        _atomic_private_write(targets["keras"], lambda tmp: keras_model.save(tmp))
+        _write_keras(keras_model, targets["keras"])
     return targets
 
 

@@ -17,7 +17,7 @@ The sealed payload is JSON::
     {"version": 1, "audit_secret": hex, "keys": {name: {"key": hex, "policy": {...},
                                                         "roles": [...], "created": iso-time}}}
 
-Writes are atomic (temporary file, fsync, rename) and serialised with ``flock`` on
+Writes are atomic and durable (:func:`tdxfl.files.atomic_write`) and serialised with ``flock`` on
 ``<keystore>.lock``, so ``tdxfl keybroker new-key`` may run while the broker serves; the broker
 reloads the file when it changes. Key bytes live only in this process's memory (Python cannot
 wipe ``bytes``; the process boundary is the protection) and never appear in reprs or errors.
@@ -32,7 +32,6 @@ import fcntl
 import json
 import os
 import re
-import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from tdxfl.attestation.policy import Policy, PolicyError
+from tdxfl.files import atomic_write
 from tdxfl.store.keys import SCRYPT_N, SCRYPT_P, SCRYPT_R, derive_store_key
 from tdxfl.store.model_store import InvalidModelNameError, validate_model_name
 from tdxfl.store.sealed import KEY_SIZE, SealedFileError, SealedReader, SealedWriter
@@ -335,19 +335,10 @@ class Keystore:
     def _write(self) -> None:
         """Atomically replace the keystore file with the current entries (caller holds the lock)."""
         params = self._params_bytes(self._params)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(MAGIC + params + b"\n")
-                with SealedWriter(f, self._wrap_key, label=LABEL, metadata=params) as writer:
-                    writer.write(self._encode())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        with atomic_write(self.path) as f:
+            f.write(MAGIC + params + b"\n")
+            with SealedWriter(f, self._wrap_key, label=LABEL, metadata=params) as writer:
+                writer.write(self._encode())
         self._stamp = self._file_stamp()
 
     def refresh(self) -> None:

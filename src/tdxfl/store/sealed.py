@@ -42,9 +42,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-import tempfile
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Final
 
@@ -52,6 +50,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from tdxfl.files import atomic_write
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -549,17 +549,6 @@ class SealedReader:
         self.close()
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (POSIX); a no-op where directories cannot be opened."""
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def seal_file(
     path: str | os.PathLike[str],
     key: bytes | bytearray | memoryview,
@@ -571,38 +560,23 @@ def seal_file(
 ) -> int:
     """Atomically write the pieces of ``data_iter`` to ``path`` as a sealed file; return its size.
 
-    The sealed stream goes to a temporary file (mode 0600) in the destination directory, which is
-    flushed and fsynced, then renamed over ``path`` with ``os.replace``, and the directory is
-    fsynced. If anything fails (including the iterator raising), the temporary file is removed and
-    any previous file at ``path`` is left untouched. Only ciphertext ever reaches the disk. A single
-    bytes-like object may be passed instead of an iterable of pieces.
+    The sealed stream is written with :func:`tdxfl.files.atomic_write` (a mode 0600 temporary file
+    beside ``path``, fsynced, renamed over it, directory fsynced). If anything fails (including the
+    iterator raising), the temporary file is removed and any previous file at ``path`` is left
+    untouched. Only ciphertext ever reaches the disk. A single bytes-like object may be passed
+    instead of an iterable of pieces.
     """
-    target = Path(path)
-    directory = target.parent
     pieces: Iterable[bytes | bytearray | memoryview]
     if isinstance(data_iter, (bytes, bytearray, memoryview)):
         pieces = (data_iter,)
     else:
         pieces = data_iter
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as tmp:
-            writer = SealedWriter(tmp, key, label=label, metadata=metadata, chunk_size=chunk_size)
-            for piece in pieces:
-                writer.write(piece)
-            writer.close()
-            tmp.flush()
-            os.fsync(tmp.fileno())
-            size = writer.bytes_written
-        os.replace(tmp_name, target)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(directory)
-    return size
+    with atomic_write(path) as out:
+        writer = SealedWriter(out, key, label=label, metadata=metadata, chunk_size=chunk_size)
+        for piece in pieces:
+            writer.write(piece)
+        writer.close()
+    return writer.bytes_written
 
 
 def open_sealed(
