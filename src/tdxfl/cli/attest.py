@@ -11,15 +11,17 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import click
 
-from tdxfl.attestation.interfaces import REPORT_DATA_SIZE, Attester, AttestationError, VerifiedEvidence
-from tdxfl.attestation.policy import Policy, PolicyError
-from tdxfl.attestation.report import QuoteFormatError, parse_quote
+from tdxfl.attestation.interfaces import REPORT_DATA_SIZE, Attester, VerifiedEvidence
+from tdxfl.attestation.policy import Policy
+from tdxfl.attestation.report import parse_quote
+from tdxfl.errors import AttestationError, ConfigError
 
 
 def _toml_value(value: Any) -> str:
@@ -57,7 +59,7 @@ def attest(configfs: str | None, simulated: bool) -> None:
     attester = _attester(configfs, simulated)
     try:
         report = parse_quote(attester.quote(bytes(REPORT_DATA_SIZE))).report
-    except (AttestationError, QuoteFormatError) as e:
+    except AttestationError as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"# {attester.tee} TD measurements")
     for key, value in report.to_dict().items():
@@ -101,9 +103,9 @@ def load_policy(path: str | None, table: str | None) -> Policy:
         for part in (table or "").split(".") if table else ():
             data = data[part]
         if not isinstance(data, dict):
-            raise PolicyError(f"{table!r} is not a table")
+            raise ConfigError(f"{table!r} is not a table")
         return Policy.from_dict(data)
-    except (OSError, tomllib.TOMLDecodeError, KeyError, PolicyError) as e:
+    except (OSError, tomllib.TOMLDecodeError, KeyError, ConfigError) as e:
         raise click.BadParameter(f"{path}: {e}", param_hint="--policy") from e
 
 
@@ -123,15 +125,18 @@ def _evidence_summary(ev: VerifiedEvidence) -> dict[str, Any]:
 
 def _verify(data: bytes, collateral: str | None, pccs_url: str | None, cache_dir: str | None, now: int | None,
             policy: Policy) -> tuple[VerifiedEvidence, str]:
-    """Verify a raw quote or an RA-TLS certificate; return the evidence and what was checked."""
+    """Verify a raw quote or an RA-TLS certificate at unix time ``now`` (None: the current time),
+    the same time for the quote and the certificate; return the evidence and what was checked."""
     from tdxfl.attestation import ratls
     from tdxfl.attestation.decisions import DecisionLog
     from tdxfl.attestation.interfaces import Verifier
     from tdxfl.attestation.tdx.collateral import collateral_source
     from tdxfl.attestation.tdx.dcap import TdxVerifier
 
+    at = now if now is not None else int(time.time())
+    when = dt.datetime.fromtimestamp(at, dt.timezone.utc)
     source = collateral_source(collateral, pccs_url, cache_dir, hint="give --collateral FILE or --pccs-url URL")
-    tdx = TdxVerifier(source, as_of=now)
+    tdx = TdxVerifier(source, as_of=at)
     stripped = data.lstrip()
     if not (stripped.startswith(b"-----BEGIN") or data[:1] == b"\x30"):
         return tdx.verify(data), "quote"
@@ -143,16 +148,8 @@ def _verify(data: bytes, collateral: str | None, pccs_url: str | None, cache_dir
         verifiers.append(SimulatedVerifier())
     except ImportError:
         pass
-    checker = ratls.PeerVerifier("verify-quote", policy, verifiers, DecisionLog())
-    when = dt.datetime.fromtimestamp(now, dt.timezone.utc) if now is not None else dt.datetime.now(dt.timezone.utc)
-    if not cert.not_valid_before_utc <= when <= cert.not_valid_after_utc:
-        raise AttestationError(
-            f"certificate not valid at {when:%Y-%m-%d %H:%M:%S} UTC (valid {cert.not_valid_before_utc:%Y-%m-%d %H:%M} "
-            f"to {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC)"
-        )
-    evidence = ratls.certificate_evidence(cert)
-    verified = checker.verify_genuine(evidence, ratls.certificate_spki(cert))
-    return verified, "certificate (key binding and REPORTDATA checked)"
+    checker = ratls.PeerVerifier("verify-quote", policy, verifiers, DecisionLog(), now=lambda: when)
+    return checker.verify_certificate(cert), "certificate (key binding and REPORTDATA checked)"
 
 
 @click.command("verify-quote")

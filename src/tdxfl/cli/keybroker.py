@@ -19,8 +19,8 @@ from typing import Any
 
 import click
 
-from tdxfl.attestation.policy import Policy, PolicyError
-from tdxfl.config import ConfigError
+from tdxfl.attestation.policy import Policy
+from tdxfl.errors import ConfigError
 
 _PATH = click.Path(dir_okay=False, path_type=Path)
 
@@ -97,7 +97,7 @@ def _read_policy(policy_file: Path | None) -> Policy:
     table = doc.get("policy", doc) if set(doc) <= {"policy"} else doc
     try:
         return Policy.from_dict(table)
-    except PolicyError as e:
+    except ConfigError as e:
         raise click.UsageError(f"{policy_file}: {e}") from e
 
 

@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from tdxfl.attestation.policy import Policy, PolicyError
+from tdxfl.attestation.policy import Policy
+from tdxfl.errors import ConfigError
 from tdxfl.files import atomic_write
 from tdxfl.store.keys import SCRYPT_N, SCRYPT_P, SCRYPT_R, derive_store_key
 from tdxfl.store.model_store import InvalidModelNameError, validate_model_name
@@ -308,7 +309,7 @@ class Keystore:
                 )
         except KeystoreError:
             raise
-        except (ValueError, KeyError, TypeError, AttributeError, PolicyError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, ConfigError) as e:
             # Authenticated but unreadable: written by an incompatible version. Never echo the payload.
             raise KeystoreError(f"keystore {self.path} payload is malformed ({type(e).__name__})") from None
         return entries, audit_secret

@@ -39,7 +39,7 @@ from typing import Any
 
 from tdxfl.attestation.decisions import DecisionLog
 from tdxfl.attestation.interfaces import Attester, Verifier
-from tdxfl.attestation.policy import Policy, PolicyError
+from tdxfl.attestation.policy import Policy
 from tdxfl.attestation.ratls import PeerVerifier
 from tdxfl.config import Attestation, ConfigError, parse_attestation
 from tdxfl.keybroker.audit import AuditLog
@@ -108,7 +108,7 @@ def parse_broker_config(doc: Mapping[str, Any], base: Path = Path(".")) -> Broke
         raise ConfigError("[policy] is required: what every enrolling TD must meet")
     try:
         policy = Policy.from_dict(doc["policy"])
-    except PolicyError as e:
+    except ConfigError as e:
         raise ConfigError(f"[policy]: {e}") from e
     return BrokerConfig(
         name=b.get("name") or "keybroker",

@@ -23,7 +23,7 @@ from typing import Protocol
 import dcap_qvl
 from cryptography import x509
 
-from tdxfl.attestation.interfaces import AttestationError
+from tdxfl.errors import AttestationError
 from tdxfl.files import atomic_write
 
 log = logging.getLogger(__name__)
