@@ -39,8 +39,8 @@ def load_sealed(sealed: Path, key: bytes, label: str = "checkpoint") -> tuple[Te
 
     Raises UnsealError for a missing, truncated, tampered, renamed or wrongly keyed file.
     """
-    from tdxfl.store.model_store import SEALED_SUFFIX, ModelStoreError, SealedFileStore
-    from tdxfl.store.sealed import SealedFileError
+    from tdxfl.errors import ConfigError, SealedFileError
+    from tdxfl.store.model_store import SEALED_SUFFIX, SealedFileStore
 
     if not sealed.name.endswith(SEALED_SUFFIX):
         raise UnsealError(f"{sealed} is not a sealed model file (expected a name ending in {SEALED_SUFFIX})")
@@ -52,7 +52,7 @@ def load_sealed(sealed: Path, key: bytes, label: str = "checkpoint") -> tuple[Te
         return store.load(name)
     except SealedFileError as e:
         raise UnsealError(f"refusing {sealed}: {e} (the file is truncated, tampered with, or sealed under another key)") from None
-    except (ModelStoreError, ValueError) as e:
+    except (ConfigError, ValueError) as e:
         raise UnsealError(f"refusing {sealed}: {e}") from None
 
 
@@ -236,7 +236,8 @@ def unseal_file(
     sealed: Path, keystore: Path, key_name: str, key_file: Path | None, passphrase_env: str | None, label: str, out_file: Path
 ) -> None:
     """Unseal any sealed file (e.g. metrics.jsonl.sealed with --label metrics) into OUT."""
-    from tdxfl.store.sealed import SealedFileError, read_sealed_bytes
+    from tdxfl.errors import SealedFileError
+    from tdxfl.store.sealed import read_sealed_bytes
 
     key = _key_from_keystore(keystore, key_name, key_file, passphrase_env)
     try:

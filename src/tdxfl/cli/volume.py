@@ -23,7 +23,8 @@ from typing import Any
 
 import click
 
-from tdxfl.store.luks import KEY_MAX_BYTES, KEY_MIN_BYTES, Pbkdf, VolumeError, close_volume, create_volume, open_volume
+from tdxfl.errors import TdxflError
+from tdxfl.store.luks import KEY_MAX_BYTES, KEY_MIN_BYTES, Pbkdf, close_volume, create_volume, open_volume
 
 __all__ = ["COMMANDS", "broker_key_source", "no_key_source", "parse_size", "resolve_key", "volume"]
 
@@ -211,7 +212,7 @@ def create(
             image, key, size, pbkdf=pbkdf, pbkdf_memory_kib=pbkdf_memory,
             iter_time_ms=iter_time, pbkdf_iterations=pbkdf_iterations,
         )  # fmt: skip
-    except (VolumeError, ValueError) as e:
+    except TdxflError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"created {image} ({size} bytes, LUKS2 with integrity)")
 
@@ -237,7 +238,7 @@ def open_(
     key = _volume_key(image, key_env, key_fd, federation_file, party, broker_key)
     try:
         open_volume(image, key, name, mountpoint, read_only=read_only)
-    except (VolumeError, ValueError) as e:
+    except TdxflError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"opened {image} as /dev/mapper/{name} on {mountpoint}")
 
@@ -249,7 +250,7 @@ def close(name: str, mountpoint: str) -> None:
     """Unmount --mount and close /dev/mapper/NAME."""
     try:
         close_volume(name, mountpoint)
-    except (VolumeError, ValueError) as e:
+    except TdxflError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"closed {name}")
 

@@ -42,8 +42,9 @@ from tdxfl.attestation.policy import Policy
 from tdxfl.errors import ConfigError
 from tdxfl.files import atomic_write
 from tdxfl.store.keys import SCRYPT_N, SCRYPT_P, SCRYPT_R, derive_store_key
-from tdxfl.store.model_store import InvalidModelNameError, validate_model_name
-from tdxfl.store.sealed import KEY_SIZE, SealedFileError, SealedReader, SealedWriter
+from tdxfl.store.model_store import validate_model_name
+from tdxfl.errors import SealedFileError
+from tdxfl.store.sealed import KEY_SIZE, SealedReader, SealedWriter
 
 __all__ = [
     "KeyEntry",
@@ -132,9 +133,9 @@ def _check_roles(roles: Sequence[str]) -> tuple[str, ...]:
 
 def _check_name(name: str) -> str:
     try:
-        return validate_model_name(name)
-    except InvalidModelNameError as e:
-        raise KeystoreError(str(e).replace("model name", "key name")) from None
+        return validate_model_name(name, what="key")
+    except ConfigError as e:
+        raise KeystoreError(str(e)) from None
 
 
 class Keystore:
