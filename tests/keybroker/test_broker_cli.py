@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from tdxfl.attestation.simulated import SimulatedAttester, SimulatedTd
 from tdxfl.cli.keybroker import keybroker
-from tdxfl.config import ConfigError
 from tdxfl.demo import free_port
+from tdxfl.errors import ConfigError
 from tdxfl.keybroker.client import fetch_key
 from tdxfl.keybroker.keystore import Keystore
 from tdxfl.keybroker.server import load_broker_config, parse_broker_config, run_keybroker
@@ -145,9 +145,9 @@ def test_run_keybroker_serves_keys_and_audit_verifies(tmp_path: Path) -> None:
     lines = audit.read_text().splitlines(keepends=True)
     audit.write_text(lines[0].replace('"ps"', '"px"', 1))
     r = invoke("--config", str(cfg), "--passphrase-env", "KS_PASS", "verify-audit")
-    assert r.exit_code == 1 and "BROKEN" in r.output and "line 1" in r.output
+    assert r.exit_code == 5 and "BROKEN" in r.output and "line 1" in r.output  # a tampered file: exit 5
     r = invoke("--config", str(cfg), "verify-audit", "--chain-only")
-    assert r.exit_code == 1 and "line 1" in r.output
+    assert r.exit_code == 5 and "line 1" in r.output
 
 
 def test_example_broker_toml_parses(tmp_path: Path) -> None:

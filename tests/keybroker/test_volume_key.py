@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import click
 import pytest
 from click.testing import CliRunner
 
 from tdxfl.cli.volume import broker_key_source, resolve_key, volume
+from tdxfl.errors import KeyRefused
 from tdxfl.keybroker.keystore import Keystore
 
 from kb_support import BROKER_MRTD, GOOD, OTHER, Running
@@ -54,7 +54,7 @@ def test_volume_key_released_by_broker(tmp_path: Path, broker: Running, keystore
 
 def test_volume_key_refused_to_unlisted_td(tmp_path: Path, broker: Running) -> None:
     fetch = broker_key_source(str(federation_file(tmp_path, broker, OTHER)), "worker-1", "model")
-    with pytest.raises(click.ClickException, match="refused key 'model'.*MRTD"):
+    with pytest.raises(KeyRefused, match="refused key 'model'.*MRTD"):
         resolve_key(key_env=None, key_fd=None, volume_id="ckpt.img", broker=fetch)
 
 

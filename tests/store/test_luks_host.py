@@ -12,7 +12,7 @@ import contextlib
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -181,7 +181,7 @@ def test_argument_checks(tmp_path: Path) -> None:
 def test_allocate_refuses_to_overwrite(tmp_path: Path) -> None:
     path = luks.allocate_image(tmp_path / "a.img", SIZE)
     assert path.stat().st_size == SIZE
-    with pytest.raises(SealedFileError, match="already exists"):
+    with pytest.raises(ConfigError, match="already exists"):
         luks.allocate_image(path, SIZE)
 
 

@@ -3,7 +3,7 @@
 ``attest`` quotes zero REPORTDATA and prints the measurements with a policy block that pins
 them (paste it into the peers' configuration). ``verify-quote`` verifies a raw quote file or
 an RA-TLS certificate against DCAP collateral and a policy and prints the decision; its exit
-status is 0 when accepted and 1 when refused.
+status is 0 when accepted and 3 (:mod:`tdxfl.cli.exits`) when refused.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import click
 from tdxfl.attestation.interfaces import REPORT_DATA_SIZE, Attester, VerifiedEvidence
 from tdxfl.attestation.policy import Policy
 from tdxfl.attestation.report import parse_quote
-from tdxfl.errors import AttestationError, ConfigError
+from tdxfl.cli.exits import EXIT_CODES, EXIT_OK, handle_errors
+from tdxfl.errors import AttestationError, AttestationRefused, ConfigError
 
 
 def _toml_value(value: Any) -> str:
@@ -54,13 +55,11 @@ def _attester(configfs: str | None, simulated: bool) -> Attester:
 @click.command("attest")
 @click.option("--configfs", type=click.Path(file_okay=False), help="configfs-tsm report directory.")
 @click.option("--simulated", is_flag=True, help="Use the simulated TD (development only; proves nothing).")
+@handle_errors("tdxfl attest")
 def attest(configfs: str | None, simulated: bool) -> None:
     """Print this TD's measurements and a TOML policy block that pins them."""
     attester = _attester(configfs, simulated)
-    try:
-        report = parse_quote(attester.quote(bytes(REPORT_DATA_SIZE))).report
-    except AttestationError as e:
-        raise click.ClickException(str(e)) from e
+    report = parse_quote(attester.quote(bytes(REPORT_DATA_SIZE))).report
     click.echo(f"# {attester.tee} TD measurements")
     for key, value in report.to_dict().items():
         if key != "report_data":
@@ -161,6 +160,7 @@ def _verify(data: bytes, collateral: str | None, pccs_url: str | None, cache_dir
 @click.option("--policy-table", help="Dotted name of the policy table inside the --policy file.")
 @click.option("--as-of", "as_of", help="Verify at this time (ISO 8601 or unix seconds) instead of now.")
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
+@handle_errors("tdxfl verify-quote")
 def verify_quote(
     quote: str,
     collateral: str | None,
@@ -174,7 +174,7 @@ def verify_quote(
     """Verify QUOTE (a raw TDX quote, or a PEM/DER RA-TLS certificate) and judge it by policy.
 
     Without --policy, the strict default policy applies with any MRTD. Exit status: 0 accepted,
-    1 refused.
+    3 refused.
     """
     now = parse_time(as_of) if as_of is not None else None
     policy = load_policy(policy_file, policy_table)
@@ -206,7 +206,7 @@ def verify_quote(
             click.echo("ACCEPTED")
         else:
             click.echo("REFUSED: " + "; ".join(reasons))
-    sys.exit(0 if accepted else 1)
+    sys.exit(EXIT_OK if accepted else EXIT_CODES[AttestationRefused])
 
 
 COMMANDS: list[click.Command] = [attest, verify_quote]

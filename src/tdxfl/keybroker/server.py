@@ -41,7 +41,8 @@ from tdxfl.attestation.decisions import DecisionLog
 from tdxfl.attestation.interfaces import Attester, Verifier
 from tdxfl.attestation.policy import Policy
 from tdxfl.attestation.ratls import PeerVerifier
-from tdxfl.config import Attestation, ConfigError, parse_attestation
+from tdxfl.config import Attestation, parse_attestation
+from tdxfl.errors import ConfigError
 from tdxfl.keybroker.audit import AuditLog
 from tdxfl.keybroker.keystore import Keystore
 from tdxfl.keybroker.service import KeyBrokerService
@@ -195,7 +196,9 @@ def run_keybroker(
     """Serve the broker described by ``config_path`` until SIGINT/SIGTERM (or ``stop`` is set).
 
     The keystore is opened with ``key_file`` (else ``broker.key_file``) when one is named,
-    otherwise with ``passphrase``. Raises KeystoreError, AuditChainError or ConfigError.
+    otherwise with ``passphrase``. Raises ConfigError (an invalid ``broker.toml``, a missing
+    passphrase or key file), WrongKey or SealedFileError (the keystore cannot be opened), or
+    AuditChainError (the audit log was tampered with).
     """
     config = load_broker_config(config_path)
     key_file = key_file or config.key_file

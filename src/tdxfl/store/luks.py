@@ -40,8 +40,8 @@ everything that maps the volume fails saying so.
 Errors (:mod:`tdxfl.errors`; messages never contain key material): ``WrongKey`` when the key
 does not open the volume (or the image is not a LUKS volume), ``SealedFileError`` when another
 volume operation fails, ``ConfigError`` for an invalid argument (key size, volume name, size,
-KDF settings), and plain ``TdxflError`` when this machine lacks what volumes need
-(device-mapper, cryptsetup, mkfs.ext4, mount).
+KDF settings, an image file that already exists), and plain ``TdxflError`` when this machine
+lacks what volumes need (device-mapper, cryptsetup, mkfs.ext4, mount).
 """
 
 from __future__ import annotations
@@ -243,7 +243,7 @@ def _is_block_device(path: Path) -> bool:
 
 
 def allocate_image(image_path: str | os.PathLike[str], size_bytes: int) -> Path:
-    """Create a new sparse image file of ``size_bytes`` (mode 0600); SealedFileError if it exists.
+    """Create a new sparse image file of ``size_bytes`` (mode 0600); ConfigError if it exists.
 
     ``size_bytes`` must be a multiple of 4096 and at least 32 MiB (the LUKS2 header alone
     takes 16 MiB).
@@ -253,7 +253,7 @@ def allocate_image(image_path: str | os.PathLike[str], size_bytes: int) -> Path:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        raise SealedFileError(f"cannot create {path}: it already exists (refusing to overwrite a volume)") from None
+        raise ConfigError(f"cannot create {path}: it already exists (refusing to overwrite a volume)") from None
     except OSError as e:
         raise SealedFileError(f"cannot create {path}: {e.strerror}") from None
     try:
