@@ -4,8 +4,8 @@
 
 * sealed write: ``SealedFileStore.save`` (tensors_codec encoding -> AES-256-GCM chunks -> temp
   file -> flush + fsync -> os.replace -> directory fsync, see ``seal_file``);
-* plain write: the same ``encode_tensor_set`` pieces written to a temp file with the *same*
-  durability policy (flush + fsync, os.replace, directory fsync);
+* plain write: the same ``encode_tensor_set`` pieces written with the *same* durability policy
+  (``tdxfl.files.atomic_write``: flush + fsync, os.replace, directory fsync);
 * sealed read: ``SealedFileStore.load`` (authenticate + decrypt + decode into fresh arrays);
 * plain read: ``decode_tensor_set`` on the plain file (fresh arrays, ``readinto``).
 
@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,16 +33,11 @@ from bench.common import MB, load_specs, log, median, nbytes, random_set
 
 
 def plain_save(path: Path, pieces: object) -> None:
-    from tdxfl.store.sealed import _fsync_dir
+    from tdxfl.files import atomic_write
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
+    with atomic_write(path) as f:
         for piece in pieces:  # type: ignore[attr-defined]
             f.write(piece)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def main() -> None:

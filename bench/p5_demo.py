@@ -24,7 +24,7 @@ from pathlib import Path
 
 _T0 = time.monotonic()
 
-STEPS_PER_ROUND = 25  # tdxfl.demo.demo_federation for sync-gradients
+STEPS_PER_ROUND = 25  # tdxfl.wiring.demo.demo_federation for sync-gradients
 
 
 def demo_main(args: argparse.Namespace) -> None:

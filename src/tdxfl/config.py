@@ -17,13 +17,10 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from tdxfl.attestation.policy import Policy, PolicyError
+from tdxfl.attestation.policy import Policy
 from tdxfl.engine.kinds import Mode, OnTimeout
+from tdxfl.errors import ConfigError  # raised for an invalid federation file; importable from here too
 from tdxfl.ml.factory import Framework
-
-
-class ConfigError(ValueError):
-    """The federation file is invalid; the message names the key."""
 
 
 @dataclass(frozen=True)
@@ -276,7 +273,7 @@ def parse_federation(doc: Mapping[str, Any]) -> Federation:
         _check(role in raw_policies, f"[policy.{role}] is required: what parties demand of the {role}")
         try:
             policies[role] = Policy.from_dict(raw_policies[role])
-        except PolicyError as e:
+        except ConfigError as e:
             raise ConfigError(f"[policy.{role}]: {e}") from e
     output = _build(Output, doc.get("output", {}), "output")
     return Federation(str(name), tuple(parties), training, faults, attestation, policies, output, keybroker)

@@ -3,26 +3,38 @@
 from __future__ import annotations
 
 import datetime as dt
-import time
+import hashlib
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tdxfl.attestation.decisions import DecisionLog
 from tdxfl.attestation.evidence import TAGGED_EVIDENCE_OID, TaggedEvidence
 from tdxfl.attestation.policy import Policy
-from tdxfl.attestation.ratls import PeerVerifier, TlsIdentity, certificate_evidence, make_evidence
+from tdxfl.attestation.ratls import (
+    CLOCK_SKEW,
+    PeerVerifier,
+    TlsIdentity,
+    certificate_evidence,
+    certificate_fingerprint,
+    check_certificate_validity,
+    make_evidence,
+)
 from tdxfl.attestation.simulated import SimulatedAttester, SimulatedTd, SimulatedVerifier
+from tdxfl.errors import AttestationError, AttestationRefused, ConfigError
 
 MRTD = bytes.fromhex("11" * 48)
 OTHER = bytes.fromhex("22" * 48)
 
 
-def verifier(**policy: object) -> PeerVerifier:
+def verifier(*, at: dt.datetime | None = None, **policy: object) -> PeerVerifier:
+    """A verifier for simulated TDs with MRTD (and ``policy``), whose clock says ``at`` if given."""
     table = {"tee": ["simulated"], "mrtd": [MRTD.hex()], **policy}
-    return PeerVerifier("ps", Policy.from_dict(table), [SimulatedVerifier()], DecisionLog())
+    if at is None:
+        return PeerVerifier("ps", Policy.from_dict(table), [SimulatedVerifier()], DecisionLog())
+    return PeerVerifier("ps", Policy.from_dict(table), [SimulatedVerifier()], DecisionLog(), now=lambda: at)
 
 
 def identity(td: SimulatedTd | None = None, nonce: bytes | None = None) -> TlsIdentity:
@@ -135,9 +147,71 @@ def test_fresh_evidence_must_answer_our_nonce() -> None:
 
 def test_expired_certificate_is_refused() -> None:
     ident = TlsIdentity.create(SimulatedAttester(SimulatedTd(mrtd=MRTD)), "w", validity=dt.timedelta(seconds=1))
-    time.sleep(1.1)
-    d = verifier().appraise("w", certificate=ident.cert_pem).decision
-    assert not d.accepted and "not valid now" in d.reason
+    expiry = ident.certificate.not_valid_after_utc
+    assert verifier(at=expiry).appraise("w", certificate=ident.cert_pem).decision.accepted
+    d = verifier(at=expiry + dt.timedelta(seconds=1)).appraise("w", certificate=ident.cert_pem).decision
+    assert not d.accepted and d.reason.startswith("certificate not valid at ")
+
+
+def test_certificate_from_a_clock_running_ahead_is_accepted_within_the_skew() -> None:
+    ident = identity()
+    start = ident.certificate.not_valid_before_utc
+    assert verifier(at=start - CLOCK_SKEW).appraise("w", certificate=ident.cert_pem).decision.accepted
+    d = verifier(at=start - CLOCK_SKEW - dt.timedelta(seconds=1)).appraise("w", certificate=ident.cert_pem).decision
+    assert not d.accepted and "not valid at" in d.reason
+
+
+def test_default_clock_is_the_current_time() -> None:
+    assert verifier().appraise("w", certificate=identity().cert_pem).decision.accepted
+    # valid only at its creation time minus the skew, which the real clock has passed
+    past = TlsIdentity.create(SimulatedAttester(SimulatedTd(mrtd=MRTD)), "w", validity=-CLOCK_SKEW)
+    assert "certificate not valid at" in verifier().appraise("w", certificate=past.cert_pem).decision.reason
+
+
+def test_validity_check_names_the_time_and_the_window() -> None:
+    cert = identity().certificate
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    check_certificate_validity(cert, start)
+    check_certificate_validity(cert, end)
+    check_certificate_validity(cert, start - dt.timedelta(minutes=1), skew=dt.timedelta(minutes=1))
+    with pytest.raises(AttestationError) as err:
+        check_certificate_validity(cert, start - dt.timedelta(seconds=1), skew=dt.timedelta(0))
+    assert not isinstance(err.value, AttestationRefused)
+    when = start - dt.timedelta(seconds=1)
+    assert str(err.value) == (
+        f"certificate not valid at {when:%Y-%m-%d %H:%M:%S} UTC "
+        f"(valid {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC)"
+    )
+    other_zone = (end + dt.timedelta(hours=1)).astimezone(dt.timezone(dt.timedelta(hours=2)))
+    with pytest.raises(AttestationError, match=f"not valid at {end + dt.timedelta(hours=1):%Y-%m-%d %H:%M:%S} UTC"):
+        check_certificate_validity(cert, other_zone)
+
+
+def test_certificate_fingerprint_is_sha256_of_der() -> None:
+    cert = identity().certificate
+    der = cert.public_bytes(serialization.Encoding.DER)
+    expected = hashlib.sha256(der).hexdigest()
+    assert certificate_fingerprint(cert.public_bytes(serialization.Encoding.PEM)) == expected
+    assert certificate_fingerprint(der) == expected
+    with pytest.raises(AttestationError, match="not an X.509 certificate"):
+        certificate_fingerprint(b"garbage")
+
+
+def test_refusals_by_policy_are_attestation_refused() -> None:
+    v = verifier()
+    genuine = v.verify_certificate(identity(SimulatedTd(mrtd=OTHER)).cert_pem)
+    with pytest.raises(AttestationRefused, match="MRTD"):
+        v.check_policy(genuine)
+    tdx_only = PeerVerifier("ps", Policy.from_dict({"mrtd": "any"}), [SimulatedVerifier()], DecisionLog())
+    with pytest.raises(AttestationRefused, match="simulated evidence proves nothing"):
+        tdx_only.verify_certificate(identity().cert_pem)
+    ident = identity()
+    ev = certificate_evidence(ident.certificate)
+    bad = bytearray(ev.quote)
+    bad[200] ^= 1
+    with pytest.raises(AttestationError, match="signature invalid") as err:
+        v.verify_certificate(ident.cert_pem, evidence=TaggedEvidence(ev.tag, bytes(bad), ev.claims).encode())
+    assert not isinstance(err.value, AttestationRefused)
 
 
 def test_private_key_never_in_certificate_or_decisions() -> None:
@@ -151,9 +225,7 @@ def test_private_key_never_in_certificate_or_decisions() -> None:
 
 @pytest.mark.parametrize("table,needle", [({"mrtd": ["zz"]}, "not hex"), ({"tee": ["sgx"]}, "tee"), ({"mrtdd": "any"}, "unknown")])
 def test_malformed_policy_is_an_error(table: dict[str, object], needle: str) -> None:
-    from tdxfl.attestation.policy import PolicyError
-
-    with pytest.raises(PolicyError, match=needle):
+    with pytest.raises(ConfigError, match=needle):
         Policy.from_dict(table)
 
 

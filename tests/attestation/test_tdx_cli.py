@@ -17,9 +17,12 @@ from cryptography.x509.oid import NameOID
 
 from tdxfl.attestation.evidence import TAGGED_EVIDENCE_OID, Claims, TaggedEvidence, report_data_for
 from tdxfl.attestation.policy import Policy
-from tdxfl.attestation.ratls import TlsIdentity
+from tdxfl.attestation.ratls import CLOCK_SKEW, TlsIdentity
 from tdxfl.attestation.simulated import SimulatedAttester
 from tdxfl.cli import main
+
+
+REFUSED = 3  # the exit status of a refused (or unverifiable) quote: tdxfl.cli.exits
 
 
 def run(*args: str) -> Result:
@@ -70,7 +73,7 @@ def test_verify_quote_as_of_iso8601(tdx_dir: Path, policy_file: Path) -> None:
 
 def test_verify_quote_refused_now(tdx_dir: Path, policy_file: Path) -> None:
     result = run(*verify_args(tdx_dir, policy_file))
-    assert result.exit_code == 1
+    assert result.exit_code == REFUSED
     assert "REFUSED: " in result.output and "CrlExpired" in result.output
 
 
@@ -88,7 +91,7 @@ def test_verify_quote_default_policy_refuses_cloud_flags(tdx_dir: Path, sample_t
         "--as-of", str(sample_time), "--json",
     )  # fmt: skip
     out = json.loads(result.output)
-    assert result.exit_code == 1
+    assert result.exit_code == REFUSED
     assert any("dynamic platform" in r for r in out["reasons"])
 
 
@@ -97,12 +100,12 @@ def test_verify_quote_sgx_refused(tdx_dir: Path, policy_file: Path, sample_time:
         "verify-quote", str(tdx_dir / "sgx_quote"), "--collateral", str(tdx_dir / "sgx_quote_collateral.json"),
         "--policy", str(policy_file), "--as-of", str(sample_time),
     )  # fmt: skip
-    assert result.exit_code == 1 and "SGX, not TDX" in result.output
+    assert result.exit_code == REFUSED and "SGX, not TDX" in result.output
 
 
 def test_verify_quote_needs_collateral(tdx_dir: Path, policy_file: Path) -> None:
     result = run("verify-quote", str(tdx_dir / "tdx_quote"), "--policy", str(policy_file))
-    assert result.exit_code == 1 and "--collateral FILE or --pccs-url URL" in result.output
+    assert result.exit_code == REFUSED and "--collateral FILE or --pccs-url URL" in result.output
 
 
 def test_verify_quote_bad_inputs(tdx_dir: Path, tmp_path: Path) -> None:
@@ -125,7 +128,7 @@ def test_verify_simulated_certificate(tmp_path: Path, sim_policy: Path) -> None:
     assert "certificate (key binding and REPORTDATA checked)" in result.output
     # the default (real TDX) policy refuses simulated evidence
     result = run("verify-quote", str(cert))
-    assert result.exit_code == 1 and "simulated evidence proves nothing" in result.output
+    assert result.exit_code == REFUSED and "simulated evidence proves nothing" in result.output
 
 
 def test_verify_certificate_der(tmp_path: Path, sim_policy: Path) -> None:
@@ -166,7 +169,7 @@ def test_certificate_bound_to_another_key_refused(tmp_path: Path, sim_policy: Pa
     quote = SimulatedAttester().quote(report_data_for(claims))
     path = _cert_with(TaggedEvidence(SimulatedAttester.evidence_tag, quote, claims), mallory, tmp_path)
     result = run("verify-quote", str(path), "--policy", str(sim_policy), "--policy-table", "federation.peers")
-    assert result.exit_code == 1 and "bound to another key" in result.output
+    assert result.exit_code == REFUSED and "bound to another key" in result.output
 
 
 def test_certificate_report_data_mismatch_refused(tmp_path: Path, sim_policy: Path) -> None:
@@ -175,7 +178,7 @@ def test_certificate_report_data_mismatch_refused(tmp_path: Path, sim_policy: Pa
     quote = SimulatedAttester().quote(bytes(64))  # REPORTDATA does not commit to the claims
     path = _cert_with(TaggedEvidence(SimulatedAttester.evidence_tag, quote, claims), key, tmp_path)
     result = run("verify-quote", str(path), "--policy", str(sim_policy), "--policy-table", "federation.peers")
-    assert result.exit_code == 1 and "REPORTDATA does not commit to the claims" in result.output
+    assert result.exit_code == REFUSED and "REPORTDATA does not commit to the claims" in result.output
 
 
 def test_certificate_outside_validity_refused(tmp_path: Path, sim_policy: Path) -> None:
@@ -183,7 +186,20 @@ def test_certificate_outside_validity_refused(tmp_path: Path, sim_policy: Path) 
     cert.write_bytes(TlsIdentity.create(SimulatedAttester(), "alice").cert_pem)
     result = run("verify-quote", str(cert), "--policy", str(sim_policy), "--policy-table", "federation.peers",
                  "--as-of", "2020-01-01T00:00:00Z")  # fmt: skip
-    assert result.exit_code == 1 and "certificate not valid at 2020-01-01" in result.output
+    assert result.exit_code == REFUSED and "certificate not valid at 2020-01-01" in result.output
+
+
+def test_certificate_validity_allows_the_handshake_clock_skew(tmp_path: Path, sim_policy: Path) -> None:
+    """verify-quote judges validity exactly as the live handshake does: from CLOCK_SKEW before notBefore."""
+    identity = TlsIdentity.create(SimulatedAttester(), "alice")
+    cert = tmp_path / "cert.pem"
+    cert.write_bytes(identity.cert_pem)
+    start = identity.certificate.not_valid_before_utc
+    for when, status in ((start - CLOCK_SKEW, 0), (start - CLOCK_SKEW - dt.timedelta(seconds=1), REFUSED)):
+        result = run("verify-quote", str(cert), "--policy", str(sim_policy), "--policy-table", "federation.peers",
+                     "--as-of", str(int(when.timestamp())))  # fmt: skip
+        assert result.exit_code == status, result.output
+    assert f"certificate not valid at {start - CLOCK_SKEW - dt.timedelta(seconds=1):%Y-%m-%d %H:%M:%S} UTC" in result.output
 
 
 def _policy_from_output(output: str) -> Policy:
@@ -223,5 +239,6 @@ def test_attest_tdx_with_fake_configfs(
 
 def test_attest_without_configfs(tmp_path: Path) -> None:
     result = run("attest", "--configfs", str(tmp_path / "absent"))
-    assert result.exit_code == 1
-    assert "mount -t configfs none /sys/kernel/config" in result.output
+    assert result.exit_code == 3  # AttestationError: no evidence can be made here
+    assert result.stderr.startswith(f"tdxfl attest: configfs-tsm report interface {tmp_path / 'absent'} not found")
+    assert result.stderr.count("\n") == 1 and "mount -t configfs none /sys/kernel/config" in result.stderr

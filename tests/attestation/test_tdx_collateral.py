@@ -8,10 +8,10 @@ from pathlib import Path
 import dcap_qvl
 import pytest
 
-from tdxfl.attestation.interfaces import AttestationError
 from tdxfl.attestation.tdx import collateral as coll
 from tdxfl.attestation.tdx.collateral import FileCollateral, PccsCollateral, collateral_expiry
 from tdxfl.attestation.tdx.dcap import TdxVerifier
+from tdxfl.errors import AttestationError
 
 URL = "https://pccs.example/"
 #: the PCK CRL's nextUpdate (2025-07-19 10:00:35 UTC) is the first expiry in the sample

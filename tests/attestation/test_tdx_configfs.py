@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from tdxfl.attestation.evidence import TDX_EVIDENCE_TAG
-from tdxfl.attestation.interfaces import AttestationError
 from tdxfl.attestation.report import parse_quote
 from tdxfl.attestation.tdx.configfs import DEFAULT_ROOT, TdxAttester
+from tdxfl.errors import AttestationError
 
 REPORT_DATA = bytes(range(64))
 

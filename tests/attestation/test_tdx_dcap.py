@@ -9,11 +9,12 @@ from pathlib import Path
 import dcap_qvl
 import pytest
 
-from tdxfl.attestation.interfaces import AttestationError, PlatformFlags, VerifiedEvidence
+from tdxfl.attestation.interfaces import PlatformFlags, VerifiedEvidence
 from tdxfl.attestation.policy import Policy
 from tdxfl.attestation.report import TD_REPORT10_SIZE, TdAttribute, parse_quote
-from tdxfl.attestation.tdx.collateral import FileCollateral
+from tdxfl.attestation.tdx.collateral import FileCollateral, collateral_expiry
 from tdxfl.attestation.tdx.dcap import TdxVerifier, platform_flags
+from tdxfl.errors import AttestationError
 
 SIG_DATA = 48 + TD_REPORT10_SIZE + 4  # where the signature data (ECDSA signature first) starts
 
@@ -139,8 +140,24 @@ def test_expired_collateral_refused_at_real_clock(tdx_collateral_path: Path, tdx
 
 def test_verification_before_collateral_validity_refused(tdx_collateral_path: Path, tdx_quote: bytes) -> None:
     verifier = TdxVerifier(FileCollateral(tdx_collateral_path), as_of=1700000000)  # Nov 2023
-    with pytest.raises(AttestationError, match="refused by DCAP verification at 2023-11-14"):
+    with pytest.raises(AttestationError, match="refused by DCAP verification at 2023-11-14") as err:
         verifier.verify(tdx_quote)
+    assert "collateral expired" not in str(err.value)  # not yet valid is not expired
+
+
+def test_expiry_hint_comes_from_the_collateral_dates(tdx_collateral_path: Path, tdx_quote: bytes) -> None:
+    """At its first nextUpdate the collateral has expired, whatever words dcap-qvl uses for it."""
+    source = FileCollateral(tdx_collateral_path)
+    expiry = collateral_expiry(source.collateral_for(tdx_quote, 0))
+    TdxVerifier(source, as_of=expiry - 1).verify(tdx_quote)
+    with pytest.raises(AttestationError, match=r"refused by DCAP verification at .*\(collateral expired: fetch fresh"):
+        TdxVerifier(source, as_of=expiry).verify(tdx_quote)
+
+
+def test_no_expiry_hint_for_valid_collateral(verifier: TdxVerifier, tdx_quote: bytes) -> None:
+    with pytest.raises(AttestationError, match="refused by DCAP verification") as err:
+        verifier.verify(flip(tdx_quote, SIG_DATA + 10))  # refused while the collateral is valid
+    assert "collateral expired" not in str(err.value)
 
 
 def test_truncated_quote_refused(verifier: TdxVerifier, tdx_quote: bytes) -> None:

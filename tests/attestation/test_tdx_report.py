@@ -6,7 +6,8 @@ import struct
 
 import pytest
 
-from tdxfl.attestation.report import TD_REPORT10_SIZE, QuoteFormatError, TdAttribute, parse_quote
+from tdxfl.attestation.report import TD_REPORT10_SIZE, TdAttribute, parse_quote
+from tdxfl.errors import AttestationError
 
 V4_BODY = slice(48, 48 + TD_REPORT10_SIZE)
 
@@ -43,11 +44,11 @@ def test_v5_from_v4_body(tdx_quote: bytes, body_type: int, extra: bytes) -> None
 
 
 def test_v5_bad_body_descriptor(tdx_quote: bytes) -> None:
-    with pytest.raises(QuoteFormatError, match="body type 9"):
+    with pytest.raises(AttestationError, match="body type 9"):
         parse_quote(_v5(tdx_quote, body_type=9))
     q = bytearray(_v5(tdx_quote))
     struct.pack_into("<I", q, 50, 600)
-    with pytest.raises(QuoteFormatError, match="must be 584 bytes"):
+    with pytest.raises(AttestationError, match="must be 584 bytes"):
         parse_quote(bytes(q))
 
 
@@ -56,19 +57,19 @@ def test_v5_bad_body_descriptor(tdx_quote: bytes) -> None:
     [(0, "shorter than its 48-byte header"), (47, "header"), (48 + 100, "truncated"), (48 + 584 + 4 + 100, "signature data says")],
 )
 def test_truncated_quotes(tdx_quote: bytes, length: int, match: str) -> None:
-    with pytest.raises(QuoteFormatError, match=match):
+    with pytest.raises(AttestationError, match=match):
         parse_quote(tdx_quote[:length])
 
 
 def test_truncated_v5(tdx_quote: bytes) -> None:
-    with pytest.raises(QuoteFormatError, match="body descriptor"):
+    with pytest.raises(AttestationError, match="body descriptor"):
         parse_quote(_v5(tdx_quote)[:50])
 
 
 def test_sgx_and_unknown_version(tdx_quote: bytes, sgx_quote: bytes) -> None:
-    with pytest.raises(QuoteFormatError, match="SGX"):
+    with pytest.raises(AttestationError, match="SGX"):
         parse_quote(sgx_quote)
-    with pytest.raises(QuoteFormatError, match="version 7"):
+    with pytest.raises(AttestationError, match="version 7"):
         parse_quote(struct.pack("<H", 7) + tdx_quote[2:])
 
 

@@ -26,7 +26,8 @@ from pathlib import Path
 import pytest
 
 from tdxfl.attestation.policy import Policy
-from tdxfl.keybroker.keystore import Keystore, KeystoreError
+from tdxfl.errors import ConfigError, WrongKey
+from tdxfl.keybroker.keystore import Keystore
 
 KAT = Path(__file__).resolve().parents[1] / "data" / "kat"
 PASSPHRASE_KS = KAT / "keystore-passphrase.ks"
@@ -139,9 +140,9 @@ def test_raw_key_file_opens_it_too(tmp_path: Path) -> None:
 
 
 def test_wrong_passphrase_is_refused() -> None:
-    with pytest.raises(KeystoreError, match="wrong passphrase"):
+    with pytest.raises(WrongKey, match="wrong passphrase"):
         Keystore.open(PASSPHRASE_KS, passphrase=PASSPHRASE + "!")
-    with pytest.raises(KeystoreError, match="protected by a passphrase"):
+    with pytest.raises(ConfigError, match="protected by a passphrase"):
         Keystore.open(PASSPHRASE_KS, key_file=KEY_FILE)
 
 
@@ -149,9 +150,9 @@ def test_wrong_key_file_is_refused(tmp_path: Path) -> None:
     wrong = tmp_path / "wrong.key"
     wrong.write_text(bytes(range(32)).hex())
     wrong.chmod(0o600)
-    with pytest.raises(KeystoreError, match="wrong passphrase or key file"):
+    with pytest.raises(WrongKey, match="wrong passphrase or key file"):
         Keystore.open(KEYFILE_KS, key_file=wrong)
-    with pytest.raises(KeystoreError, match="protected by a key file"):
+    with pytest.raises(ConfigError, match="protected by a key file"):
         Keystore.open(KEYFILE_KS, passphrase=PASSPHRASE)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tdxfl.errors import SealedFileError
 from tdxfl.keybroker.audit import GENESIS, AuditChainError, AuditLog, verify_chain
 
 MAC_KEY = os.urandom(32)
@@ -116,8 +117,9 @@ def test_broker_refuses_to_extend_a_broken_log(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     lines = write_log(path)
     rewrite(path, lines[1:])
-    with pytest.raises(AuditChainError, match="line 1"):
+    with pytest.raises(AuditChainError, match="line 1") as info:
         AuditLog(path, mac_key=MAC_KEY)
+    assert isinstance(info.value, SealedFileError) and info.value.line == 1
 
 
 def test_log_is_private_and_holds_no_key_field(tmp_path: Path) -> None:

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from tdxfl.attestation.simulated import SimulatedAttester, SimulatedTd
 from tdxfl.cli.keybroker import keybroker
-from tdxfl.config import ConfigError
 from fedtools import free_port
+from tdxfl.errors import ConfigError
 from tdxfl.keybroker.client import fetch_key
 from tdxfl.keybroker.keystore import Keystore
 from tdxfl.keybroker.server import load_broker_config, parse_broker_config, run_keybroker
@@ -82,18 +82,19 @@ def test_new_key_list_and_verify_audit(tmp_path: Path) -> None:
 def test_passphrase_never_from_argv_and_wrong_one_refused(tmp_path: Path) -> None:
     cfg = broker_toml(tmp_path)
     r = invoke("--config", str(cfg), "--passphrase", PASSPHRASE, "list")
-    assert r.exit_code != 0 and "No such option" in r.output
+    assert r.exit_code == 2 and "No such option" in r.output
     invoke("--config", str(cfg), "--passphrase-env", "KS_PASS", "new-key", "model",
            "--policy-file", str(policy_file(tmp_path)))
     r = invoke("--config", str(cfg), "--passphrase-env", "KS_PASS", "list", env={"KS_PASS": "wrong wrong"})
-    assert r.exit_code != 0 and "wrong passphrase" in r.output
+    assert r.exit_code == 5 and "wrong passphrase" in r.output  # WrongKey
+    assert r.stderr.startswith("tdxfl keybroker list: cannot open keystore") and r.stderr.count("\n") == 1
     r = invoke("--config", str(cfg), "--passphrase-env", "MISSING_VAR", "list")
-    assert r.exit_code != 0 and "MISSING_VAR" in r.output
+    assert r.exit_code == 2 and "MISSING_VAR" in r.output
 
 
 def test_new_key_requires_a_policy(tmp_path: Path) -> None:
     r = invoke("--config", str(broker_toml(tmp_path)), "--passphrase-env", "KS_PASS", "new-key", "model")
-    assert r.exit_code != 0 and "--policy-file is required" in r.output
+    assert r.exit_code == 2 and "--policy-file is required" in r.output
 
 
 def test_group_without_subcommand_serves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -145,9 +146,9 @@ def test_run_keybroker_serves_keys_and_audit_verifies(tmp_path: Path) -> None:
     lines = audit.read_text().splitlines(keepends=True)
     audit.write_text(lines[0].replace('"ps"', '"px"', 1))
     r = invoke("--config", str(cfg), "--passphrase-env", "KS_PASS", "verify-audit")
-    assert r.exit_code == 1 and "BROKEN" in r.output and "line 1" in r.output
+    assert r.exit_code == 5 and "BROKEN" in r.output and "line 1" in r.output  # a tampered file: exit 5
     r = invoke("--config", str(cfg), "verify-audit", "--chain-only")
-    assert r.exit_code == 1 and "line 1" in r.output
+    assert r.exit_code == 5 and "line 1" in r.output
 
 
 def test_example_broker_toml_parses(tmp_path: Path) -> None:
@@ -186,7 +187,7 @@ def test_broker_config_errors_are_clear(change: dict[str, Any], needle: str) -> 
 def test_serve_reports_missing_keystore(tmp_path: Path) -> None:
     cfg = broker_toml(tmp_path)
     r = invoke("--config", str(cfg), "--passphrase-env", "KS_PASS", "serve")
-    assert r.exit_code != 0 and "no keystore" in r.output
+    assert r.exit_code == 5 and "no keystore" in r.output  # SealedFileError
 
 
 def test_options_accepted_after_the_subcommand(tmp_path: Path) -> None:

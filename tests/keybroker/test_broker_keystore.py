@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from tdxfl.attestation.policy import Policy
-from tdxfl.keybroker.keystore import Keystore, KeystoreError
+from tdxfl.errors import ConfigError, SealedFileError, WrongKey
+from tdxfl.keybroker.keystore import Keystore
 
 from kb_support import FAST_N, GOOD, PASSPHRASE, sim_policy
 
@@ -32,10 +33,12 @@ def test_keys_round_trip_with_policy_and_roles(tmp_path: Path) -> None:
 
 def test_wrong_passphrase_is_refused(tmp_path: Path) -> None:
     make(tmp_path).new_key("model", sim_policy(GOOD), ["ps"])
-    with pytest.raises(KeystoreError, match="wrong passphrase"):
+    with pytest.raises(WrongKey, match="wrong passphrase"):
         Keystore.open(tmp_path / "ks", passphrase="not the passphrase")
-    with pytest.raises(KeystoreError, match="passphrase"):
+    with pytest.raises(ConfigError, match="protected by a passphrase; none was given"):
         Keystore.open(tmp_path / "ks")
+    with pytest.raises(ConfigError, match="passphrase is empty"):
+        Keystore.open(tmp_path / "ks", passphrase="")
 
 
 def test_tampered_keystore_is_refused(tmp_path: Path) -> None:
@@ -44,18 +47,37 @@ def test_tampered_keystore_is_refused(tmp_path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[-40] ^= 1
     path.write_bytes(bytes(data))
-    with pytest.raises(KeystoreError, match="damaged|tampered"):
+    with pytest.raises(SealedFileError, match="damaged|tampered") as info:
         Keystore.open(path, passphrase=PASSPHRASE)
+    assert not isinstance(info.value, WrongKey)  # the header authenticated: the passphrase is right
     path.write_bytes(bytes(data[:-60]))
-    with pytest.raises(KeystoreError):
+    with pytest.raises(SealedFileError, match="damaged") as info:
         Keystore.open(path, passphrase=PASSPHRASE)
+    assert not isinstance(info.value, WrongKey)
+
+
+def test_missing_or_foreign_keystore_is_a_sealed_file_error(tmp_path: Path) -> None:
+    with pytest.raises(SealedFileError, match="no keystore at"):
+        Keystore.open(tmp_path / "absent", passphrase=PASSPHRASE)
+    (tmp_path / "foreign").write_bytes(b"PK\x03\x04 not a keystore\n")
+    with pytest.raises(SealedFileError, match="not a tdxfl keystore"):
+        Keystore.open(tmp_path / "foreign", passphrase=PASSPHRASE)
+
+
+def test_edited_kdf_parameters_that_cannot_derive_a_key_are_refused(tmp_path: Path) -> None:
+    make(tmp_path)
+    path = tmp_path / "ks"
+    path.write_bytes(path.read_bytes().replace(b'"n":16384', b'"n":1000', 1))
+    with pytest.raises(SealedFileError, match="KDF parameters are invalid") as info:
+        Keystore.open(path, passphrase=PASSPHRASE)
+    assert not isinstance(info.value, WrongKey)
 
 
 def test_weakened_kdf_parameters_in_the_clear_header_are_refused(tmp_path: Path) -> None:
     make(tmp_path)
     path = tmp_path / "ks"
     path.write_bytes(path.read_bytes().replace(b'"n":16384', b'"n":32768', 1))
-    with pytest.raises(KeystoreError, match="wrong passphrase or key file, or the file was tampered"):
+    with pytest.raises(WrongKey, match="wrong passphrase or key file, or the file was tampered"):
         Keystore.open(path, passphrase=PASSPHRASE)
 
 
@@ -69,28 +91,30 @@ def test_key_file_protection(tmp_path: Path) -> None:
     other = tmp_path / "other.key"
     other.write_bytes(os.urandom(32))
     other.chmod(0o600)
-    with pytest.raises(KeystoreError, match="wrong passphrase or key file"):
+    with pytest.raises(WrongKey, match="wrong passphrase or key file"):
         Keystore.open(tmp_path / "ks", key_file=other)
     other.chmod(0o644)
-    with pytest.raises(KeystoreError, match="group/others"):
+    with pytest.raises(ConfigError, match="group/others"):
         Keystore.open(tmp_path / "ks", key_file=other)
 
 
 def test_invalid_requests_are_refused(tmp_path: Path) -> None:
     ks = make(tmp_path)
     ks.new_key("model", sim_policy(GOOD), ["ps"])
-    with pytest.raises(KeystoreError, match="already exists"):
+    with pytest.raises(ConfigError, match="already exists"):
         ks.new_key("model", sim_policy(GOOD), ["ps"])
-    with pytest.raises(KeystoreError, match="key name"):
+    with pytest.raises(ConfigError, match="key name"):
         ks.new_key("../escape", sim_policy(GOOD), ["ps"])
-    with pytest.raises(KeystoreError, match="at least one role"):
+    with pytest.raises(ConfigError, match="at least one role"):
         ks.new_key("other", sim_policy(GOOD), [])
-    with pytest.raises(KeystoreError, match="no key named"):
+    with pytest.raises(ConfigError, match="no key named"):
         ks.get("missing")
-    with pytest.raises(KeystoreError, match="refusing to overwrite"):
+    with pytest.raises(ConfigError, match="refusing to overwrite"):
         make(tmp_path)
-    with pytest.raises(KeystoreError, match="at least 8"):
+    with pytest.raises(ConfigError, match="at least 8"):
         Keystore.create(tmp_path / "weak", passphrase="short", scrypt_n=FAST_N)
+    with pytest.raises(TypeError, match="policy must be"):  # a caller's bug, not a refusal
+        ks.new_key("other", {"mrtd": "any"}, ["ps"])  # type: ignore[arg-type]
 
 
 def test_a_serving_instance_sees_keys_added_by_another_process(tmp_path: Path) -> None:

@@ -11,8 +11,9 @@ import pytest
 
 from tdxfl.attestation.simulated import SimulatedAttester
 from fedtools import free_port
+from tdxfl.errors import KeyRefused, Unavailable
 from tdxfl.keybroker.audit import verify_chain
-from tdxfl.keybroker.client import BrokerUnavailable, KeyRefused, fetch_key
+from tdxfl.keybroker.client import fetch_key
 from tdxfl.transport.attested import AttestationRefused
 
 from kb_support import GOOD, OTHER, Running
@@ -63,6 +64,7 @@ def test_key_refused_with_reason_and_audit_entry(
     with pytest.raises(KeyRefused) as err:
         fetch(broker, party, role, td(mrtd, debug), key)
     assert needle in err.value.reason and err.value.key_name == key
+    assert not isinstance(err.value, OSError)  # a refusal is final: no OSError handler retries it
     [entry] = audit_entries(broker)
     assert entry["decision"] == "refused" and needle in str(entry["reason"])
     assert entry["party"] == party and entry["role"] == role and entry["key"] == key
@@ -106,7 +108,7 @@ def test_unreachable_broker_retries_then_fails(td: Callable[..., SimulatedAttest
 
     v = PeerVerifier("ps", sim_policy(GOOD), [SimulatedVerifier()], DecisionLog())
     a, e = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    with pytest.raises(BrokerUnavailable, match="after 3 attempts"):
+    with pytest.raises(Unavailable, match="after 3 attempts"):
         fetch_key("ps", "ps", td(), v, "model", a, e, retries=2, backoff_s=0.01, timeout=2.0)
 
 

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from tdxfl.cli.model import export, unseal
+from tdxfl.errors import WrongKey
 from tdxfl.keybroker.keystore import Keystore
 from tdxfl.store.model_store import SealedFileStore
 
@@ -58,7 +59,7 @@ def test_unseal_round_trip_keras_predictions_match(tmp_path: Path, keystore: Key
     x = np.random.default_rng(1).random((16, *SHAPE)).astype(np.float32)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
     again = run(unseal, str(sealed), *ks_args(keystore), "--out", str(out))
-    assert again.exit_code != 0 and "overwrite" in again.output
+    assert again.exit_code == 2 and "overwrite" in again.output  # ConfigError: --force decides
 
 
 def test_unseal_takes_architecture_from_options_when_metadata_lacks_it(
@@ -71,10 +72,10 @@ def test_unseal_takes_architecture_from_options_when_metadata_lacks_it(
     store = SealedFileStore(tmp_path / "ck", keystore.get("model").key, label="checkpoint")
     sealed = store.save("round-0001", adapter.get_tensor_set(), {"round": 1})
     missing = run(unseal, sealed, *ks_args(keystore), "--out", str(tmp_path / "o1"))
-    assert missing.exit_code != 0 and "--model, --input-shape, --num-classes" in missing.output
+    assert missing.exit_code == 2 and "--model, --input-shape, --num-classes" in missing.output
     wrong = run(unseal, sealed, *ks_args(keystore), "--out", str(tmp_path / "o2"),
                 "--model", "mlp", "--input-shape", "8,8,1", "--num-classes", "10")
-    assert wrong.exit_code != 0 and "do not fit" in wrong.output
+    assert wrong.exit_code == 1 and "do not fit" in wrong.output  # RecordError
     ok = run(unseal, sealed, *ks_args(keystore), "--out", str(tmp_path / "o3"),
              "--model", "mlp", "--input-shape", "8,8,1", "--num-classes", "4")
     assert ok.exit_code == 0, ok.output
@@ -99,7 +100,7 @@ def test_tampered_or_truncated_input_is_refused_and_writes_nothing(
     sealed.write_bytes(bytes(data))
     out = tmp_path / "out"
     result = run(unseal, str(sealed), *ks_args(keystore), "--out", str(out))
-    assert result.exit_code != 0
+    assert result.exit_code == 5  # SealedFileError (WrongKey for the flipped header)
     assert "refusing" in result.output and ("tampered" in result.output or "truncated" in result.output)
     assert not (out / "model.npz").exists() and not (out / "model.keras").exists()
 
@@ -107,15 +108,15 @@ def test_tampered_or_truncated_input_is_refused_and_writes_nothing(
 def test_wrong_key_or_renamed_file_is_refused(tmp_path: Path, keystore: Keystore, trained: tuple[Path, Any]) -> None:
     sealed, _ = trained
     result = run(unseal, str(sealed), *ks_args(keystore, "ps-only"), "--out", str(tmp_path / "o"))
-    assert result.exit_code != 0 and "sealed under another key" in result.output
+    assert result.exit_code == 5 and "sealed under another key" in result.output
     renamed = sealed.with_name("round-0009.sealed")
     sealed.rename(renamed)
     result = run(unseal, str(renamed), *ks_args(keystore), "--out", str(tmp_path / "o"))
-    assert result.exit_code != 0 and "does not hold model" in result.output
+    assert result.exit_code == 5 and "does not hold model" in result.output
     bad_pass = CliRunner().invoke(
         unseal, [str(renamed), *ks_args(keystore), "--out", str(tmp_path / "o")], env={"KS_PASS": "wrong passphrase"}
     )
-    assert bad_pass.exit_code != 0 and "wrong passphrase" in bad_pass.output
+    assert bad_pass.exit_code == 5 and "wrong passphrase" in bad_pass.output
 
 
 def test_export_reseals_under_another_key(tmp_path: Path, keystore: Keystore, trained: tuple[Path, Any]) -> None:
@@ -127,5 +128,5 @@ def test_export_reseals_under_another_key(tmp_path: Path, keystore: Keystore, tr
     assert meta["round"] == 3
     for a, v in zip(tensors.arrays, model.weights):
         np.testing.assert_array_equal(a, v.numpy())
-    with pytest.raises(Exception, match="wrong key"):
+    with pytest.raises(WrongKey, match="wrong key"):
         SealedFileStore(out, keystore.get("model").key, label="checkpoint").load("final")

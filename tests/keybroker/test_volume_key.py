@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import click
 import pytest
 from click.testing import CliRunner
 
 from tdxfl.cli.volume import broker_key_source, resolve_key, volume
+from fedtools import free_port
+from tdxfl.errors import AttestationRefused, KeyRefused, Unavailable
 from tdxfl.keybroker.keystore import Keystore
 
 from kb_support import BROKER_MRTD, GOOD, OTHER, Running
 
 
-def federation_file(tmp_path: Path, broker: Running, mrtd: bytes) -> Path:
+def federation_file(
+    tmp_path: Path, broker: Running, mrtd: bytes, *, broker_mrtd: bytes = BROKER_MRTD, address: str = ""
+) -> Path:
+    """A federation whose worker-1 is a simulated TD with ``mrtd``, and whose broker must have ``broker_mrtd``."""
     path = tmp_path / "fed.toml"
     path.write_text(f"""
 [[party]]
@@ -29,17 +33,18 @@ mode = "simulated"
 [attestation.simulated]
 mrtd = "{mrtd.hex()}"
 [keybroker]
-address = "{broker.address}"
-enroll_address = "{broker.enroll_address}"
+address = "{address or broker.address}"
+enroll_address = "{address or broker.enroll_address}"
 [policy.workers]
 mrtd = "any"
 [policy.ps]
 mrtd = "any"
 [policy.keybroker]
 tee = ["simulated"]
-mrtd = ["{BROKER_MRTD.hex()}"]
+mrtd = ["{broker_mrtd.hex()}"]
 [faults]
 connect_retries = 1
+connect_backoff_s = 0.01
 [output]
 dir = "{tmp_path / 'out'}"
 """)
@@ -54,7 +59,7 @@ def test_volume_key_released_by_broker(tmp_path: Path, broker: Running, keystore
 
 def test_volume_key_refused_to_unlisted_td(tmp_path: Path, broker: Running) -> None:
     fetch = broker_key_source(str(federation_file(tmp_path, broker, OTHER)), "worker-1", "model")
-    with pytest.raises(click.ClickException, match="refused key 'model'.*MRTD"):
+    with pytest.raises(KeyRefused, match="refused key 'model'.*MRTD"):
         resolve_key(key_env=None, key_fd=None, volume_id="ckpt.img", broker=fetch)
 
 
@@ -65,3 +70,32 @@ def test_volume_cli_needs_exactly_one_key_source(tmp_path: Path, broker: Running
     assert none.exit_code != 0 and "no key source" in none.output
     both = runner.invoke(volume, ["create", str(tmp_path / "b.img"), "-f", str(fed), "--party", "worker-1", "--key-env", "X"])
     assert both.exit_code != 0 and "only one key source" in both.output
+
+
+def test_volume_key_from_a_broker_we_refuse(tmp_path: Path, broker: Running) -> None:
+    fetch = broker_key_source(str(federation_file(tmp_path, broker, GOOD, broker_mrtd=OTHER)), "worker-1", "model")
+    with pytest.raises(AttestationRefused, match="we refused keybroker"):  # the tree's class, whatever the transport raises
+        resolve_key(key_env=None, key_fd=None, volume_id="ckpt.img", broker=fetch)
+
+
+def test_volume_key_from_an_unreachable_broker(tmp_path: Path, broker: Running) -> None:
+    fed = federation_file(tmp_path, broker, GOOD, address=f"127.0.0.1:{free_port()}")
+    with pytest.raises(Unavailable, match="after 2 attempts"):
+        resolve_key(key_env=None, key_fd=None, volume_id="ckpt.img", broker=broker_key_source(str(fed), "worker-1", "model"))
+
+
+@pytest.mark.parametrize(
+    "mrtd,broker_mrtd,unreachable,code",
+    [(OTHER, BROKER_MRTD, False, 4), (GOOD, OTHER, False, 3), (GOOD, BROKER_MRTD, True, 6)],
+    ids=["key-refused", "broker-refused", "broker-unreachable"],
+)
+def test_volume_cli_exit_status_names_the_broker_outcome(
+    tmp_path: Path, broker: Running, mrtd: bytes, broker_mrtd: bytes, unreachable: bool, code: int
+) -> None:
+    address = f"127.0.0.1:{free_port()}" if unreachable else ""
+    fed = federation_file(tmp_path, broker, mrtd, broker_mrtd=broker_mrtd, address=address)
+    image = tmp_path / "ckpt.img"
+    result = CliRunner().invoke(volume, ["create", str(image), "-f", str(fed), "--party", "worker-1"])
+    assert result.exit_code == code, result.output
+    assert result.stderr.startswith("tdxfl volume create: ") and result.stderr.count("\n") == 1, result.stderr
+    assert not image.exists()

@@ -8,10 +8,11 @@ test_luks_vm.py. cryptsetup comes from scripts/provision-vm-test.sh (CI runs it 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +21,22 @@ import pytest
 from click.testing import CliRunner
 
 from tdxfl.cli import volume as volume_cli
+from tdxfl.errors import ConfigError, SealedFileError, TdxflError, WrongKey
 from tdxfl.store import luks
-from tdxfl.store.luks import (
-    NO_DEVICE_MAPPER_MESSAGE,
-    WRONG_KEY_MESSAGE,
-    CryptsetupMissingError,
-    NoDeviceMapperError,
-    VolumeError,
-    WrongKeyError,
-)
+from tdxfl.store.luks import NO_DEVICE_MAPPER_MESSAGE, WRONG_KEY_MESSAGE
 
 KEY = bytes(range(7, 7 + 32)) + b"\n\x00 tail"  # binary, with a newline and NUL: must pass intact
 WRONG = bytes(32)
 SIZE = 32 * 1024 * 1024
 FAST_KDF: dict[str, Any] = {"pbkdf": "pbkdf2", "pbkdf_iterations": 1000}
+
+
+@contextlib.contextmanager
+def machine_lacks(match: str) -> Iterator[pytest.ExceptionInfo[TdxflError]]:
+    """Expect the error for something this machine lacks: a plain TdxflError, not a volume error."""
+    with pytest.raises(TdxflError, match=match) as info:
+        yield info
+    assert type(info.value) is TdxflError, repr(info.value)
 
 
 def _secret_forms(key: bytes) -> list[bytes]:
@@ -82,11 +85,11 @@ def test_format_dump_and_test_key(image: Path) -> None:
     assert "cipher: aes-xts-plain64" in dump
     assert "Cipher key: 512 bits" in dump
     luks.verify_key(image, KEY)
-    with pytest.raises(WrongKeyError, match=WRONG_KEY_MESSAGE) as info:
+    with pytest.raises(WrongKey, match=WRONG_KEY_MESSAGE) as info:
         luks.verify_key(image, WRONG)
     _assert_no_key_in(str(info.value))
     # A key that differs only after a newline is a different key (stdin is read to EOF, raw).
-    with pytest.raises(WrongKeyError):
+    with pytest.raises(WrongKey):
         luks.verify_key(image, KEY[:32] + b"\n")
 
 
@@ -94,7 +97,7 @@ def test_key_never_in_argv_env_or_image(tmp_path: Path, cryptsetup: str, calls: 
     path = luks.allocate_image(tmp_path / "volume.img", SIZE)
     luks.format_volume(path, KEY, integrity=None, **FAST_KDF)
     luks.verify_key(path, KEY)
-    with pytest.raises(WrongKeyError):
+    with pytest.raises(WrongKey):
         luks.verify_key(path, WRONG)
     luks.luks_dump(path)
     assert [c["argv"][1] for c in calls] == ["luksFormat", "open", "open", "luksDump"]
@@ -115,14 +118,14 @@ def test_not_a_luks_volume(tmp_path: Path, cryptsetup: str) -> None:
     plain = tmp_path / "plain.img"
     plain.write_bytes(b"\0" * 65536)
     assert not luks.is_luks(plain)
-    with pytest.raises(WrongKeyError, match=WRONG_KEY_MESSAGE):
+    with pytest.raises(WrongKey, match=WRONG_KEY_MESSAGE):
         luks.verify_key(plain, KEY)
 
 
 def test_create_volume_without_device_mapper_leaves_nothing(tmp_path: Path, cryptsetup: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(luks, "device_mapper_available", lambda **_: False)
     target = tmp_path / "new.img"
-    with pytest.raises(NoDeviceMapperError, match="no device-mapper"):
+    with machine_lacks("no device-mapper"):
         luks.create_volume(target, KEY, SIZE, **FAST_KDF)
     assert not target.exists()
 
@@ -130,13 +133,13 @@ def test_create_volume_without_device_mapper_leaves_nothing(tmp_path: Path, cryp
 def test_integrity_format_needs_device_mapper(tmp_path: Path, cryptsetup: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(luks, "device_mapper_available", lambda **_: False)
     path = luks.allocate_image(tmp_path / "volume.img", SIZE)
-    with pytest.raises(NoDeviceMapperError, match="no device-mapper"):
+    with machine_lacks("no device-mapper"):
         luks.format_volume(path, KEY, **FAST_KDF)  # --integrity hmac-sha256 needs dm-integrity
 
 
 def test_open_volume_when_dm_reports_missing(image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(luks, "device_mapper_available", lambda **_: False)
-    with pytest.raises(NoDeviceMapperError, match=r"no device-mapper \(dm-crypt\)"):
+    with machine_lacks(r"no device-mapper \(dm-crypt\)"):
         luks.open_volume(image, KEY, "tdxfl-host-test", tmp_path / "mnt")
 
 
@@ -144,41 +147,41 @@ def test_missing_cryptsetup_says_install_it(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setattr(luks.shutil, "which", lambda *a, **k: None)
     monkeypatch.setattr(luks.os, "access", lambda *a, **k: False)
     (tmp_path / "x.img").write_bytes(b"\0" * 4096)
-    with pytest.raises(CryptsetupMissingError, match="install cryptsetup"):
+    with machine_lacks("install cryptsetup"):
         luks.verify_key(tmp_path / "x.img", KEY)
-    with pytest.raises(CryptsetupMissingError, match="install cryptsetup"):
+    with machine_lacks("install cryptsetup"):
         luks.open_volume(tmp_path / "x.img", KEY, "n", tmp_path / "mnt")
 
 
 def test_program_vanishing_between_lookup_and_run(tmp_path: Path) -> None:
-    with pytest.raises(CryptsetupMissingError, match="install cryptsetup") as info:
+    with machine_lacks("install cryptsetup") as info:
         luks._run([str(tmp_path / "no-such-dir" / "cryptsetup"), "luksDump", "x"], what="luksDump", key=KEY)
     _assert_no_key_in(str(info.value))
 
 
 def test_argument_checks(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="32 to 8192 bytes") as info:
+    with pytest.raises(ConfigError, match="32 to 8192 bytes") as info:
         luks.verify_key(tmp_path / "x.img", b"short key")
     assert "short key" not in str(info.value)
     with pytest.raises(TypeError):
         luks.verify_key(tmp_path / "x.img", "a string is not a key" * 3)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="invalid volume name"):
+    with pytest.raises(ConfigError, match="invalid volume name"):
         luks.close_volume("../etc", tmp_path)
-    with pytest.raises(ValueError, match="volume size"):
+    with pytest.raises(ConfigError, match="volume size"):
         luks.allocate_image(tmp_path / "small.img", 1024 * 1024)
-    with pytest.raises(ValueError, match="pbkdf"):
+    with pytest.raises(ConfigError, match="pbkdf"):
         luks._pbkdf_args("scrypt", None, None, None)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="argon2id only"):
+    with pytest.raises(ConfigError, match="argon2id only"):
         luks._pbkdf_args("pbkdf2", 65536, None, None)
     assert luks._pbkdf_args("argon2id", 65536, 500, None) == ["--pbkdf", "argon2id", "--pbkdf-memory", "65536", "--iter-time", "500"]
-    with pytest.raises(VolumeError, match="no such file"):
+    with pytest.raises(SealedFileError, match="no such file"):
         luks.verify_key(tmp_path / "missing.img", KEY)
 
 
 def test_allocate_refuses_to_overwrite(tmp_path: Path) -> None:
     path = luks.allocate_image(tmp_path / "a.img", SIZE)
     assert path.stat().st_size == SIZE
-    with pytest.raises(VolumeError, match="already exists"):
+    with pytest.raises(ConfigError, match="already exists"):
         luks.allocate_image(path, SIZE)
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from tdxfl.errors import SealedFileError, WrongKey
 from tdxfl.store import sealed
 from tdxfl.store.sealed import (
-    SealedFileError,
     SealedReader,
     SealedWriter,
     open_sealed,
@@ -196,8 +196,23 @@ def test_metadata_size_limit() -> None:
 
 
 def test_wrong_key() -> None:
-    with pytest.raises(SealedFileError, match="^wrong key or tampered header$"):
+    with pytest.raises(WrongKey, match="^wrong key or tampered header$"):
         unseal(seal(b"secret"), key=OTHER_KEY)
+
+
+def test_only_a_header_that_fails_authentication_is_a_wrong_key() -> None:
+    """WrongKey is the header check (wrong key or tampered header); other damage is not."""
+    blob = seal(os.urandom(3 * CS))
+    hlen = header_len()
+    with pytest.raises(WrongKey):
+        unseal(flip(blob, hlen - 1))  # the header tag
+    for damaged in (flip(blob, hlen + 10), blob[:-1], blob + b"x", b"not sealed" * 10):
+        with pytest.raises(SealedFileError) as info:
+            unseal(damaged)
+        assert not isinstance(info.value, WrongKey), str(info.value)
+    with pytest.raises(SealedFileError) as info:
+        unseal(seal(b"x", label="other"), label=LABEL)
+    assert not isinstance(info.value, WrongKey)
 
 
 @pytest.mark.parametrize("blob", [b"", b"TDXFL", b"PK\x03\x04" + b"\x00" * 200, os.urandom(500)])

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from tdxfl.engine.records import TensorSet, TensorSpec
-from tdxfl.store.tensors_codec import CODEC_MAGIC, TensorCodecError, decode_tensor_set, encode_tensor_set
+from tdxfl.errors import RecordError
+from tdxfl.store.tensors_codec import CODEC_MAGIC, decode_tensor_set, encode_tensor_set
 
 
 def sample() -> TensorSet:
@@ -89,17 +90,17 @@ def test_big_endian_and_non_contiguous_arrays_are_normalized() -> None:
 
 @pytest.mark.parametrize("array", [np.array([True]), np.array([1j]), np.array(["s"]), np.array([1], dtype=np.int16)])
 def test_encode_rejects_disallowed_dtypes(array: np.ndarray) -> None:
-    with pytest.raises(TensorCodecError, match="dtype"):
+    with pytest.raises(RecordError, match="dtype"):
         encode(TensorSet.from_arrays(["x"], [array]))
 
 
 def test_encode_rejects_spec_mismatch_and_bad_metadata() -> None:
     ts = TensorSet([TensorSpec("x", "float32", (3,))], [np.zeros(4, dtype=np.float32)])
-    with pytest.raises(TensorCodecError, match="spec says"):
+    with pytest.raises(RecordError, match="spec says"):
         encode(ts)
-    with pytest.raises(TensorCodecError, match="specs for"):
+    with pytest.raises(RecordError, match="specs for"):
         encode(TensorSet([TensorSpec("x", "float32", (3,))], []))
-    with pytest.raises(TensorCodecError, match="JSON"):
+    with pytest.raises(RecordError, match="JSON"):
         encode(TensorSet([], []), {"obj": object()})
 
 
@@ -107,13 +108,13 @@ def test_truncation_everywhere() -> None:
     raw = encode(sample(), {"m": 1})
     (hlen,) = struct.unpack("<Q", raw[8:16])
     for cut in sorted({0, 4, 15, 16, 16 + hlen // 2, 16 + hlen, 16 + hlen + 1, len(raw) - 1}):
-        with pytest.raises(TensorCodecError, match="truncated"):
+        with pytest.raises(RecordError, match="truncated"):
             decode_tensor_set(io.BytesIO(raw[:cut]))
 
 
 def test_trailing_data() -> None:
     raw = encode(sample())
-    with pytest.raises(TensorCodecError, match="trailing data"):
+    with pytest.raises(RecordError, match="trailing data"):
         decode_tensor_set(io.BytesIO(raw + b"\x00"))
     decode_tensor_set(io.BytesIO(raw + b"\x00"), require_end=False)
 
@@ -149,20 +150,20 @@ def entry(name: object = "t", dtype: object = "float32", shape: object = (2,)) -
     ],
 )
 def test_header_validation(header: object, message: str) -> None:
-    with pytest.raises(TensorCodecError, match=message):
+    with pytest.raises(RecordError, match=message):
         decode_tensor_set(craft(header, b"\x00" * 8))
 
 
 def test_total_size_limit_and_other_framing_errors() -> None:
     header = {"version": 1, "tensors": [entry(shape=[100])]}
-    with pytest.raises(TensorCodecError, match="limit"):
+    with pytest.raises(RecordError, match="limit"):
         decode_tensor_set(craft(header, b"\x00" * 400), max_total_bytes=399)
     decode_tensor_set(craft(header, b"\x00" * 400), max_total_bytes=400)
-    with pytest.raises(TensorCodecError, match="bad magic"):
+    with pytest.raises(RecordError, match="bad magic"):
         decode_tensor_set(craft(header, magic=b"PICKLE!!"))
-    with pytest.raises(TensorCodecError, match="not valid JSON"):
+    with pytest.raises(RecordError, match="not valid JSON"):
         decode_tensor_set(io.BytesIO(CODEC_MAGIC + struct.pack("<Q", 3) + b"{x}"))
-    with pytest.raises(TensorCodecError, match="header length"):
+    with pytest.raises(RecordError, match="header length"):
         decode_tensor_set(io.BytesIO(CODEC_MAGIC + struct.pack("<Q", 1 << 40)))
 
 

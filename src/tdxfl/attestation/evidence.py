@@ -3,9 +3,11 @@
 Certificate extension ``tcg-dice-TaggedEvidence`` (OID 2.23.133.5.4.9) holds a CBOR tag whose
 number names the evidence kind and whose content is ``[quote, claims]``: ``claims`` is the
 CBOR encoding of a map ``{"pubkey-hash": [hash-alg-id, hash(SubjectPublicKeyInfo DER)],
-"nonce": bytes?}``. The quote's REPORTDATA is SHA-512(claims), which binds the quote to the
-certificate's key (and to the verifier's nonce, when there is one). This is the layout of the
-interoperable RA-TLS format used by Intel's TDX/SGX TLS libraries.
+"nonce": bytes?}``. The quote's REPORTDATA is SHA-384(claims) followed by 16 zero bytes, which
+binds the quote to the certificate's key (and to the verifier's nonce, when there is one);
+verifiers also accept SHA-256(claims) and SHA-512(claims), zero-padded to 64 bytes, as other
+implementations make them. This is the layout of the interoperable RA-TLS format used by Intel's
+TDX/SGX TLS libraries.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from dataclasses import dataclass
 import cbor2
 from cryptography import x509
 
-from tdxfl.attestation.interfaces import REPORT_DATA_SIZE, AttestationError
+from tdxfl.attestation.interfaces import REPORT_DATA_SIZE
+from tdxfl.errors import AttestationError
 
 TAGGED_EVIDENCE_OID = x509.ObjectIdentifier("2.23.133.5.4.9")
 #: CBOR tag for an Intel TDX quote (interoperable RA-TLS)

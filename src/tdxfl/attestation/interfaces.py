@@ -13,13 +13,9 @@ import abc
 from dataclasses import dataclass, field
 
 from tdxfl.attestation.report import TdReport
+from tdxfl.errors import AttestationError
 
 REPORT_DATA_SIZE = 64
-
-
-class AttestationError(Exception):
-    """Evidence could not be produced or was refused; ``str(err)`` is the reason."""
-
 
 @dataclass(frozen=True)
 class PlatformFlags:

@@ -13,13 +13,10 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from tdxfl.attestation.interfaces import VerifiedEvidence
+from tdxfl.errors import ConfigError
 
 ANY = "any"
 _MEASUREMENT_SIZES = {"mrtd": 48, "rtmr0": 48, "rtmr1": 48, "rtmr2": 48, "rtmr3": 48, "mrconfigid": 48, "mrowner": 48}
-
-
-class PolicyError(ValueError):
-    """A policy table is malformed; the message names the offending key."""
 
 
 MeasurementRule = frozenset[bytes] | None  # None means "any"
@@ -35,15 +32,15 @@ def _parse_rule(key: str, raw: object) -> MeasurementRule:
         return None
     values = [raw] if isinstance(raw, str) else raw
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-        raise PolicyError(f'policy key {key!r} must be "any", a hex string or a list of hex strings')
+        raise ConfigError(f'policy key {key!r} must be "any", a hex string or a list of hex strings')
     out = set()
     for v in values:
         try:
             b = bytes.fromhex(v)
         except ValueError as e:
-            raise PolicyError(f"policy key {key!r}: {v!r} is not hex") from e
+            raise ConfigError(f"policy key {key!r}: {v!r} is not hex") from e
         if len(b) != _MEASUREMENT_SIZES[key]:
-            raise PolicyError(f"policy key {key!r}: {v!r} is {len(b)} bytes, expected {_MEASUREMENT_SIZES[key]}")
+            raise ConfigError(f"policy key {key!r}: {v!r} is {len(b)} bytes, expected {_MEASUREMENT_SIZES[key]}")
         out.add(b)
     return frozenset(out)
 
@@ -69,11 +66,14 @@ class Policy:
 
     @classmethod
     def from_dict(cls, table: Mapping[str, Any]) -> Policy:
-        """Build a policy from a TOML table; unknown keys are an error (typos must not weaken it)."""
+        """Build a policy from a TOML table; unknown keys are an error (typos must not weaken it).
+
+        Raises ConfigError naming the offending key when the table is malformed.
+        """
         known = {f.name for f in fields(cls)}
         unknown = set(table) - known
         if unknown:
-            raise PolicyError(f"unknown policy keys: {', '.join(sorted(unknown))}")
+            raise ConfigError(f"unknown policy keys: {', '.join(sorted(unknown))}")
         kwargs: dict[str, Any] = {}
         for key, raw in table.items():
             if key in _MEASUREMENT_SIZES:
@@ -81,14 +81,14 @@ class Policy:
             elif key in ("tee", "tcb_statuses", "accepted_advisories"):
                 items = [raw] if isinstance(raw, str) else raw
                 if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-                    raise PolicyError(f"policy key {key!r} must be a list of strings")
+                    raise ConfigError(f"policy key {key!r} must be a list of strings")
                 kwargs[key] = frozenset(items)
             else:
                 if not isinstance(raw, bool):
-                    raise PolicyError(f"policy key {key!r} must be true or false")
+                    raise ConfigError(f"policy key {key!r} must be true or false")
                 kwargs[key] = raw
         if "tee" in kwargs and not kwargs["tee"] <= {"tdx", "simulated"}:
-            raise PolicyError(f"policy key 'tee' accepts only 'tdx' and 'simulated', got {sorted(kwargs['tee'])}")
+            raise ConfigError(f"policy key 'tee' accepts only 'tdx' and 'simulated', got {sorted(kwargs['tee'])}")
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:

@@ -3,16 +3,17 @@
 ``TlsIdentity.create`` makes an ECDSA P-384 key in memory, asks the attester for evidence
 whose REPORTDATA commits to the key's SubjectPublicKeyInfo (and a verifier's nonce), and wraps
 both in a short-lived self-signed certificate. ``PeerVerifier`` checks such certificates (or
-fresh evidence for a known key) against a policy and records every decision. Nothing here
-writes to disk.
+fresh evidence for a known key) against a policy, at the time of its clock, and records every
+decision. Nothing here writes to disk.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -30,11 +31,19 @@ from tdxfl.attestation.evidence import (
     report_data_for,
     report_data_matches,
 )
-from tdxfl.attestation.interfaces import Attester, AttestationError, VerifiedEvidence, Verifier
+from tdxfl.attestation.interfaces import Attester, VerifiedEvidence, Verifier
 from tdxfl.attestation.policy import Policy
+from tdxfl.errors import AttestationError, AttestationRefused
 
 DEFAULT_VALIDITY = dt.timedelta(hours=12)
-_CLOCK_SKEW = dt.timedelta(minutes=5)
+#: how far a peer's clock may run ahead of ours: certificates are made valid from this long before
+#: their creation, and accepted from this long before their notBefore
+CLOCK_SKEW = dt.timedelta(minutes=5)
+
+
+def utc_now() -> dt.datetime:
+    """The current time, timezone-aware in UTC (the default clock of ``PeerVerifier``)."""
+    return dt.datetime.now(dt.timezone.utc)
 
 
 def make_evidence(attester: Attester, spki_der: bytes, nonce: bytes | None = None) -> TaggedEvidence:
@@ -71,14 +80,14 @@ class TlsIdentity:
         spki = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         evidence = make_evidence(attester, spki, nonce)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, tls_name(party))])
-        now = dt.datetime.now(dt.timezone.utc)
+        now = utc_now()
         cert = (
             x509.CertificateBuilder()
             .subject_name(name)
             .issuer_name(name)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _CLOCK_SKEW)
+            .not_valid_before(now - CLOCK_SKEW)
             .not_valid_after(now + validity)
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(tls_name(party))]), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -146,6 +155,32 @@ def load_certificate(cert: bytes) -> x509.Certificate:
         raise AttestationError(f"not an X.509 certificate: {e}") from e
 
 
+def certificate_fingerprint(cert_pem: bytes) -> str:
+    """SHA-256 of the DER encoding of the certificate ``cert_pem`` (PEM or DER), as lower-case hex.
+
+    This is how an attested peer's pinned certificate is named (enrollment table, audit log).
+    Raises AttestationError when ``cert_pem`` is not a certificate.
+    """
+    der = load_certificate(cert_pem).public_bytes(serialization.Encoding.DER)
+    return hashlib.sha256(der).hexdigest()
+
+
+def check_certificate_validity(
+    cert: x509.Certificate, now: dt.datetime, skew: dt.timedelta = CLOCK_SKEW
+) -> None:
+    """Raise AttestationError unless ``cert`` is valid at ``now`` (a timezone-aware time).
+
+    Valid means from ``skew`` before its notBefore (the peer's clock may run ahead of ours) to its
+    notAfter, both included. The one validity check of both the live handshake and ``tdxfl
+    verify-quote``.
+    """
+    if not cert.not_valid_before_utc - skew <= now <= cert.not_valid_after_utc:
+        raise AttestationError(
+            f"certificate not valid at {now.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC (valid "
+            f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} to {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC)"
+        )
+
+
 def certificate_spki(cert: x509.Certificate) -> bytes:
     """DER SubjectPublicKeyInfo of ``cert``."""
     return cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -186,25 +221,34 @@ class PeerVerifier:
         policy: Policy,
         verifiers: Sequence[Verifier] | Mapping[int, Verifier],
         decisions: DecisionLog,
+        *,
+        now: Callable[[], dt.datetime] = utc_now,
     ) -> None:
+        """``now`` is the clock certificates are judged by (it returns timezone-aware times); pass
+        another one to appraise as of a fixed time (historic evidence, tests)."""
         self.me = me
         self.policy = policy
         self._verifiers = dict(verifiers) if isinstance(verifiers, Mapping) else {v.evidence_tag: v for v in verifiers}
         self.decisions = decisions
+        self._now = now
 
     def check_policy(self, verified: VerifiedEvidence) -> None:
-        """Raise AttestationError listing every policy violation of ``verified``."""
+        """Raise AttestationRefused listing every policy violation of ``verified``."""
         reasons = self.policy.evaluate(verified)
         if reasons:
-            raise AttestationError("; ".join(reasons))
+            raise AttestationRefused("; ".join(reasons))
 
     def verify_genuine(self, evidence: TaggedEvidence, spki_der: bytes, nonce: bytes | None = None) -> VerifiedEvidence:
-        """Check the evidence kind is acceptable, the quote genuine and bound to the key and nonce."""
+        """Check the evidence kind is acceptable, the quote genuine and bound to the key and nonce.
+
+        Raises AttestationRefused when the policy does not accept the evidence kind, and
+        AttestationError when the evidence is not genuine or not bound to the key and nonce.
+        """
         verifier = self._verifiers.get(evidence.tag)
         kind = verifier.tee if verifier else _KIND_OF_TAG.get(evidence.tag, f"tag {evidence.tag}")
         refusal = self.policy.tee_refusal(kind)
         if refusal:
-            raise AttestationError(refusal)
+            raise AttestationRefused(refusal)
         if verifier is None:
             raise AttestationError(f"no verifier configured for evidence kind {kind!r}")
         claims = evidence.parsed_claims()
@@ -216,6 +260,24 @@ class PeerVerifier:
         if not report_data_matches(verified.report.report_data, evidence.claims):
             raise AttestationError("quote REPORTDATA does not commit to the claims: quote not bound to this key")
         return verified
+
+    def verify_certificate(
+        self,
+        certificate: bytes | x509.Certificate,
+        *,
+        evidence: bytes | None = None,
+        nonce: bytes | None = None,
+    ) -> VerifiedEvidence:
+        """Check that ``certificate`` is valid at this verifier's ``now`` and that its evidence (or
+        ``evidence``, for its key) is genuine and bound to its key and to ``nonce``.
+
+        The policy judges only the evidence kind here (``check_policy`` judges the rest). Raises
+        AttestationError (AttestationRefused for a refused kind) naming the failed check.
+        """
+        cert = certificate if isinstance(certificate, x509.Certificate) else load_certificate(certificate)
+        check_certificate_validity(cert, self._now())
+        tagged = TaggedEvidence.decode(evidence) if evidence is not None else certificate_evidence(cert)
+        return self.verify_genuine(tagged, certificate_spki(cert), nonce)
 
     def appraise(
         self,
@@ -232,15 +294,7 @@ class PeerVerifier:
         verified: VerifiedEvidence | None = None
         tee = mrtd = ""
         try:
-            cert = certificate if isinstance(certificate, x509.Certificate) else load_certificate(certificate)
-            now = dt.datetime.now(dt.timezone.utc)
-            if not cert.not_valid_before_utc - _CLOCK_SKEW <= now <= cert.not_valid_after_utc:
-                raise AttestationError(
-                    f"certificate not valid now (valid {cert.not_valid_before_utc:%Y-%m-%d %H:%M} to "
-                    f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC)"
-                )
-            tagged = TaggedEvidence.decode(evidence) if evidence is not None else certificate_evidence(cert)
-            genuine = self.verify_genuine(tagged, certificate_spki(cert), nonce)
+            genuine = self.verify_certificate(certificate, evidence=evidence, nonce=nonce)
             tee, mrtd = genuine.tee, genuine.report.mrtd.hex()
             self.check_policy(genuine)
             verified = genuine

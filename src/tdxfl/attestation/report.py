@@ -5,7 +5,9 @@ reference: a 48-byte header, then the TD report body (TDX 1.0: 584 bytes; TDX 1.
 which appends TEE_TCB_SVN2 and MRSERVICETD), then a u32 signature-data length and the
 signature data. Version 5 inserts a body-type u16 and body-size u32 after the header.
 
-The parser only reads; it checks nothing cryptographic (that is the verifier's job).
+The parser only reads; it checks nothing cryptographic (that is the verifier's job). Bytes that
+are not a well-formed TDX quote (truncated, wrong version or wrong TEE) raise
+``tdxfl.errors.AttestationError``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import enum
 import struct
 from dataclasses import dataclass
 
+from tdxfl.errors import AttestationError
+
 HEADER_SIZE = 48
 TDX_TEE_TYPE = 0x81
 SGX_TEE_TYPE = 0x00
@@ -21,10 +25,6 @@ TD_REPORT10_SIZE = 584
 TD_REPORT15_SIZE = 648
 _V5_BODY_TYPE_TD10 = 2
 _V5_BODY_TYPE_TD15 = 3
-
-
-class QuoteFormatError(ValueError):
-    """The bytes are not a well-formed TDX quote (truncated, wrong version or wrong TEE)."""
 
 
 class TdAttribute(enum.IntFlag):
@@ -101,7 +101,7 @@ class ParsedQuote:
 def parse_td_report(body: bytes) -> TdReport:
     """Parse a TD report body (TDX 1.0 layout; TDX 1.5 only appends fields)."""
     if len(body) < TD_REPORT10_SIZE:
-        raise QuoteFormatError(
+        raise AttestationError(
             f"TD report body is {len(body)} bytes, at least {TD_REPORT10_SIZE} are required"
         )
 
@@ -127,41 +127,41 @@ def parse_td_report(body: bytes) -> TdReport:
 def parse_quote(quote: bytes) -> ParsedQuote:
     """Parse a TDX quote of version 4 or 5; trailing padding after the signature is ignored.
 
-    Raises QuoteFormatError with a clear message for truncated input, another TEE (SGX) or an
+    Raises AttestationError with a clear message for truncated input, another TEE (SGX) or an
     unknown version.
     """
     if len(quote) < HEADER_SIZE:
-        raise QuoteFormatError(f"quote is {len(quote)} bytes, shorter than its {HEADER_SIZE}-byte header")
+        raise AttestationError(f"quote is {len(quote)} bytes, shorter than its {HEADER_SIZE}-byte header")
     version, key_type, tee_type = struct.unpack_from("<HHI", quote, 0)
     if tee_type != TDX_TEE_TYPE:
         tee = "SGX" if tee_type == SGX_TEE_TYPE else f"0x{tee_type:x}"
-        raise QuoteFormatError(f"quote is for TEE type {tee}, not TDX (0x81)")
+        raise AttestationError(f"quote is for TEE type {tee}, not TDX (0x81)")
     if version == 4:
         body_offset, body_size = HEADER_SIZE, TD_REPORT10_SIZE
     elif version == 5:
         if len(quote) < HEADER_SIZE + 6:
-            raise QuoteFormatError("version 5 quote truncated before its body descriptor")
+            raise AttestationError("version 5 quote truncated before its body descriptor")
         body_type, body_size = struct.unpack_from("<HI", quote, HEADER_SIZE)
         if body_type == _V5_BODY_TYPE_TD10:
             expected = TD_REPORT10_SIZE
         elif body_type == _V5_BODY_TYPE_TD15:
             expected = TD_REPORT15_SIZE
         else:
-            raise QuoteFormatError(f"version 5 quote has body type {body_type}, not a TD report (2 or 3)")
+            raise AttestationError(f"version 5 quote has body type {body_type}, not a TD report (2 or 3)")
         if body_size != expected:
-            raise QuoteFormatError(f"version 5 body type {body_type} must be {expected} bytes, says {body_size}")
+            raise AttestationError(f"version 5 body type {body_type} must be {expected} bytes, says {body_size}")
         body_offset = HEADER_SIZE + 6
     else:
-        raise QuoteFormatError(f"unsupported quote version {version} (expected 4 or 5)")
+        raise AttestationError(f"unsupported quote version {version} (expected 4 or 5)")
     signed_length = body_offset + body_size
     if len(quote) < signed_length + 4:
-        raise QuoteFormatError(
+        raise AttestationError(
             f"quote truncated: {len(quote)} bytes, its header and body alone need {signed_length + 4}"
         )
     (sig_len,) = struct.unpack_from("<I", quote, signed_length)
     sig_end = signed_length + 4 + sig_len
     if len(quote) < sig_end:
-        raise QuoteFormatError(
+        raise AttestationError(
             f"quote truncated: signature data says {sig_len} bytes, only {len(quote) - signed_length - 4} present"
         )
     return ParsedQuote(

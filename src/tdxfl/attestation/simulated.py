@@ -19,21 +19,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tdxfl.attestation.evidence import SIMULATED_EVIDENCE_TAG
-from tdxfl.attestation.interfaces import (
-    Attester,
-    AttestationError,
-    VerifiedEvidence,
-    Verifier,
-    check_report_data,
-)
-from tdxfl.attestation.report import (
-    HEADER_SIZE,
-    TD_REPORT10_SIZE,
-    TDX_TEE_TYPE,
-    QuoteFormatError,
-    TdAttribute,
-    parse_quote,
-)
+from tdxfl.attestation.interfaces import Attester, VerifiedEvidence, Verifier, check_report_data
+from tdxfl.attestation.report import HEADER_SIZE, TD_REPORT10_SIZE, TDX_TEE_TYPE, TdAttribute, parse_quote
+from tdxfl.errors import AttestationError
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +111,7 @@ class SimulatedVerifier(Verifier):
         """Return the simulated TD's report; raise AttestationError if malformed or corrupted."""
         try:
             parsed = parse_quote(quote)
-        except QuoteFormatError as e:
+        except AttestationError as e:
             raise AttestationError(f"simulated quote malformed: {e}") from e
         if parsed.qe_vendor_id != SIMULATED_QE_VENDOR_ID or len(parsed.signature_data) != _SIGNATURE_SIZE:
             raise AttestationError("not a simulated quote (QE vendor id or signature size differs)")

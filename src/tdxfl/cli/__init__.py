@@ -1,4 +1,7 @@
-"""The ``tdxfl`` command line: one click group, one module per family of subcommands."""
+"""The ``tdxfl`` command line: one click group, one module per family of subcommands.
+
+Every command exits with the status that :mod:`tdxfl.cli.exits` maps its outcome to.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,10 @@ import logging
 
 import click
 
+from tdxfl.cli.exits import exit_status_summary
 
-@click.group()
+
+@click.group(epilog=f"Exit status: {exit_status_summary()}.")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(verbose: int) -> None:
     """tdxfl: federated learning between attested Intel TDX trust domains."""

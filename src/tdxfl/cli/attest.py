@@ -3,7 +3,7 @@
 ``attest`` quotes zero REPORTDATA and prints the measurements with a policy block that pins
 them (paste it into the peers' configuration). ``verify-quote`` verifies a raw quote file or
 an RA-TLS certificate against DCAP collateral and a policy and prints the decision; its exit
-status is 0 when accepted and 1 when refused.
+status is 0 when accepted and 3 (:mod:`tdxfl.cli.exits`) when refused.
 """
 
 from __future__ import annotations
@@ -11,15 +11,18 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import click
 
-from tdxfl.attestation.interfaces import REPORT_DATA_SIZE, Attester, AttestationError, VerifiedEvidence
-from tdxfl.attestation.policy import Policy, PolicyError
-from tdxfl.attestation.report import QuoteFormatError, parse_quote
+from tdxfl.attestation.interfaces import REPORT_DATA_SIZE, Attester, VerifiedEvidence
+from tdxfl.attestation.policy import Policy
+from tdxfl.attestation.report import parse_quote
+from tdxfl.cli.exits import EXIT_CODES, EXIT_OK, handle_errors
+from tdxfl.errors import AttestationError, AttestationRefused, ConfigError
 
 
 def _toml_value(value: Any) -> str:
@@ -52,13 +55,11 @@ def _attester(configfs: str | None, simulated: bool) -> Attester:
 @click.command("attest")
 @click.option("--configfs", type=click.Path(file_okay=False), help="configfs-tsm report directory.")
 @click.option("--simulated", is_flag=True, help="Use the simulated TD (development only; proves nothing).")
+@handle_errors("tdxfl attest")
 def attest(configfs: str | None, simulated: bool) -> None:
     """Print this TD's measurements and a TOML policy block that pins them."""
     attester = _attester(configfs, simulated)
-    try:
-        report = parse_quote(attester.quote(bytes(REPORT_DATA_SIZE))).report
-    except (AttestationError, QuoteFormatError) as e:
-        raise click.ClickException(str(e)) from e
+    report = parse_quote(attester.quote(bytes(REPORT_DATA_SIZE))).report
     click.echo(f"# {attester.tee} TD measurements")
     for key, value in report.to_dict().items():
         if key != "report_data":
@@ -101,9 +102,9 @@ def load_policy(path: str | None, table: str | None) -> Policy:
         for part in (table or "").split(".") if table else ():
             data = data[part]
         if not isinstance(data, dict):
-            raise PolicyError(f"{table!r} is not a table")
+            raise ConfigError(f"{table!r} is not a table")
         return Policy.from_dict(data)
-    except (OSError, tomllib.TOMLDecodeError, KeyError, PolicyError) as e:
+    except (OSError, tomllib.TOMLDecodeError, KeyError, ConfigError) as e:
         raise click.BadParameter(f"{path}: {e}", param_hint="--policy") from e
 
 
@@ -123,15 +124,18 @@ def _evidence_summary(ev: VerifiedEvidence) -> dict[str, Any]:
 
 def _verify(data: bytes, collateral: str | None, pccs_url: str | None, cache_dir: str | None, now: int | None,
             policy: Policy) -> tuple[VerifiedEvidence, str]:
-    """Verify a raw quote or an RA-TLS certificate; return the evidence and what was checked."""
+    """Verify a raw quote or an RA-TLS certificate at unix time ``now`` (None: the current time),
+    the same time for the quote and the certificate; return the evidence and what was checked."""
     from tdxfl.attestation import ratls
     from tdxfl.attestation.decisions import DecisionLog
     from tdxfl.attestation.interfaces import Verifier
     from tdxfl.attestation.tdx.collateral import collateral_source
     from tdxfl.attestation.tdx.dcap import TdxVerifier
 
+    at = now if now is not None else int(time.time())
+    when = dt.datetime.fromtimestamp(at, dt.timezone.utc)
     source = collateral_source(collateral, pccs_url, cache_dir, hint="give --collateral FILE or --pccs-url URL")
-    tdx = TdxVerifier(source, as_of=now)
+    tdx = TdxVerifier(source, as_of=at)
     stripped = data.lstrip()
     if not (stripped.startswith(b"-----BEGIN") or data[:1] == b"\x30"):
         return tdx.verify(data), "quote"
@@ -143,16 +147,8 @@ def _verify(data: bytes, collateral: str | None, pccs_url: str | None, cache_dir
         verifiers.append(SimulatedVerifier())
     except ImportError:
         pass
-    checker = ratls.PeerVerifier("verify-quote", policy, verifiers, DecisionLog())
-    when = dt.datetime.fromtimestamp(now, dt.timezone.utc) if now is not None else dt.datetime.now(dt.timezone.utc)
-    if not cert.not_valid_before_utc <= when <= cert.not_valid_after_utc:
-        raise AttestationError(
-            f"certificate not valid at {when:%Y-%m-%d %H:%M:%S} UTC (valid {cert.not_valid_before_utc:%Y-%m-%d %H:%M} "
-            f"to {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC)"
-        )
-    evidence = ratls.certificate_evidence(cert)
-    verified = checker.verify_genuine(evidence, ratls.certificate_spki(cert))
-    return verified, "certificate (key binding and REPORTDATA checked)"
+    checker = ratls.PeerVerifier("verify-quote", policy, verifiers, DecisionLog(), now=lambda: when)
+    return checker.verify_certificate(cert), "certificate (key binding and REPORTDATA checked)"
 
 
 @click.command("verify-quote")
@@ -164,6 +160,7 @@ def _verify(data: bytes, collateral: str | None, pccs_url: str | None, cache_dir
 @click.option("--policy-table", help="Dotted name of the policy table inside the --policy file.")
 @click.option("--as-of", "as_of", help="Verify at this time (ISO 8601 or unix seconds) instead of now.")
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
+@handle_errors("tdxfl verify-quote")
 def verify_quote(
     quote: str,
     collateral: str | None,
@@ -177,7 +174,7 @@ def verify_quote(
     """Verify QUOTE (a raw TDX quote, or a PEM/DER RA-TLS certificate) and judge it by policy.
 
     Without --policy, the strict default policy applies with any MRTD. Exit status: 0 accepted,
-    1 refused.
+    3 refused.
     """
     now = parse_time(as_of) if as_of is not None else None
     policy = load_policy(policy_file, policy_table)
@@ -209,7 +206,7 @@ def verify_quote(
             click.echo("ACCEPTED")
         else:
             click.echo("REFUSED: " + "; ".join(reasons))
-    sys.exit(0 if accepted else 1)
+    sys.exit(EXIT_OK if accepted else EXIT_CODES[AttestationRefused])
 
 
 COMMANDS: list[click.Command] = [attest, verify_quote]

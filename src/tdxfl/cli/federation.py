@@ -11,7 +11,7 @@ import click
 
 from tdxfl.config import Federation, load_federation
 from tdxfl.engine.kinds import Mode
-from tdxfl.errors import ConfigError, TdxflError
+from tdxfl.cli.exits import handle_errors
 
 _federation_option = click.option(
     "-f", "--federation", "federation_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -21,13 +21,6 @@ _set_option = click.option(
     "--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
     help="Override a federation-file setting (repeatable), e.g. --set training.rounds=3.",
 )
-
-
-def _load(path: Path, overrides: tuple[str, ...]) -> Federation:
-    try:
-        return load_federation(path, overrides)
-    except ConfigError as e:
-        raise click.UsageError(str(e)) from e
 
 
 def _preload_training_stack(fed: Federation) -> None:
@@ -65,17 +58,11 @@ def ps(federation_file: Path, overrides: tuple[str, ...], name: str | None, work
     from tdxfl.wiring.party import party_context
     from tdxfl.wiring.ps import run_parameter_server
 
-    fed = _load(federation_file, overrides)
-    ctx = party_context(fed, name or fed.ps.name, workdir)
-    _preload_training_stack(fed)
-    try:
+    with handle_errors("tdxfl ps"):
+        fed = load_federation(federation_file, overrides)
+        ctx = party_context(fed, name or fed.ps.name, workdir)
+        _preload_training_stack(fed)
         result = run_parameter_server(fed, ctx, live=not no_live)
-    except TdxflError as e:
-        click.echo(f"tdxfl ps: {e}", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        click.echo("tdxfl ps: interrupted", err=True)
-        sys.exit(130)
     (ctx.workdir / "result.json").write_text(json.dumps(result.__dict__, indent=2))
     click.echo(f"final accuracy {result.accuracy:.4f} after {result.rounds} rounds; sealed model {result.checkpoint}")
     _before_exit()
@@ -91,17 +78,11 @@ def worker(federation_file: Path, overrides: tuple[str, ...], name: str, workdir
     from tdxfl.wiring.party import party_context
     from tdxfl.wiring.worker import run_worker
 
-    fed = _load(federation_file, overrides)
-    ctx = party_context(fed, name, workdir)
-    _preload_training_stack(fed)
-    try:
+    with handle_errors(f"tdxfl worker {name}"):
+        fed = load_federation(federation_file, overrides)
+        ctx = party_context(fed, name, workdir)
+        _preload_training_stack(fed)
         result = run_worker(fed, ctx)
-    except TdxflError as e:
-        click.echo(f"tdxfl worker {name}: {e}", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        click.echo(f"tdxfl worker {name}: interrupted", err=True)
-        sys.exit(130)
     click.echo(f"worker {name}: {result.steps} updates sent, {result.rejected} refused")
     _before_exit()
 
@@ -117,11 +98,8 @@ def demo(workdir: Path | None, summary_json: Path | None, mode: str, overrides: 
     """Run a whole federation on this machine: 1 PS + 2 workers, simulated TDs, digits data."""
     from tdxfl.wiring.demo import run_demo
 
-    try:
+    with handle_errors("tdxfl demo"):
         summary = run_demo(workdir, mode=Mode(mode), overrides=overrides)
-    except KeyboardInterrupt:
-        click.echo("tdxfl demo: interrupted; all parties stopped", err=True)
-        sys.exit(130)
     if summary_json:
         summary_json.write_text(json.dumps(summary, indent=2))
     _before_exit()

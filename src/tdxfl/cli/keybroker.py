@@ -3,7 +3,8 @@
 ``tdxfl keybroker --config broker.toml`` (or ``... serve``) serves; ``new-key``, ``set-policy``,
 ``list`` and ``verify-audit`` manage the keystore named in the config (or ``--keystore``). The
 keystore passphrase comes from ``--passphrase-env VAR`` or a hidden prompt, never from argv; a
-keystore protected by a key file uses ``broker.key_file`` or ``--key-file``.
+keystore protected by a key file uses ``broker.key_file`` or ``--key-file``. Errors print one
+line and exit with the code of :mod:`tdxfl.cli.exits` (e.g. 5 for a wrong passphrase).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from typing import Any
 
 import click
 
-from tdxfl.attestation.policy import Policy, PolicyError
-from tdxfl.config import ConfigError
+from tdxfl.attestation.policy import Policy
+from tdxfl.cli.exits import exit_code, handle_errors
+from tdxfl.errors import ConfigError
 
 _PATH = click.Path(dir_okay=False, path_type=Path)
 
@@ -50,10 +52,7 @@ def _broker_config(opts: _Opts) -> Any:
 
     if opts.config is None:
         return None
-    try:
-        return load_broker_config(opts.config)
-    except ConfigError as e:
-        raise click.UsageError(str(e)) from e
+    return load_broker_config(opts.config)
 
 
 def _keystore_location(opts: _Opts) -> tuple[Path, Path | None]:
@@ -68,20 +67,20 @@ def _keystore_location(opts: _Opts) -> tuple[Path, Path | None]:
 def open_keystore(
     path: Path, key_file: Path | None, passphrase_env: str | None, *, create: bool = False
 ) -> Any:
-    """Open (or, with ``create``, create when missing) the keystore; ClickException on failure."""
-    from tdxfl.keybroker.keystore import Keystore, KeystoreError
+    """Open (or, with ``create``, create when missing) the keystore.
 
-    try:
-        if create and not path.exists():
-            click.echo(f"creating keystore {path}", err=True)
-            if key_file is not None:
-                return Keystore.create(path, key_file=key_file)
-            return Keystore.create(path, passphrase=get_passphrase(passphrase_env, confirm=True))
+    Raises WrongKey, SealedFileError or ConfigError as ``Keystore.open``/``create`` do.
+    """
+    from tdxfl.keybroker.keystore import Keystore
+
+    if create and not path.exists():
+        click.echo(f"creating keystore {path}", err=True)
         if key_file is not None:
-            return Keystore.open(path, key_file=key_file)
-        return Keystore.open(path, passphrase=get_passphrase(passphrase_env))
-    except KeystoreError as e:
-        raise click.ClickException(str(e)) from e
+            return Keystore.create(path, key_file=key_file)
+        return Keystore.create(path, passphrase=get_passphrase(passphrase_env, confirm=True))
+    if key_file is not None:
+        return Keystore.open(path, key_file=key_file)
+    return Keystore.open(path, passphrase=get_passphrase(passphrase_env))
 
 
 def _read_policy(policy_file: Path | None) -> Policy:
@@ -97,7 +96,7 @@ def _read_policy(policy_file: Path | None) -> Policy:
     table = doc.get("policy", doc) if set(doc) <= {"policy"} else doc
     try:
         return Policy.from_dict(table)
-    except PolicyError as e:
+    except ConfigError as e:
         raise click.UsageError(f"{policy_file}: {e}") from e
 
 
@@ -162,10 +161,9 @@ def keybroker(
 
 @keybroker.command()
 @_common_options
+@handle_errors("tdxfl keybroker serve")
 def serve(opts: _Opts) -> None:
     """Serve the key broker until interrupted."""
-    from tdxfl.keybroker.audit import AuditChainError
-    from tdxfl.keybroker.keystore import KeystoreError
     from tdxfl.keybroker.server import run_keybroker
 
     config = opts.config
@@ -174,10 +172,7 @@ def serve(opts: _Opts) -> None:
     cfg = _broker_config(opts)
     key_file = opts.key_file or cfg.key_file
     passphrase = None if key_file is not None else get_passphrase(opts.passphrase_env)
-    try:
-        run_keybroker(config, passphrase=passphrase, key_file=key_file)
-    except (KeystoreError, AuditChainError, ConfigError) as e:
-        raise click.ClickException(str(e)) from e
+    run_keybroker(config, passphrase=passphrase, key_file=key_file)
 
 
 @keybroker.command("new-key")
@@ -185,17 +180,13 @@ def serve(opts: _Opts) -> None:
 @click.option("--policy-file", type=_PATH, help="TOML policy table the fetching TD must meet.")
 @click.option("--roles", default="ps,worker", show_default=True, help="Comma-separated roles allowed to fetch it.")
 @_common_options
+@handle_errors("tdxfl keybroker new-key")
 def new_key(opts: _Opts, name: str, policy_file: Path | None, roles: str) -> None:
     """Generate a random 32-byte key NAME (creating the keystore if needed)."""
-    from tdxfl.keybroker.keystore import KeystoreError
-
     policy = _read_policy(policy_file)
     path, key_file = _keystore_location(opts)
     store = open_keystore(path, key_file, opts.passphrase_env, create=True)
-    try:
-        info = store.new_key(name, policy, _roles(roles))
-    except KeystoreError as e:
-        raise click.ClickException(str(e)) from e
+    info = store.new_key(name, policy, _roles(roles))
     click.echo(f"created key {info.name!r} for roles {', '.join(info.roles)}")
 
 
@@ -204,25 +195,22 @@ def new_key(opts: _Opts, name: str, policy_file: Path | None, roles: str) -> Non
 @click.option("--policy-file", type=_PATH, help="New TOML policy table.")
 @click.option("--roles", default=None, help="New comma-separated roles.")
 @_common_options
+@handle_errors("tdxfl keybroker set-policy")
 def set_policy(opts: _Opts, name: str, policy_file: Path | None, roles: str | None) -> None:
     """Replace key NAME's release policy and/or roles."""
-    from tdxfl.keybroker.keystore import KeystoreError
-
     if policy_file is None and roles is None:
         raise click.UsageError("give --policy-file and/or --roles")
     policy = _read_policy(policy_file) if policy_file is not None else None
     path, key_file = _keystore_location(opts)
     store = open_keystore(path, key_file, opts.passphrase_env)
-    try:
-        info = store.set_policy(name, policy, _roles(roles) if roles is not None else None)
-    except KeystoreError as e:
-        raise click.ClickException(str(e)) from e
+    info = store.set_policy(name, policy, _roles(roles) if roles is not None else None)
     click.echo(f"updated key {info.name!r}: roles {', '.join(info.roles)}")
 
 
 @keybroker.command("list")
 @click.option("--policies", is_flag=True, help="Also print each key's policy.")
 @_common_options
+@handle_errors("tdxfl keybroker list")
 def list_keys(opts: _Opts, policies: bool) -> None:
     """List the keys (never their bytes)."""
     from tdxfl.cli.attest import policy_toml
@@ -246,8 +234,9 @@ def list_keys(opts: _Opts, policies: bool) -> None:
 @click.option("--audit-log", type=_PATH, help="Audit log (default: broker.audit_log from --config).")
 @click.option("--chain-only", is_flag=True, help="Check the hash chain only, not the MACs (no keystore needed).")
 @_common_options
+@handle_errors("tdxfl keybroker verify-audit")
 def verify_audit(opts: _Opts, audit_log: Path | None, chain_only: bool) -> None:
-    """Verify the audit log's hash chain (and MACs); exit 1 naming the first broken line."""
+    """Verify the audit log's hash chain (and MACs); exit 5 naming the first broken line."""
     from tdxfl.keybroker.audit import AuditChainError, verify_chain
 
     cfg = _broker_config(opts)
@@ -262,7 +251,7 @@ def verify_audit(opts: _Opts, audit_log: Path | None, chain_only: bool) -> None:
         status = verify_chain(path, mac_key)
     except AuditChainError as e:
         click.echo(f"BROKEN: {path}: {e}", err=True)
-        sys.exit(1)
+        sys.exit(exit_code(e))
     macs = "hash chain and MACs" if status.macs_checked else "hash chain (MACs not checked)"
     click.echo(f"OK: {path}: {status.entries} entries, {macs} intact; head {status.head}")
 

@@ -7,6 +7,8 @@ environment variable, for tests and development; the variable is removed from th
 environment once read so that cryptsetup and mount do not inherit it). When neither is
 given, ``--federation FED.toml --party NAME`` has the key broker named in the federation file
 release key ``--broker-key`` (default ``volume``) to this attested TD over RA-TLS, into memory.
+Errors print one line and exit with the code of :mod:`tdxfl.cli.exits` (e.g. 5 for a wrong key,
+4 when the broker refuses the key).
 
 Example (a test)::
 
@@ -23,7 +25,8 @@ from typing import Any
 
 import click
 
-from tdxfl.store.luks import KEY_MAX_BYTES, KEY_MIN_BYTES, Pbkdf, VolumeError, close_volume, create_volume, open_volume
+from tdxfl.cli.exits import handle_errors
+from tdxfl.store.luks import KEY_MAX_BYTES, KEY_MIN_BYTES, Pbkdf, close_volume, create_volume, open_volume
 
 __all__ = ["COMMANDS", "broker_key_source", "no_key_source", "parse_size", "resolve_key", "volume"]
 
@@ -48,26 +51,20 @@ def no_key_source(volume_id: str) -> bytes:
 
 
 def broker_key_source(federation_file: str, party: str, key_name: str) -> Callable[[str], bytes]:
-    """A key source that fetches ``key_name`` from the federation's key broker as ``party``."""
+    """A key source that fetches ``key_name`` from the federation's key broker as ``party``.
 
-    def fetch(volume_id: str) -> bytes:
-        from tdxfl.config import ConfigError, load_federation
-        from tdxfl.keybroker.client import KeyRefused, fetch_key_for
-        from tdxfl.party import party_context
-        from tdxfl.transport.attested import AttestationRefused
+    The fetch raises ConfigError, KeyRefused, Unavailable or AttestationRefused (all from
+    :mod:`tdxfl.errors`) with the reason.
+    """
 
-        try:
-            fed = load_federation(federation_file)
-            if fed.keybroker is None:
-                raise click.UsageError(f"{federation_file} has no [keybroker] table")
-            ctx = party_context(fed, party)
-            b = fed.keybroker
-            return fetch_key_for(
-                ctx, fed.policy_for("keybroker"), key_name, b.address, b.enroll_address, broker_party=b.name,
-                retries=fed.faults.connect_retries, backoff_s=fed.faults.connect_backoff_s,
-            )  # fmt: skip
-        except (ConfigError, KeyRefused, AttestationRefused, ConnectionError) as e:
-            raise click.ClickException(f"volume {volume_id}: {e}") from None
+    def fetch(_volume_id: str) -> bytes:  # the broker names the key by key_name
+        from tdxfl.config import load_federation
+        from tdxfl.wiring.party import broker_key, party_context
+
+        fed = load_federation(federation_file)
+        if fed.keybroker is None:
+            raise click.UsageError(f"{federation_file} has no [keybroker] table")
+        return broker_key(fed, party_context(fed, party), key_name)
 
     return fetch
 
@@ -191,6 +188,7 @@ def volume() -> None:
 @click.option("--pbkdf-iterations", type=click.IntRange(min=1), metavar="N",
               help="Force the KDF iteration count (tests only: skips cryptsetup's benchmark).")  # fmt: skip
 @_key_options
+@handle_errors("tdxfl volume create")
 def create(
     image: str,
     size: int,
@@ -206,13 +204,10 @@ def create(
 ) -> None:
     """Create IMAGE: allocate, luksFormat (aes-xts-plain64 + hmac-sha256), mkfs.ext4."""
     key = _volume_key(image, key_env, key_fd, federation_file, party, broker_key)
-    try:
-        create_volume(
-            image, key, size, pbkdf=pbkdf, pbkdf_memory_kib=pbkdf_memory,
-            iter_time_ms=iter_time, pbkdf_iterations=pbkdf_iterations,
-        )  # fmt: skip
-    except (VolumeError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
+    create_volume(
+        image, key, size, pbkdf=pbkdf, pbkdf_memory_kib=pbkdf_memory,
+        iter_time_ms=iter_time, pbkdf_iterations=pbkdf_iterations,
+    )  # fmt: skip
     click.echo(f"created {image} ({size} bytes, LUKS2 with integrity)")
 
 
@@ -222,6 +217,7 @@ def create(
 @click.option("--mount", "mountpoint", required=True, type=click.Path(file_okay=False), help="Where to mount it.")
 @click.option("--read-only", is_flag=True, help="Map and mount read-only.")
 @_key_options
+@handle_errors("tdxfl volume open")
 def open_(
     image: str,
     name: str,
@@ -235,22 +231,17 @@ def open_(
 ) -> None:
     """Unlock IMAGE as /dev/mapper/NAME and mount it on --mount."""
     key = _volume_key(image, key_env, key_fd, federation_file, party, broker_key)
-    try:
-        open_volume(image, key, name, mountpoint, read_only=read_only)
-    except (VolumeError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
+    open_volume(image, key, name, mountpoint, read_only=read_only)
     click.echo(f"opened {image} as /dev/mapper/{name} on {mountpoint}")
 
 
 @volume.command("close")
 @click.option("--name", required=True, help="Device-mapper name given to open.")
 @click.option("--mount", "mountpoint", required=True, type=click.Path(file_okay=False), help="Its mount point.")
+@handle_errors("tdxfl volume close")
 def close(name: str, mountpoint: str) -> None:
     """Unmount --mount and close /dev/mapper/NAME."""
-    try:
-        close_volume(name, mountpoint)
-    except (VolumeError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
+    close_volume(name, mountpoint)
     click.echo(f"closed {name}")
 
 

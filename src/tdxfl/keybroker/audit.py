@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from tdxfl.attestation.interfaces import VerifiedEvidence
+from tdxfl.errors import SealedFileError
 
 __all__ = ["GENESIS", "AuditChainError", "AuditLog", "ChainStatus", "verify_chain"]
 
@@ -41,8 +42,12 @@ _FIELDS: Final = (
 )
 
 
-class AuditChainError(Exception):
-    """The audit log is not an unbroken chain; ``line`` (1-based) is where it breaks."""
+class AuditChainError(SealedFileError):
+    """The audit log is not an unbroken chain; ``line`` (1-based) is where it breaks, ``reason`` how.
+
+    A ``SealedFileError`` (a tampered or truncated file) that also says where, so that callers
+    can point at the line without reading the message.
+    """
 
     def __init__(self, line: int, reason: str) -> None:
         super().__init__(f"audit log line {line}: {reason}")

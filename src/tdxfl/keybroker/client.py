@@ -1,8 +1,9 @@
 """Fetch a model key from the key broker: attest the broker, enroll, ask, keep the key in memory.
 
-``fetch_key`` retries (with exponential backoff) only while the broker cannot be reached; a
-refusal by either side -- attestation or the key's release policy -- is final and raised as
-``KeyRefused`` / ``AttestationRefused`` with the reason.
+``fetch_key`` retries (with exponential backoff) only while the broker cannot be reached, then
+raises ``tdxfl.errors.Unavailable``; a refusal by either side -- attestation or the key's release
+policy -- is final and raised as ``tdxfl.errors.KeyRefused`` or ``AttestationRefused`` with the
+reason.
 """
 
 from __future__ import annotations
@@ -13,29 +14,17 @@ import grpc
 
 from tdxfl.attestation.interfaces import Attester
 from tdxfl.attestation.ratls import PeerVerifier
+from tdxfl.errors import KeyRefused
 from tdxfl.store.sealed import KEY_SIZE
-from tdxfl.transport.attested import AttestationRefused, connect
+from tdxfl.transport.attested import connect
 from tdxfl.transport.retry import is_transient, with_backoff
 from tdxfl.transport.proto import keybroker_pb2 as kb
 from tdxfl.transport.proto import keybroker_pb2_grpc as kb_grpc
 
-__all__ = ["DEFAULT_BROKER_PARTY", "BrokerUnavailable", "KeyRefused", "fetch_key"]
+__all__ = ["DEFAULT_BROKER_PARTY", "fetch_key"]
 
 log = logging.getLogger(__name__)
 DEFAULT_BROKER_PARTY = "keybroker"
-
-
-class KeyRefused(PermissionError):
-    """The broker refused to release the key; ``reason`` says why (from the broker)."""
-
-    def __init__(self, key_name: str, reason: str) -> None:
-        super().__init__(f"key broker refused key {key_name!r}: {reason}")
-        self.key_name = key_name
-        self.reason = reason
-
-
-class BrokerUnavailable(ConnectionError):
-    """The broker could not be reached within the retries."""
 
 
 def _fetch_once(
@@ -83,8 +72,9 @@ def fetch_key(
     ``verifier`` holds the policy *we* demand of the broker's TD. ``party``/``role`` are how we
     enroll (the broker's enrollment table must list them); ``broker_party`` is the broker's name
     (its certificate's TLS name). Unreachable broker: up to ``retries`` further attempts, sleeping
-    ``backoff_s`` doubling up to ``max_backoff_s``; then BrokerUnavailable. Raises KeyRefused
-    when the broker refuses the key, AttestationRefused when either side refuses attestation.
+    ``backoff_s`` doubling up to ``max_backoff_s``; then Unavailable. Raises KeyRefused when the
+    broker refuses the key, ``tdxfl.errors.AttestationRefused`` when either side
+    refuses attestation.
     """
     def attempt() -> bytes:
         try:
@@ -98,15 +88,12 @@ def fetch_key(
             code = e.code().name if isinstance(e, grpc.Call) else "error"
             raise KeyRefused(key_name, f"broker answered {code}: {details}") from None
 
-    try:
-        key = with_backoff(
-            attempt,
-            what=f"key broker at {broker_address} (enrollment {enroll_address})",
-            retries=retries,
-            backoff_s=backoff_s,
-            max_backoff_s=max_backoff_s,
-        )
-    except ConnectionError as e:
-        raise BrokerUnavailable(str(e)) from e
+    key = with_backoff(
+        attempt,
+        what=f"key broker at {broker_address} (enrollment {enroll_address})",
+        retries=retries,
+        backoff_s=backoff_s,
+        max_backoff_s=max_backoff_s,
+    )
     log.info("fetched key %r from key broker %s", key_name, broker_party)
     return key

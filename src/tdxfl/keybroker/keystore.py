@@ -12,12 +12,18 @@ context makes the scrypt salt unique per keystore) or ``{"kdf": "keyfile"}`` (wr
 bytes, or 64 hex digits, in a file the operator controls). The params are also the sealed header's
 authenticated metadata, so editing the clear copy only yields "wrong passphrase or tampered".
 
+Errors (:mod:`tdxfl.errors`): ``WrongKey`` for a wrong passphrase or key file (or a tampered
+header: the two cannot be told apart), ``SealedFileError`` for a keystore that is missing,
+damaged or tampered with, ``ConfigError`` for invalid requests and settings (key names, roles,
+a missing or weak passphrase, an unusable key file, an existing keystore in the way, an unknown
+or existing key name).
+
 The sealed payload is JSON::
 
     {"version": 1, "audit_secret": hex, "keys": {name: {"key": hex, "policy": {...},
                                                         "roles": [...], "created": iso-time}}}
 
-Writes are atomic (temporary file, fsync, rename) and serialised with ``flock`` on
+Writes are atomic and durable (:func:`tdxfl.files.atomic_write`) and serialised with ``flock`` on
 ``<keystore>.lock``, so ``tdxfl keybroker new-key`` may run while the broker serves; the broker
 reloads the file when it changes. Key bytes live only in this process's memory (Python cannot
 wipe ``bytes``; the process boundary is the protection) and never appear in reprs or errors.
@@ -32,23 +38,23 @@ import fcntl
 import json
 import os
 import re
-import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from tdxfl.attestation.policy import Policy, PolicyError
+from tdxfl.attestation.policy import Policy
+from tdxfl.errors import ConfigError, SealedFileError, WrongKey
+from tdxfl.files import atomic_write
 from tdxfl.store.keys import SCRYPT_N, SCRYPT_P, SCRYPT_R, derive_store_key
-from tdxfl.store.model_store import InvalidModelNameError, validate_model_name
-from tdxfl.store.sealed import KEY_SIZE, SealedFileError, SealedReader, SealedWriter
+from tdxfl.store.model_store import validate_model_name
+from tdxfl.store.sealed import KEY_SIZE, SealedReader, SealedWriter
 
 __all__ = [
     "KeyEntry",
     "KeyInfo",
     "Keystore",
-    "KeystoreError",
     "read_key_file",
 ]
 
@@ -57,10 +63,6 @@ LABEL: Final = "tdxfl-keystore"
 PAYLOAD_VERSION: Final = 1
 _MAX_PARAMS: Final = 4096
 _ROLE_RE: Final = re.compile(r"[a-z][a-z0-9_-]{0,31}")
-
-
-class KeystoreError(Exception):
-    """The keystore cannot be opened, is tampered with, or an operation on it is invalid."""
 
 
 @dataclass(frozen=True)
@@ -99,9 +101,9 @@ def read_key_file(path: str | os.PathLike[str]) -> bytes:
         st = p.stat()
         raw = p.read_bytes()
     except OSError as e:
-        raise KeystoreError(f"cannot read key file {p}: {e.strerror or e}") from None
+        raise ConfigError(f"cannot read key file {p}: {e.strerror or e}") from None
     if os.name == "posix" and st.st_mode & 0o077:
-        raise KeystoreError(f"key file {p} is accessible by group/others (mode {st.st_mode & 0o777:o}); chmod 600 it")
+        raise ConfigError(f"key file {p} is accessible by group/others (mode {st.st_mode & 0o777:o}); chmod 600 it")
     if len(raw) == KEY_SIZE:
         return raw
     try:
@@ -109,7 +111,7 @@ def read_key_file(path: str | os.PathLike[str]) -> bytes:
     except (UnicodeDecodeError, ValueError):
         key = b""
     if len(key) != KEY_SIZE:
-        raise KeystoreError(f"key file {p} must hold exactly {KEY_SIZE} raw bytes or {2 * KEY_SIZE} hex digits")
+        raise ConfigError(f"key file {p} must hold exactly {KEY_SIZE} raw bytes or {2 * KEY_SIZE} hex digits")
     return key
 
 
@@ -119,21 +121,14 @@ def _now() -> str:
 
 def _check_roles(roles: Sequence[str]) -> tuple[str, ...]:
     if isinstance(roles, str):
-        raise KeystoreError("roles must be a list of role names, not a string")
+        raise ConfigError("roles must be a list of role names, not a string")
     out = tuple(dict.fromkeys(r.strip() for r in roles if r.strip()))
     if not out:
-        raise KeystoreError("a key needs at least one role allowed to fetch it (e.g. ps, worker)")
+        raise ConfigError("a key needs at least one role allowed to fetch it (e.g. ps, worker)")
     bad = [r for r in out if not _ROLE_RE.fullmatch(r)]
     if bad:
-        raise KeystoreError(f"invalid role names {bad}: use lower-case letters, digits, '-' and '_'")
+        raise ConfigError(f"invalid role names {bad}: use lower-case letters, digits, '-' and '_'")
     return out
-
-
-def _check_name(name: str) -> str:
-    try:
-        return validate_model_name(name)
-    except InvalidModelNameError as e:
-        raise KeystoreError(str(e).replace("model name", "key name")) from None
 
 
 class Keystore:
@@ -160,18 +155,20 @@ class Keystore:
         kdf = params.get("kdf")
         if kdf == "scrypt":
             if passphrase is None:
-                raise KeystoreError("this keystore is protected by a passphrase; none was given")
+                raise ConfigError("this keystore is protected by a passphrase; none was given")
+            if not passphrase:
+                raise ConfigError("the keystore passphrase is empty")
             try:
                 return derive_store_key(
                     passphrase, str(params["context"]), n=int(params["n"]), r=int(params["r"]), p=int(params["p"])
                 )
             except (KeyError, TypeError, ValueError) as e:
-                raise KeystoreError(f"keystore KDF parameters are invalid or the passphrase is empty: {e}") from None
+                raise SealedFileError(f"keystore KDF parameters are invalid: {e}") from None
         if kdf == "keyfile":
             if key_file is None:
-                raise KeystoreError("this keystore is protected by a key file; none was given")
+                raise ConfigError("this keystore is protected by a key file; none was given")
             return read_key_file(key_file)
-        raise KeystoreError(f"keystore names an unknown key protection {kdf!r}")
+        raise SealedFileError(f"keystore names an unknown key protection {kdf!r}")
 
     @classmethod
     def create(
@@ -187,12 +184,12 @@ class Keystore:
         Exactly one of ``passphrase`` (scrypt, ``scrypt_n`` >= 2**14) or ``key_file`` protects it.
         """
         if (passphrase is None) == (key_file is None):
-            raise KeystoreError("protect the keystore with either a passphrase or a key file (exactly one)")
+            raise ConfigError("protect the keystore with either a passphrase or a key file (exactly one)")
         if isinstance(passphrase, str) and len(passphrase) < 8:
-            raise KeystoreError("the keystore passphrase must be at least 8 characters")
+            raise ConfigError("the keystore passphrase must be at least 8 characters")
         p = Path(path)
         if p.exists():
-            raise KeystoreError(f"{p} already exists; refusing to overwrite a keystore")
+            raise ConfigError(f"{p} already exists; refusing to overwrite a keystore")
         params: dict[str, Any]
         if passphrase is not None:
             params = {
@@ -209,7 +206,7 @@ class Keystore:
         p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with store._locked():
             if p.exists():
-                raise KeystoreError(f"{p} already exists; refusing to overwrite a keystore")
+                raise ConfigError(f"{p} already exists; refusing to overwrite a keystore")
             store._write()
         return store
 
@@ -223,7 +220,9 @@ class Keystore:
     ) -> Keystore:
         """Open and authenticate the keystore at ``path``.
 
-        Raises KeystoreError for a missing file, a wrong passphrase / key file, or tampering.
+        Raises WrongKey for a wrong passphrase or key file (or a tampered header), SealedFileError
+        for a missing, damaged or tampered file, ConfigError when the protection it needs was not
+        given or the key file is unusable.
         """
         p = Path(path)
         params = cls._read_params(p)
@@ -237,17 +236,17 @@ class Keystore:
             with path.open("rb") as f:
                 line = f.readline(_MAX_PARAMS)
         except FileNotFoundError:
-            raise KeystoreError(f"no keystore at {path} (create one with `tdxfl keybroker new-key`)") from None
+            raise SealedFileError(f"no keystore at {path} (create one with `tdxfl keybroker new-key`)") from None
         except OSError as e:
-            raise KeystoreError(f"cannot read keystore {path}: {e.strerror or e}") from None
+            raise SealedFileError(f"cannot read keystore {path}: {e.strerror or e}") from None
         if not line.startswith(MAGIC) or not line.endswith(b"\n"):
-            raise KeystoreError(f"{path} is not a tdxfl keystore (bad magic)")
+            raise SealedFileError(f"{path} is not a tdxfl keystore (bad magic)")
         try:
             params = json.loads(line[len(MAGIC) :])
         except ValueError:
-            raise KeystoreError(f"{path}: keystore header is corrupt") from None
+            raise SealedFileError(f"{path}: keystore header is corrupt") from None
         if not isinstance(params, dict):
-            raise KeystoreError(f"{path}: keystore header is corrupt")
+            raise SealedFileError(f"{path}: keystore header is corrupt")
         return params
 
     @staticmethod
@@ -272,23 +271,24 @@ class Keystore:
                 line = f.readline(_MAX_PARAMS)
                 on_disk = json.loads(line[len(MAGIC) :])
                 if on_disk != self._params:
-                    raise KeystoreError(f"{self.path}: keystore protection changed under us; reopen it")
+                    raise SealedFileError(f"{self.path}: keystore protection changed under us; reopen it")
                 try:
                     with SealedReader(f, self._wrap_key, label=LABEL) as reader:
-                        if reader.metadata != self._params_bytes(self._params):
-                            raise KeystoreError(f"{self.path}: keystore header does not match its sealed copy (tampered)")
+                        sealed_params = reader.metadata
                         payload = reader.read()
                         reader.verify_to_end()
+                except WrongKey:
+                    raise WrongKey(
+                        f"cannot open keystore {self.path}: wrong passphrase or key file, or the file was tampered with"
+                    ) from None
                 except SealedFileError as e:
-                    if "wrong key or tampered header" in str(e):
-                        raise KeystoreError(
-                            f"cannot open keystore {self.path}: wrong passphrase or key file, or the file was tampered with"
-                        ) from None
-                    raise KeystoreError(f"keystore {self.path} is damaged: {e}") from None
+                    raise SealedFileError(f"keystore {self.path} is damaged: {e}") from None
         except FileNotFoundError:
-            raise KeystoreError(f"no keystore at {self.path}") from None
+            raise SealedFileError(f"no keystore at {self.path}") from None
         except ValueError as e:
-            raise KeystoreError(f"{self.path}: keystore header is corrupt: {e}") from None
+            raise SealedFileError(f"{self.path}: keystore header is corrupt: {e}") from None
+        if sealed_params != self._params_bytes(self._params):
+            raise SealedFileError(f"{self.path}: keystore header does not match its sealed copy (tampered)")
         self._entries, self._audit_secret = self._decode(payload)
         self._stamp = stamp
 
@@ -296,21 +296,21 @@ class Keystore:
         try:
             doc = json.loads(payload)
             if doc.get("version") != PAYLOAD_VERSION:
-                raise KeystoreError(f"unsupported keystore payload version {doc.get('version')!r}")
+                raise SealedFileError(f"unsupported keystore payload version {doc.get('version')!r}")
             audit_secret = bytes.fromhex(doc["audit_secret"])
             entries = {}
             for name, raw in doc["keys"].items():
                 key = bytes.fromhex(raw["key"])
                 if len(key) != KEY_SIZE:
-                    raise KeystoreError(f"key {name!r} in the keystore is not {KEY_SIZE} bytes")
+                    raise SealedFileError(f"key {name!r} in the keystore is not {KEY_SIZE} bytes")
                 entries[name] = KeyEntry(
                     name, key, Policy.from_dict(raw["policy"]), tuple(raw["roles"]), str(raw["created"])
                 )
-        except KeystoreError:
+        except SealedFileError:
             raise
-        except (ValueError, KeyError, TypeError, AttributeError, PolicyError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, ConfigError) as e:
             # Authenticated but unreadable: written by an incompatible version. Never echo the payload.
-            raise KeystoreError(f"keystore {self.path} payload is malformed ({type(e).__name__})") from None
+            raise SealedFileError(f"keystore {self.path} payload is malformed ({type(e).__name__})") from None
         return entries, audit_secret
 
     def _encode(self) -> bytes:
@@ -335,19 +335,10 @@ class Keystore:
     def _write(self) -> None:
         """Atomically replace the keystore file with the current entries (caller holds the lock)."""
         params = self._params_bytes(self._params)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(MAGIC + params + b"\n")
-                with SealedWriter(f, self._wrap_key, label=LABEL, metadata=params) as writer:
-                    writer.write(self._encode())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        with atomic_write(self.path) as f:
+            f.write(MAGIC + params + b"\n")
+            with SealedWriter(f, self._wrap_key, label=LABEL, metadata=params) as writer:
+                writer.write(self._encode())
         self._stamp = self._file_stamp()
 
     def refresh(self) -> None:
@@ -360,16 +351,16 @@ class Keystore:
     def new_key(self, name: str, policy: Policy, roles: Sequence[str]) -> KeyInfo:
         """Generate a fresh random 32-byte key ``name`` released only under ``policy`` to ``roles``.
 
-        Raises KeystoreError if ``name`` exists or is invalid, or ``roles`` is empty/invalid.
+        Raises ConfigError if ``name`` exists or is invalid, or ``roles`` is empty/invalid.
         """
-        name = _check_name(name)
+        name = validate_model_name(name, what="key")
         role_tuple = _check_roles(roles)
         if not isinstance(policy, Policy):
-            raise KeystoreError("policy must be a tdxfl.attestation.policy.Policy")
+            raise TypeError("policy must be a tdxfl.attestation.policy.Policy")
         with self._locked():
             self._load()
             if name in self._entries:
-                raise KeystoreError(f"a key named {name!r} already exists")
+                raise ConfigError(f"a key named {name!r} already exists")
             entry = KeyEntry(name, os.urandom(KEY_SIZE), policy, role_tuple, _now())
             self._entries[name] = entry
             try:
@@ -403,7 +394,7 @@ class Keystore:
         try:
             return self._entries[name]
         except KeyError:
-            raise KeystoreError(f"no key named {name!r} in the keystore") from None
+            raise ConfigError(f"no key named {name!r} in the keystore") from None
 
     def get(self, name: str) -> KeyEntry:
         """Key ``name`` with its policy and roles (reloading the file if it changed)."""

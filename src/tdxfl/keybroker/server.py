@@ -39,9 +39,10 @@ from typing import Any
 
 from tdxfl.attestation.decisions import DecisionLog
 from tdxfl.attestation.interfaces import Attester, Verifier
-from tdxfl.attestation.policy import Policy, PolicyError
+from tdxfl.attestation.policy import Policy
 from tdxfl.attestation.ratls import PeerVerifier
-from tdxfl.config import Attestation, ConfigError, parse_attestation
+from tdxfl.config import Attestation, parse_attestation
+from tdxfl.errors import ConfigError
 from tdxfl.keybroker.audit import AuditLog
 from tdxfl.keybroker.keystore import Keystore
 from tdxfl.keybroker.service import KeyBrokerService
@@ -108,7 +109,7 @@ def parse_broker_config(doc: Mapping[str, Any], base: Path = Path(".")) -> Broke
         raise ConfigError("[policy] is required: what every enrolling TD must meet")
     try:
         policy = Policy.from_dict(doc["policy"])
-    except PolicyError as e:
+    except ConfigError as e:
         raise ConfigError(f"[policy]: {e}") from e
     return BrokerConfig(
         name=b.get("name") or "keybroker",
@@ -195,7 +196,9 @@ def run_keybroker(
     """Serve the broker described by ``config_path`` until SIGINT/SIGTERM (or ``stop`` is set).
 
     The keystore is opened with ``key_file`` (else ``broker.key_file``) when one is named,
-    otherwise with ``passphrase``. Raises KeystoreError, AuditChainError or ConfigError.
+    otherwise with ``passphrase``. Raises ConfigError (an invalid ``broker.toml``, a missing
+    passphrase or key file), WrongKey or SealedFileError (the keystore cannot be opened), or
+    AuditChainError (the audit log was tampered with).
     """
     config = load_broker_config(config_path)
     key_file = key_file or config.key_file

@@ -14,39 +14,36 @@ recorded by the AttestedServer in the broker's decision log, not in the audit lo
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from tdxfl.attestation.decisions import Decision, DecisionLog
-from tdxfl.attestation.interfaces import AttestationError, VerifiedEvidence, Verifier
+from tdxfl.attestation.interfaces import VerifiedEvidence, Verifier
 from tdxfl.attestation.policy import Policy
-from tdxfl.attestation.ratls import PeerVerifier, certificate_evidence, certificate_spki, load_certificate
+from tdxfl.attestation.ratls import (
+    PeerVerifier,
+    certificate_evidence,
+    certificate_fingerprint,
+    certificate_spki,
+    load_certificate,
+)
+from tdxfl.errors import AttestationError, ConfigError, SealedFileError
 from tdxfl.keybroker.audit import AuditLog
-from tdxfl.keybroker.keystore import Keystore, KeystoreError
+from tdxfl.keybroker.keystore import Keystore
 from tdxfl.transport.attested import AttestedServer, EnrolledPeer
 from tdxfl.transport.proto import keybroker_pb2 as kb
 from tdxfl.transport.proto import keybroker_pb2_grpc as kb_grpc
 
-__all__ = ["KeyBrokerService", "ReleaseOutcome", "cert_fingerprint"]
+__all__ = ["KeyBrokerService", "ReleaseOutcome"]
 
 log = logging.getLogger(__name__)
 _MAX_KEY_NAME = 128
 # Accepts any genuine evidence kind and any measurement: used only to *read* a refused peer's
 # measurements for the audit log, never to decide.
 _OBSERVE_ONLY = Policy(tee=frozenset({"tdx", "simulated"}), mrtd=None)
-
-
-def cert_fingerprint(cert_pem: bytes) -> str:
-    """SHA-256 of the certificate's DER encoding, hex (as in the enrollment table)."""
-    try:
-        return hashlib.sha256(load_certificate(cert_pem).public_bytes(Encoding.DER)).hexdigest()
-    except AttestationError:
-        return ""
 
 
 @dataclass(frozen=True)
@@ -98,7 +95,7 @@ class KeyBrokerService(kb_grpc.KeyBrokerServicer):
         Raises OSError only when the audit entry cannot be written (then nothing is released).
         """
         judge = f"{self._server.party}/key:{key_name[:_MAX_KEY_NAME]}"
-        fingerprint = cert_fingerprint(peer.cert_pem)
+        fingerprint = certificate_fingerprint(peer.cert_pem)  # parses: it was pinned at enrollment
         evidence: VerifiedEvidence | None = None
         tee = ""
         reasons: list[str] = []
@@ -109,7 +106,7 @@ class KeyBrokerService(kb_grpc.KeyBrokerServicer):
         else:
             try:
                 entry = self._keystore.get(key_name)
-            except KeystoreError as e:
+            except (ConfigError, SealedFileError) as e:  # no such key, or the keystore cannot be read
                 reasons.append(str(e))
         if entry is not None:
             if peer.role not in entry.roles:

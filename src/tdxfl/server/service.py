@@ -14,7 +14,7 @@ import grpc
 
 from tdxfl.engine.records import TensorSet, TensorSpec
 from tdxfl.engine.rounds import FINISHED, RoundState
-from tdxfl.errors import LinkError, RecordError
+from tdxfl.errors import LinkError, RecordError, Unavailable
 from tdxfl.transport.attested import AttestedServer
 from tdxfl.transport.link import TensorLink
 from tdxfl.transport.proto import tdxfl_pb2 as pb
@@ -27,8 +27,8 @@ _PULL_WAIT_S = 30.0
 DONE = to_wire(pb.TENSOR_KIND_DONE, -1)
 
 
-class SlotTimeout(TimeoutError):
-    """No receive slot became free in time."""
+class SlotTimeout(Unavailable):
+    """No receive slot became free in time (the worker is told, and the step goes on without it)."""
 
 
 class StagingPool:

@@ -35,7 +35,13 @@ the KDF is defence in depth, not the main barrier.
 Requirements: ``cryptsetup`` (2.4+), ``mkfs.ext4``, ``mount``/``umount``, root, and a kernel
 with device-mapper, dm-crypt and dm-integrity. Kernels without device-mapper (such as some
 sandboxes) can still format a volume *without* integrity, dump its header and test a key;
-everything that maps the volume fails with :class:`NoDeviceMapperError`.
+everything that maps the volume fails saying so.
+
+Errors (:mod:`tdxfl.errors`; messages never contain key material): ``WrongKey`` when the key
+does not open the volume (or the image is not a LUKS volume), ``SealedFileError`` when another
+volume operation fails, ``ConfigError`` for an invalid argument (key size, volume name, size,
+KDF settings, an image file that already exists), and plain ``TdxflError`` when this machine
+lacks what volumes need (device-mapper, cryptsetup, mkfs.ext4, mount).
 """
 
 from __future__ import annotations
@@ -51,6 +57,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final, Literal
 
+from tdxfl.errors import ConfigError, SealedFileError, TdxflError, WrongKey
+
 __all__ = [
     "DEFAULT_CIPHER",
     "DEFAULT_INTEGRITY",
@@ -59,10 +67,6 @@ __all__ = [
     "NO_DEVICE_MAPPER_MESSAGE",
     "WRONG_KEY_MESSAGE",
     "Pbkdf",
-    "CryptsetupMissingError",
-    "NoDeviceMapperError",
-    "VolumeError",
-    "WrongKeyError",
     "allocate_image",
     "close_volume",
     "create_volume",
@@ -95,22 +99,6 @@ WRONG_KEY_MESSAGE: Final = "wrong key or not a LUKS volume"
 Pbkdf = Literal["argon2id", "pbkdf2"]
 
 
-class VolumeError(Exception):
-    """A LUKS volume operation failed (the message says why; it never contains key material)."""
-
-
-class WrongKeyError(VolumeError):
-    """The key does not open the volume, or the image is not a LUKS volume."""
-
-
-class NoDeviceMapperError(VolumeError):
-    """The running kernel has no device-mapper / dm-crypt, so volumes cannot be mapped."""
-
-
-class CryptsetupMissingError(VolumeError):
-    """A required program (cryptsetup, mkfs.ext4, mount) is not installed."""
-
-
 _INSTALL_HINT: Final = {
     "cryptsetup": "install cryptsetup (apt-get install cryptsetup)",
     "mkfs.ext4": "install e2fsprogs (apt-get install e2fsprogs)",
@@ -124,13 +112,13 @@ def _check_key(key: bytes) -> bytes:
         raise TypeError("the volume key must be bytes")
     key = bytes(key)
     if not KEY_MIN_BYTES <= len(key) <= KEY_MAX_BYTES:
-        raise ValueError(f"the volume key must be {KEY_MIN_BYTES} to {KEY_MAX_BYTES} bytes, got {len(key)}")
+        raise ConfigError(f"the volume key must be {KEY_MIN_BYTES} to {KEY_MAX_BYTES} bytes, got {len(key)}")
     return key
 
 
 def _check_name(name: str) -> str:
     if not isinstance(name, str) or _NAME_RE.fullmatch(name) is None:
-        raise ValueError(f"invalid volume name {name!r}: use 1-64 characters from [A-Za-z0-9._-], starting with a letter or digit")
+        raise ConfigError(f"invalid volume name {name!r}: use 1-64 characters from [A-Za-z0-9._-], starting with a letter or digit")
     return name
 
 
@@ -148,8 +136,8 @@ def _run(
 ) -> subprocess.CompletedProcess[bytes]:
     """Run ``argv`` with ``key`` (if any) on stdin only; return the completed process (any exit status).
 
-    Raises CryptsetupMissingError if the program is not installed. Nothing raised or logged here
-    includes ``key``.
+    Raises TdxflError if the program is not installed. Nothing raised or logged here includes
+    ``key``.
     """
     program = argv[0]
     env = dict(os.environ)
@@ -166,9 +154,9 @@ def _run(
         )
     except FileNotFoundError:
         hint = _INSTALL_HINT.get(Path(program).name, f"install {Path(program).name}")
-        raise CryptsetupMissingError(f"{what}: {program} not found; {hint}") from None
+        raise TdxflError(f"{what}: {program} not found; {hint}") from None
     except subprocess.TimeoutExpired:
-        raise VolumeError(f"{what}: {program} did not finish within {timeout} s") from None
+        raise SealedFileError(f"{what}: {program} did not finish within {timeout} s") from None
 
 
 def _stderr(proc: subprocess.CompletedProcess[bytes]) -> str:
@@ -176,17 +164,17 @@ def _stderr(proc: subprocess.CompletedProcess[bytes]) -> str:
     return " / ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
-def _failure(proc: subprocess.CompletedProcess[bytes], what: str, target: str) -> VolumeError:
-    """Turn a failed cryptsetup/mount run into the clearest VolumeError."""
+def _failure(proc: subprocess.CompletedProcess[bytes], what: str, target: str) -> TdxflError:
+    """Turn a failed cryptsetup/mount run into the clearest error (from cryptsetup's messages)."""
     err = _stderr(proc)
     lowered = err.lower()
     if "device-mapper" in lowered and ("cannot initialize" in lowered or "not supported" in lowered):
-        return NoDeviceMapperError(f"{what} {target}: {NO_DEVICE_MAPPER_MESSAGE}")
+        return TdxflError(f"{what} {target}: {NO_DEVICE_MAPPER_MESSAGE}")
     if "no key available" in lowered or "not a valid luks device" in lowered:
-        return WrongKeyError(f"{what} {target}: {WRONG_KEY_MESSAGE}")
+        return WrongKey(f"{what} {target}: {WRONG_KEY_MESSAGE}")
     if proc.args and Path(str(proc.args[0])).name == "cryptsetup" and proc.returncode == 2:
-        return WrongKeyError(f"{what} {target}: {WRONG_KEY_MESSAGE}")
-    return VolumeError(f"{what} {target} failed (exit status {proc.returncode}): {err or 'no message'}")
+        return WrongKey(f"{what} {target}: {WRONG_KEY_MESSAGE}")
+    return SealedFileError(f"{what} {target} failed (exit status {proc.returncode}): {err or 'no message'}")
 
 
 def _cryptsetup() -> str:
@@ -194,7 +182,7 @@ def _cryptsetup() -> str:
         (p for p in ("/usr/sbin/cryptsetup", "/sbin/cryptsetup") if os.access(p, os.X_OK)), None
     )
     if path is None:
-        raise CryptsetupMissingError("cryptsetup not found; install cryptsetup (apt-get install cryptsetup)")
+        raise TdxflError("cryptsetup not found; install cryptsetup (apt-get install cryptsetup)")
     return path
 
 
@@ -204,7 +192,7 @@ def _tool(name: str) -> str:
         None,
     )
     if path is None:
-        raise CryptsetupMissingError(f"{name} not found; {_INSTALL_HINT.get(name, 'install ' + name)}")
+        raise TdxflError(f"{name} not found; {_INSTALL_HINT.get(name, 'install ' + name)}")
     return path
 
 
@@ -244,7 +232,7 @@ def device_mapper_available(*, load_modules: bool = True) -> bool:
 
 def _require_device_mapper(what: str, target: str) -> None:
     if not device_mapper_available():
-        raise NoDeviceMapperError(f"{what} {target}: {NO_DEVICE_MAPPER_MESSAGE}")
+        raise TdxflError(f"{what} {target}: {NO_DEVICE_MAPPER_MESSAGE}")
 
 
 def _is_block_device(path: Path) -> bool:
@@ -255,7 +243,7 @@ def _is_block_device(path: Path) -> bool:
 
 
 def allocate_image(image_path: str | os.PathLike[str], size_bytes: int) -> Path:
-    """Create a new sparse image file of ``size_bytes`` (mode 0600); VolumeError if it exists.
+    """Create a new sparse image file of ``size_bytes`` (mode 0600); ConfigError if it exists.
 
     ``size_bytes`` must be a multiple of 4096 and at least 32 MiB (the LUKS2 header alone
     takes 16 MiB).
@@ -265,36 +253,36 @@ def allocate_image(image_path: str | os.PathLike[str], size_bytes: int) -> Path:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        raise VolumeError(f"cannot create {path}: it already exists (refusing to overwrite a volume)") from None
+        raise ConfigError(f"cannot create {path}: it already exists (refusing to overwrite a volume)") from None
     except OSError as e:
-        raise VolumeError(f"cannot create {path}: {e.strerror}") from None
+        raise SealedFileError(f"cannot create {path}: {e.strerror}") from None
     try:
         os.ftruncate(fd, size_bytes)
     except OSError as e:
         os.close(fd)
         path.unlink(missing_ok=True)
-        raise VolumeError(f"cannot allocate {size_bytes} bytes for {path}: {e.strerror}") from None
+        raise SealedFileError(f"cannot allocate {size_bytes} bytes for {path}: {e.strerror}") from None
     os.close(fd)
     return path
 
 
 def _check_size(size_bytes: int) -> None:
     if not isinstance(size_bytes, int) or size_bytes < _MIN_SIZE or size_bytes % _SECTOR_SIZE:
-        raise ValueError(f"volume size must be a multiple of {_SECTOR_SIZE} bytes and at least {_MIN_SIZE} bytes, got {size_bytes!r}")
+        raise ConfigError(f"volume size must be a multiple of {_SECTOR_SIZE} bytes and at least {_MIN_SIZE} bytes, got {size_bytes!r}")
 
 
 def _pbkdf_args(
     pbkdf: Pbkdf, pbkdf_memory_kib: int | None, iter_time_ms: int | None, pbkdf_iterations: int | None
 ) -> list[str]:
     if pbkdf not in ("argon2id", "pbkdf2"):
-        raise ValueError(f"pbkdf must be 'argon2id' or 'pbkdf2', not {pbkdf!r}")
+        raise ConfigError(f"pbkdf must be 'argon2id' or 'pbkdf2', not {pbkdf!r}")
     args = ["--pbkdf", pbkdf]
     if pbkdf_memory_kib is not None:
         if pbkdf != "argon2id":
-            raise ValueError("pbkdf_memory_kib applies to argon2id only")
+            raise ConfigError("pbkdf_memory_kib applies to argon2id only")
         args += ["--pbkdf-memory", str(int(pbkdf_memory_kib))]
     if pbkdf_iterations is not None and iter_time_ms is not None:
-        raise ValueError("give iter_time_ms or pbkdf_iterations, not both")
+        raise ConfigError("give iter_time_ms or pbkdf_iterations, not both")
     if pbkdf_iterations is not None:
         args += ["--pbkdf-force-iterations", str(int(pbkdf_iterations))]
     elif iter_time_ms is not None:
@@ -324,7 +312,7 @@ def format_volume(
     key = _check_key(key)
     path = Path(image_path)
     if not path.exists():
-        raise VolumeError(f"cannot format {path}: no such file or device")
+        raise SealedFileError(f"cannot format {path}: no such file or device")
     argv = [_cryptsetup(), "luksFormat", "--batch-mode", "--type", "luks2", "--cipher", cipher]
     if cipher.endswith("-xts-plain64"):
         argv += ["--key-size", "512"]
@@ -377,8 +365,8 @@ def create_volume(
     existing file is refused) or an existing block device of at least ``size_bytes`` (which is
     overwritten). Production use keeps ``pbkdf="argon2id"``; tests may pass
     ``pbkdf="pbkdf2", pbkdf_iterations=1000``. On failure a file this call allocated is removed.
-    Raises NoDeviceMapperError on kernels without device-mapper, CryptsetupMissingError if
-    cryptsetup/mkfs.ext4 are missing, VolumeError otherwise.
+    Raises TdxflError on kernels without device-mapper or when cryptsetup/mkfs.ext4 are missing,
+    SealedFileError otherwise.
     """
     key = _check_key(key)
     _check_size(size_bytes)
@@ -391,7 +379,7 @@ def create_volume(
         with open(path, "rb") as dev:
             actual = dev.seek(0, os.SEEK_END)
         if actual < size_bytes:
-            raise VolumeError(f"{path} holds {actual} bytes, less than the {size_bytes} asked for")
+            raise SealedFileError(f"{path} holds {actual} bytes, less than the {size_bytes} asked for")
     else:
         allocate_image(path, size_bytes)
         created = True
@@ -411,7 +399,7 @@ def create_volume(
         try:
             proc = _run([mkfs, "-q", "-F", "-E", "nodiscard", "-L", "tdxfl", str(device)], what="mkfs.ext4")
             if proc.returncode != 0:
-                raise VolumeError(f"mkfs.ext4 on {path} failed (exit status {proc.returncode}): {_stderr(proc) or 'no message'}")
+                raise SealedFileError(f"mkfs.ext4 on {path} failed (exit status {proc.returncode}): {_stderr(proc) or 'no message'}")
         finally:
             _lock(name)
     except BaseException:
@@ -446,26 +434,26 @@ def open_volume(
 
     The mount point is created (mode 0700) if missing; the file system is mounted
     ``nodev,nosuid,noexec``. Returns the mount point. If mounting fails the mapping is closed
-    again. Raises WrongKeyError, NoDeviceMapperError, CryptsetupMissingError or VolumeError.
+    again. Raises WrongKey, TdxflError (no device-mapper, missing programs) or SealedFileError.
     """
     key = _check_key(key)
     _check_name(name)
     path = Path(image_path)
     mnt = Path(mountpoint)
     if not path.exists():
-        raise VolumeError(f"cannot open {path}: no such file or device")
+        raise SealedFileError(f"cannot open {path}: no such file or device")
     _cryptsetup()
     mount = _tool("mount")
     _require_device_mapper("cannot open", str(path))
     if mapper_path(name).exists():
-        raise VolumeError(f"cannot open {path}: a volume named {name!r} is already open")
+        raise SealedFileError(f"cannot open {path}: a volume named {name!r} is already open")
     mnt.mkdir(mode=0o700, parents=True, exist_ok=True)
     device = _unlock(path, key, name, read_only=read_only)
     options = _MOUNT_OPTIONS + (",ro" if read_only else "")
     try:
         proc = _run([mount, "-t", "ext4", "-o", options, str(device), str(mnt)], what="mount")
         if proc.returncode != 0:
-            raise VolumeError(f"cannot mount {path} on {mnt} (exit status {proc.returncode}): {_stderr(proc) or 'no message'}")
+            raise SealedFileError(f"cannot mount {path} on {mnt} (exit status {proc.returncode}): {_stderr(proc) or 'no message'}")
     except BaseException:
         _lock(name)
         raise
@@ -476,7 +464,7 @@ def open_volume(
 def close_volume(name: str, mountpoint: str | os.PathLike[str]) -> None:
     """Unmount ``mountpoint`` (if mounted) and close ``/dev/mapper/<name>`` (if open).
 
-    Closing what is already closed is not an error. Raises VolumeError if the file system or
+    Closing what is already closed is not an error. Raises SealedFileError if the file system or
     the mapping is busy.
     """
     _check_name(name)
@@ -484,7 +472,7 @@ def close_volume(name: str, mountpoint: str | os.PathLike[str]) -> None:
     if _is_mounted(mnt):
         proc = _run([_tool("umount"), str(mnt)], what="umount")
         if proc.returncode != 0:
-            raise VolumeError(f"cannot unmount {mnt} (exit status {proc.returncode}): {_stderr(proc) or 'no message'}")
+            raise SealedFileError(f"cannot unmount {mnt} (exit status {proc.returncode}): {_stderr(proc) or 'no message'}")
     _lock(name)
     log.info("closed volume %s", name)
 
@@ -492,13 +480,13 @@ def close_volume(name: str, mountpoint: str | os.PathLike[str]) -> None:
 def verify_key(image_path: str | os.PathLike[str], key: bytes) -> None:
     """Check that ``key`` opens the LUKS volume at ``image_path`` without mapping it.
 
-    Works without device-mapper (``cryptsetup open --test-passphrase``). Raises WrongKeyError
+    Works without device-mapper (``cryptsetup open --test-passphrase``). Raises WrongKey
     ("wrong key or not a LUKS volume") otherwise.
     """
     key = _check_key(key)
     path = Path(image_path)
     if not path.exists():
-        raise VolumeError(f"cannot open {path}: no such file or device")
+        raise SealedFileError(f"cannot open {path}: no such file or device")
     proc = _run([_cryptsetup(), "open", "--test-passphrase", "--key-file", "-", str(path)], what="luksOpen", key=key)
     if proc.returncode != 0:
         raise _failure(proc, "cannot open", str(path))

@@ -6,6 +6,10 @@ tensors *and* the metadata dict (training metrics can leak information, so they 
 clear header). The clear, authenticated header holds only the model name and content type; load
 checks them, so a sealed file renamed or copied to another name is refused.
 
+Errors (:mod:`tdxfl.errors`): an invalid model name is a ``ConfigError``; a missing, tampered,
+truncated, renamed or wrongly keyed model file is a ``SealedFileError`` (``WrongKey`` for the
+wrong key).
+
 Not covered: rollback. Someone able to write the directory can put back an *older* sealed file
 of the same name; detecting that needs a monotonic counter held outside the disk.
 """
@@ -22,15 +26,13 @@ from pathlib import Path
 from typing import Any, Final
 
 from tdxfl.engine.records import TensorSet
-from tdxfl.store.sealed import DEFAULT_CHUNK_SIZE, SealedFileError, check_key, open_sealed, seal_file
-from tdxfl.store.tensors_codec import TensorCodecError, decode_tensor_set, encode_tensor_set
+from tdxfl.errors import ConfigError, RecordError, SealedFileError
+from tdxfl.store.sealed import DEFAULT_CHUNK_SIZE, check_key, open_sealed, seal_file
+from tdxfl.store.tensors_codec import decode_tensor_set, encode_tensor_set
 
 __all__ = [
     "SEALED_SUFFIX",
-    "InvalidModelNameError",
-    "ModelNotFoundError",
     "ModelStore",
-    "ModelStoreError",
     "SealedFileStore",
     "validate_model_name",
 ]
@@ -40,27 +42,15 @@ _CONTENT_TYPE: Final = "tdxfl/tensor-set+v1"
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
-class ModelStoreError(Exception):
-    """A model store operation failed."""
-
-
-class InvalidModelNameError(ModelStoreError, ValueError):
-    """A model name is not allowed (path separators, traversal, odd characters, too long)."""
-
-
-class ModelNotFoundError(ModelStoreError, LookupError):
-    """No model of that name is stored."""
-
-
-def validate_model_name(name: str) -> str:
+def validate_model_name(name: str, *, what: str = "model") -> str:
     """Return ``name`` if it is 1-128 chars of ``[A-Za-z0-9._-]`` not starting with ``.``, ``_`` or ``-``.
 
     This rules out path separators, ``..``-style traversal, hidden files, NUL and other bytes that
-    mean something to a file system. Raises InvalidModelNameError otherwise.
+    mean something to a file system. Raises ConfigError ("invalid <what> name ...") otherwise.
     """
     if not isinstance(name, str) or _NAME_RE.fullmatch(name) is None:
-        raise InvalidModelNameError(
-            f"invalid model name {name!r}: use 1-128 characters from [A-Za-z0-9._-], starting with a letter or digit"
+        raise ConfigError(
+            f"invalid {what} name {name!r}: use 1-128 characters from [A-Za-z0-9._-], starting with a letter or digit"
         )
     return name
 
@@ -77,7 +67,7 @@ class ModelStore(abc.ABC):
 
     @abc.abstractmethod
     def load(self, name: str) -> tuple[TensorSet, dict[str, Any]]:
-        """Return the tensors and metadata stored under ``name``; ModelNotFoundError if none."""
+        """Return the tensors and metadata stored under ``name``; SealedFileError if none."""
 
     @abc.abstractmethod
     def list(self) -> builtins.list[str]:
@@ -138,21 +128,21 @@ class SealedFileStore(ModelStore):
     def load(self, name: str) -> tuple[TensorSet, dict[str, Any]]:
         """Authenticate, decrypt and decode model ``name``.
 
-        Raises ModelNotFoundError if absent, SealedFileError if the file is tampered with,
-        truncated or sealed under another key / label / name, TensorCodecError (wrapped as
-        SealedFileError) if its authenticated payload is not a valid tensor set.
+        Raises SealedFileError if it is absent, tampered with, truncated or sealed under another
+        label or name, or if its authenticated payload is not a valid tensor set; WrongKey if it
+        is sealed under another key.
         """
         path = self.path_for(name)
         try:
             reader = open_sealed(path, self._key, label=self._label)
         except FileNotFoundError:
-            raise ModelNotFoundError(f"no model named {name!r} in {self.directory}") from None
+            raise SealedFileError(f"no model named {name!r} in {self.directory}") from None
         with reader:
             if reader.metadata != self._header(name):
                 raise SealedFileError(f"{path.name} does not hold model {name!r} (file renamed or substituted)")
             try:
                 return decode_tensor_set(reader)
-            except TensorCodecError as exc:
+            except RecordError as exc:
                 raise SealedFileError(f"{path.name}: authenticated payload is not a valid tensor set: {exc}") from None
 
     def list(self) -> builtins.list[str]:
@@ -170,8 +160,8 @@ class SealedFileStore(ModelStore):
         return self.path_for(name).is_file()
 
     def delete(self, name: str) -> None:
-        """Remove model ``name``; ModelNotFoundError if absent."""
+        """Remove model ``name``; SealedFileError if absent."""
         try:
             self.path_for(name).unlink()
         except FileNotFoundError:
-            raise ModelNotFoundError(f"no model named {name!r} in {self.directory}") from None
+            raise SealedFileError(f"no model named {name!r} in {self.directory}") from None

@@ -33,8 +33,13 @@ final chunk, followed by nothing). An empty payload is one final chunk of length
 
 Streaming caveat: :class:`SealedReader` releases each chunk's plaintext as soon as *that chunk*
 authenticates, so a consumer sees early chunks before the end of the file has been checked. Treat
-the data as complete only after reading to EOF without a :class:`SealedFileError` (the decoders in
-this package do so), or use :func:`read_sealed_bytes` for small payloads.
+the data as complete only after reading to EOF without a :class:`~tdxfl.errors.SealedFileError`
+(the decoders in this package do so), or use :func:`read_sealed_bytes` for small payloads.
+
+Errors: a wrong key or a tampered header raises :class:`~tdxfl.errors.WrongKey` (the two cannot
+be told apart); anything else wrong with the file raises its base class,
+:class:`~tdxfl.errors.SealedFileError`. Invalid arguments (a key that is not 32 bytes, a bad
+label or chunk size) raise ValueError.
 """
 
 from __future__ import annotations
@@ -42,9 +47,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-import tempfile
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Final
 
@@ -53,6 +56,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from tdxfl.errors import SealedFileError, WrongKey
+from tdxfl.files import atomic_write
+
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "FORMAT_VERSION",
@@ -60,7 +66,6 @@ __all__ = [
     "MAGIC",
     "MAX_CHUNK_SIZE",
     "MAX_METADATA_SIZE",
-    "SealedFileError",
     "SealedReader",
     "SealedWriter",
     "check_key",
@@ -86,10 +91,6 @@ _FIXED = struct.Struct(">9sB32sIH")  # magic, version, salt, chunk size, label l
 _META_LEN = struct.Struct(">I")
 _RECORD = struct.Struct(">BI")  # final flag, plaintext length
 _AAD_TAIL = struct.Struct(">QB")  # chunk index, final flag
-
-
-class SealedFileError(Exception):
-    """A sealed file is malformed, truncated, tampered with, or sealed under another key."""
 
 
 def check_key(key: bytes | bytearray | memoryview) -> bytes:
@@ -268,8 +269,8 @@ class SealedWriter:
 class SealedReader:
     """Authenticate and decrypt a sealed stream chunk by chunk.
 
-    The constructor reads and authenticates the header (raising :class:`SealedFileError` for a
-    wrong key or tampered header), so :attr:`metadata` and :attr:`label` are trustworthy once it
+    The constructor reads and authenticates the header (raising :class:`~tdxfl.errors.WrongKey`
+    for a wrong key or tampered header), so :attr:`metadata` and :attr:`label` are trustworthy once it
     returns. Each chunk's plaintext is released only after that chunk authenticates; reaching EOF
     without an error proves the payload complete (final chunk present, nothing after it).
 
@@ -298,18 +299,18 @@ class SealedReader:
         if version != FORMAT_VERSION:
             raise SealedFileError(f"unsupported sealed file version {version} (this reader handles {FORMAT_VERSION})")
         if not 1 <= chunk_size <= MAX_CHUNK_SIZE or not 1 <= label_len <= MAX_LABEL_SIZE:
-            raise SealedFileError("wrong key or tampered header (header fields out of range)")
+            raise WrongKey("wrong key or tampered header (header fields out of range)")
         label_raw = self._read_header_part(label_len)
         (meta_len,) = _META_LEN.unpack(self._read_header_part(_META_LEN.size))
         if meta_len > MAX_METADATA_SIZE:
-            raise SealedFileError("wrong key or tampered header (metadata length out of range)")
+            raise WrongKey("wrong key or tampered header (metadata length out of range)")
         meta = self._read_header_part(meta_len)
         header_tag = self._read_header_part(TAG_SIZE)
         body = fixed + label_raw + _META_LEN.pack(meta_len) + meta
         try:
             label_text = label_raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise SealedFileError("wrong key or tampered header (label is not UTF-8)") from None
+            raise WrongKey("wrong key or tampered header (label is not UTF-8)") from None
         if label is not None and label_text != label:
             raise SealedFileError(f"sealed file has key label {label_text!r}, expected {label!r}")
         self._cipher = _file_cipher(raw_key, salt, label_raw)
@@ -317,7 +318,7 @@ class SealedReader:
         try:
             self._cipher.decrypt(_HEADER_NONCE, header_tag, body)
         except InvalidTag:
-            raise SealedFileError("wrong key or tampered header") from None
+            raise WrongKey("wrong key or tampered header") from None
         self._header_hash = hashlib.sha256(body).digest()
         self._chunk_size = chunk_size
         self._cbuf = memoryview(bytearray(chunk_size + TAG_SIZE))  # one chunk's ciphertext and tag
@@ -549,17 +550,6 @@ class SealedReader:
         self.close()
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (POSIX); a no-op where directories cannot be opened."""
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def seal_file(
     path: str | os.PathLike[str],
     key: bytes | bytearray | memoryview,
@@ -571,38 +561,23 @@ def seal_file(
 ) -> int:
     """Atomically write the pieces of ``data_iter`` to ``path`` as a sealed file; return its size.
 
-    The sealed stream goes to a temporary file (mode 0600) in the destination directory, which is
-    flushed and fsynced, then renamed over ``path`` with ``os.replace``, and the directory is
-    fsynced. If anything fails (including the iterator raising), the temporary file is removed and
-    any previous file at ``path`` is left untouched. Only ciphertext ever reaches the disk. A single
-    bytes-like object may be passed instead of an iterable of pieces.
+    The sealed stream is written with :func:`tdxfl.files.atomic_write` (a mode 0600 temporary file
+    beside ``path``, fsynced, renamed over it, directory fsynced). If anything fails (including the
+    iterator raising), the temporary file is removed and any previous file at ``path`` is left
+    untouched. Only ciphertext ever reaches the disk. A single bytes-like object may be passed
+    instead of an iterable of pieces.
     """
-    target = Path(path)
-    directory = target.parent
     pieces: Iterable[bytes | bytearray | memoryview]
     if isinstance(data_iter, (bytes, bytearray, memoryview)):
         pieces = (data_iter,)
     else:
         pieces = data_iter
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as tmp:
-            writer = SealedWriter(tmp, key, label=label, metadata=metadata, chunk_size=chunk_size)
-            for piece in pieces:
-                writer.write(piece)
-            writer.close()
-            tmp.flush()
-            os.fsync(tmp.fileno())
-            size = writer.bytes_written
-        os.replace(tmp_name, target)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(directory)
-    return size
+    with atomic_write(path) as out:
+        writer = SealedWriter(out, key, label=label, metadata=metadata, chunk_size=chunk_size)
+        for piece in pieces:
+            writer.write(piece)
+        writer.close()
+    return writer.bytes_written
 
 
 def open_sealed(

@@ -11,7 +11,8 @@ Layout::
 
 Encoding yields views of the arrays (no concatenation); decoding allocates each array once and
 reads straight into it. Only dtypes in :data:`tdxfl.engine.records.ALLOWED_DTYPES` are accepted,
-so decoding never constructs arbitrary objects.
+so decoding never constructs arbitrary objects. Whatever cannot be encoded or decoded raises
+``tdxfl.errors.RecordError``.
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ from typing import Any, Final, Protocol, TypeAlias
 import numpy as np
 
 from tdxfl.engine.records import ALLOWED_DTYPES, TensorSet, TensorSpec
+from tdxfl.errors import RecordError
 
 __all__ = [
     "CODEC_MAGIC",
     "CODEC_VERSION",
     "MAX_HEADER_SIZE",
-    "TensorCodecError",
     "decode_tensor_set",
     "encode_tensor_set",
 ]
@@ -43,10 +44,6 @@ MAX_NDIM: Final = 32
 DEFAULT_MAX_TOTAL_BYTES: Final = 1 << 40
 _PREFIX = struct.Struct("<8sQ")
 _READ_PIECE = 1 << 20
-
-
-class TensorCodecError(ValueError):
-    """The byte stream is not a valid encoded tensor set (or a tensor set cannot be encoded)."""
 
 
 class _SupportsReadinto(Protocol):
@@ -78,19 +75,19 @@ def encode_tensor_set(
 
     Arrays that are already C-contiguous little-endian are yielded as views without copying;
     others are converted one tensor at a time. ``metadata`` must be JSON-serializable with string
-    keys (numpy scalars are accepted and stored as Python numbers). Raises TensorCodecError if specs and arrays disagree or a dtype is not allowed.
+    keys (numpy scalars are accepted and stored as Python numbers). Raises RecordError if specs and arrays disagree or a dtype is not allowed.
     """
     if len(ts.specs) != len(ts.arrays):
-        raise TensorCodecError(f"{len(ts.specs)} specs for {len(ts.arrays)} arrays")
+        raise RecordError(f"{len(ts.specs)} specs for {len(ts.arrays)} arrays")
     meta = dict(metadata) if metadata is not None else {}
     entries = []
     for spec, array in zip(ts.specs, ts.arrays):
         if not isinstance(spec.name, str):
-            raise TensorCodecError(f"tensor name must be a str, got {type(spec.name).__name__}")
+            raise RecordError(f"tensor name must be a str, got {type(spec.name).__name__}")
         if spec.dtype not in ALLOWED_DTYPES:
-            raise TensorCodecError(f"tensor {spec.name!r} has dtype {spec.dtype!r}, not one of {sorted(ALLOWED_DTYPES)}")
+            raise RecordError(f"tensor {spec.name!r} has dtype {spec.dtype!r}, not one of {sorted(ALLOWED_DTYPES)}")
         if array.dtype.name != spec.dtype or tuple(array.shape) != tuple(spec.shape):
-            raise TensorCodecError(
+            raise RecordError(
                 f"tensor {spec.name!r}: array is {array.dtype.name}{tuple(array.shape)}, "
                 f"spec says {spec.dtype}{tuple(spec.shape)}"
             )
@@ -102,9 +99,9 @@ def encode_tensor_set(
             default=_json_default,
         ).encode("utf-8")
     except (TypeError, ValueError) as exc:
-        raise TensorCodecError(f"metadata is not JSON-serializable: {exc}") from None
+        raise RecordError(f"metadata is not JSON-serializable: {exc}") from None
     if len(header) > MAX_HEADER_SIZE:
-        raise TensorCodecError(f"header of {len(header)} bytes exceeds {MAX_HEADER_SIZE}")
+        raise RecordError(f"header of {len(header)} bytes exceeds {MAX_HEADER_SIZE}")
     yield _PREFIX.pack(CODEC_MAGIC, len(header)) + header
     for spec, array in zip(ts.specs, ts.arrays):
         if array.size == 0:
@@ -139,7 +136,7 @@ def _make_reader(source: ReadSource) -> Callable[[memoryview], int]:
             if not data:
                 break
             if len(data) > len(view) - got:
-                raise TensorCodecError("read(n) callable returned more than n bytes")
+                raise RecordError("read(n) callable returned more than n bytes")
             view[got : got + len(data)] = data
             got += len(data)
         return got
@@ -149,35 +146,35 @@ def _make_reader(source: ReadSource) -> Callable[[memoryview], int]:
 
 def _parse_specs(header: Any, max_total_bytes: int) -> tuple[list[TensorSpec], dict[str, Any]]:
     if not isinstance(header, dict):
-        raise TensorCodecError("header is not a JSON object")
+        raise RecordError("header is not a JSON object")
     if header.get("version") != CODEC_VERSION:
-        raise TensorCodecError(f"unsupported tensor encoding version {header.get('version')!r}")
+        raise RecordError(f"unsupported tensor encoding version {header.get('version')!r}")
     tensors = header.get("tensors")
     metadata = header.get("metadata", {})
     if not isinstance(tensors, list):
-        raise TensorCodecError("header 'tensors' is not a list")
+        raise RecordError("header 'tensors' is not a list")
     if not isinstance(metadata, dict):
-        raise TensorCodecError("header 'metadata' is not an object")
+        raise RecordError("header 'metadata' is not an object")
     specs: list[TensorSpec] = []
     total = 0
     for i, entry in enumerate(tensors):
         if not isinstance(entry, dict) or set(entry) != {"name", "dtype", "shape"}:
-            raise TensorCodecError(f"tensor entry {i} must have exactly name, dtype and shape")
+            raise RecordError(f"tensor entry {i} must have exactly name, dtype and shape")
         name, dtype, shape = entry["name"], entry["dtype"], entry["shape"]
         if not isinstance(name, str):
-            raise TensorCodecError(f"tensor entry {i}: name is not a string")
+            raise RecordError(f"tensor entry {i}: name is not a string")
         if not isinstance(dtype, str) or dtype not in ALLOWED_DTYPES:
-            raise TensorCodecError(f"tensor {name!r}: dtype {dtype!r} is not one of {sorted(ALLOWED_DTYPES)}")
+            raise RecordError(f"tensor {name!r}: dtype {dtype!r} is not one of {sorted(ALLOWED_DTYPES)}")
         if (
             not isinstance(shape, list)
             or len(shape) > MAX_NDIM
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
         ):
-            raise TensorCodecError(f"tensor {name!r}: shape {shape!r} is not a list of at most {MAX_NDIM} ints >= 0")
+            raise RecordError(f"tensor {name!r}: shape {shape!r} is not a list of at most {MAX_NDIM} ints >= 0")
         nbytes = math.prod(shape) * np.dtype(dtype).itemsize
         total += nbytes
         if total > max_total_bytes:
-            raise TensorCodecError(f"tensors total more than the {max_total_bytes}-byte limit (at {name!r})")
+            raise RecordError(f"tensors total more than the {max_total_bytes}-byte limit (at {name!r})")
         specs.append(TensorSpec(name, dtype, tuple(shape)))
     return specs, metadata
 
@@ -193,25 +190,25 @@ def decode_tensor_set(
     default) the source must end right after the last tensor; for a SealedReader this also
     authenticates the final chunk, so a returned tensor set is known complete.
 
-    Raises TensorCodecError on a bad magic, header, dtype or shape, on a size beyond
+    Raises RecordError on a bad magic, header, dtype or shape, on a size beyond
     ``max_total_bytes``, on truncation, or on trailing data.
     """
     fill = _make_reader(source)
     prefix = bytearray(_PREFIX.size)
     if fill(memoryview(prefix)) != _PREFIX.size:
-        raise TensorCodecError("truncated: stream ends inside the prefix")
+        raise RecordError("truncated: stream ends inside the prefix")
     magic, header_len = _PREFIX.unpack(prefix)
     if magic != CODEC_MAGIC:
-        raise TensorCodecError("not an encoded tensor set (bad magic)")
+        raise RecordError("not an encoded tensor set (bad magic)")
     if header_len > MAX_HEADER_SIZE:
-        raise TensorCodecError(f"header length {header_len} exceeds {MAX_HEADER_SIZE}")
+        raise RecordError(f"header length {header_len} exceeds {MAX_HEADER_SIZE}")
     header_raw = bytearray(header_len)
     if fill(memoryview(header_raw)) != header_len:
-        raise TensorCodecError("truncated: stream ends inside the header")
+        raise RecordError("truncated: stream ends inside the header")
     try:
         header = json.loads(header_raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise TensorCodecError(f"header is not valid JSON: {exc}") from None
+        raise RecordError(f"header is not valid JSON: {exc}") from None
     specs, metadata = _parse_specs(header, max_total_bytes)
     arrays: list[np.ndarray] = []
     for spec in specs:
@@ -219,10 +216,10 @@ def decode_tensor_set(
         if spec.nbytes:
             view = array.reshape(-1).view(np.uint8).data
             if fill(view) != spec.nbytes:
-                raise TensorCodecError(f"truncated: stream ends inside tensor {spec.name!r}")
+                raise RecordError(f"truncated: stream ends inside tensor {spec.name!r}")
         if not array.dtype.isnative:
             array = array.astype(array.dtype.newbyteorder("="))
         arrays.append(array)
     if require_end and fill(memoryview(bytearray(1))):
-        raise TensorCodecError("trailing data after the last tensor")
+        raise RecordError("trailing data after the last tensor")
     return TensorSet(specs, arrays), metadata

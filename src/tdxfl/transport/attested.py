@@ -14,7 +14,6 @@ the server's nonce, then open the mutual-TLS channel. Nothing moves before both 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import ssl
@@ -29,7 +28,14 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from tdxfl.attestation.decisions import Decision
 from tdxfl.attestation.interfaces import Attester
-from tdxfl.attestation.ratls import PeerVerifier, TlsIdentity, certificate_evidence, load_certificate, tls_name
+from tdxfl.attestation.ratls import (
+    PeerVerifier,
+    TlsIdentity,
+    certificate_evidence,
+    certificate_fingerprint,
+    load_certificate,
+    tls_name,
+)
 from tdxfl.errors import AttestationError, AttestationRefused
 from tdxfl.transport.link import TensorLink, open_link
 from tdxfl.transport.proto import tdxfl_pb2 as pb
@@ -61,10 +67,6 @@ class EnrolledPeer:
     party: str
     role: str
     cert_pem: bytes
-
-
-def _fingerprint(cert_pem: bytes) -> str:
-    return hashlib.sha256(load_certificate(cert_pem).public_bytes(Encoding.DER)).hexdigest()
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -142,7 +144,7 @@ class AttestedServer:
         peer = None
         if certs:
             with self._lock:
-                peer = self._enrolled.get(_fingerprint(certs[0]))
+                peer = self._enrolled.get(certificate_fingerprint(certs[0]))
         if peer is None:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "client certificate is not an enrolled, attested party")
         assert peer is not None
@@ -164,7 +166,7 @@ class AttestedServer:
     def link_party(self, cert_der: bytes) -> str | None:
         """The enrolled party whose certificate this is (exactly), or None."""
         with self._lock:
-            peer = self._enrolled.get(hashlib.sha256(cert_der).hexdigest())
+            peer = self._enrolled.get(certificate_fingerprint(cert_der))
         return peer.party if peer is not None else None
 
     def link_refused(self, peer_address: str, reason: str) -> None:
@@ -219,7 +221,7 @@ class AttestedServer:
             old = self._by_party.pop(party, None)
             if old is not None:
                 self._enrolled.pop(old, None)
-            fp = _fingerprint(cert_pem)
+            fp = certificate_fingerprint(cert_pem)
             self._enrolled[fp] = peer
             self._by_party[party] = fp
             self._config_version += 1

@@ -21,7 +21,7 @@ from tdxfl.errors import ConfigError
 from tdxfl.keybroker.client import fetch_key
 from tdxfl.store.keys import derive_store_key
 
-__all__ = ["PartyContext", "make_attester", "model_key", "party_context", "verifiers_for"]
+__all__ = ["PartyContext", "broker_key", "make_attester", "model_key", "party_context", "verifiers_for"]
 
 log = logging.getLogger(__name__)
 
@@ -94,26 +94,34 @@ def party_context(federation: Federation, name: str, workdir: Path | None = None
     )
 
 
+def broker_key(federation: Federation, ctx: PartyContext, key_name: str) -> bytes:
+    """Key ``key_name`` from the federation's ``[keybroker]``, released to this attested TD over
+    RA-TLS into memory (KeyRefused, AttestationRefused or Unavailable with the reason)."""
+    broker = federation.keybroker
+    if broker is None:
+        raise ConfigError("the federation file has no [keybroker] table")
+    return fetch_key(
+        ctx.name,
+        ctx.role,
+        ctx.attester,
+        ctx.peer_verifier(federation.policy_for("keybroker")),
+        key_name,
+        broker.address,
+        broker.enroll_address,
+        broker_party=broker.name,
+        retries=federation.faults.connect_retries,
+        backoff_s=federation.faults.connect_backoff_s,
+    )
+
+
 def model_key(federation: Federation, ctx: PartyContext) -> bytes:
     """The 32-byte model key for sealed storage, in memory only.
 
     With a ``[keybroker]`` table, it is released by the key broker to this attested TD over
     RA-TLS; otherwise (development) it is derived from the secret in ``output.secret_env``.
     """
-    broker = federation.keybroker
-    if broker is not None:
-        return fetch_key(
-            ctx.name,
-            ctx.role,
-            ctx.attester,
-            ctx.peer_verifier(federation.policy_for("keybroker")),
-            broker.key,
-            broker.address,
-            broker.enroll_address,
-            broker_party=broker.name,
-            retries=federation.faults.connect_retries,
-            backoff_s=federation.faults.connect_backoff_s,
-        )
+    if federation.keybroker is not None:
+        return broker_key(federation, ctx, federation.keybroker.key)
     secret = os.environ.get(federation.output.secret_env, "")
     if not secret:
         raise ConfigError(

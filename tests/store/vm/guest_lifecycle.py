@@ -26,9 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "src"))
 
+from tdxfl.errors import WrongKey  # noqa: E402
 from tdxfl.store.luks import (  # noqa: E402
     WRONG_KEY_MESSAGE,
-    WrongKeyError,
     close_volume,
     create_volume,
     luks_dump,
@@ -78,7 +78,7 @@ def boot1(key: bytes, payload: bytes) -> None:
     wrong = bytes(b ^ 0x5A for b in key)
     try:
         open_volume(DEVICE, wrong, NAME, MOUNT)
-    except WrongKeyError as e:
+    except WrongKey as e:
         assert WRONG_KEY_MESSAGE in str(e), str(e)
         assert key.hex() not in str(e) and wrong.hex() not in str(e)
         step(f"wrong key refused: {e}")

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -24,7 +23,8 @@ from typing import Protocol
 import dcap_qvl
 from cryptography import x509
 
-from tdxfl.attestation.interfaces import AttestationError
+from tdxfl.errors import AttestationError
+from tdxfl.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -173,17 +173,12 @@ class PccsCollateral:
         return collateral
 
     def _write_cache(self, path: Path, collateral: dcap_qvl.QuoteCollateralV3) -> None:
-        tmp: str | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(collateral.to_json())
-            os.replace(tmp, path)
+            with atomic_write(path) as f:
+                f.write(collateral.to_json().encode("utf-8"))
         except OSError as e:  # a cache that cannot be written costs a refetch, nothing more
             log.warning("cannot write collateral cache %s: %s", path, e)
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
 
 
 class NoCollateral:

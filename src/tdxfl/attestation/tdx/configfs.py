@@ -17,8 +17,9 @@ import secrets
 from pathlib import Path
 
 from tdxfl.attestation.evidence import TDX_EVIDENCE_TAG
-from tdxfl.attestation.interfaces import Attester, AttestationError, check_report_data
-from tdxfl.attestation.report import QuoteFormatError, parse_quote
+from tdxfl.attestation.interfaces import Attester, check_report_data
+from tdxfl.attestation.report import parse_quote
+from tdxfl.errors import AttestationError
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class TdxAttester(Attester):
                 log.warning("could not remove configfs-tsm entry %s: %s", entry, e)
         try:
             parsed = parse_quote(quote)
-        except QuoteFormatError as e:
+        except AttestationError as e:
             raise AttestationError(f"configfs-tsm returned something that is not a TDX quote: {e}") from e
         if parsed.report.report_data != report_data:
             raise _GenerationRace("the quote's REPORTDATA is not ours")

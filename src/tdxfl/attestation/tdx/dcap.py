@@ -18,9 +18,10 @@ from typing import Any
 import dcap_qvl
 
 from tdxfl.attestation.evidence import TDX_EVIDENCE_TAG
-from tdxfl.attestation.interfaces import AttestationError, PlatformFlags, VerifiedEvidence, Verifier
-from tdxfl.attestation.report import TDX_TEE_TYPE, QuoteFormatError, TdReport, parse_quote
-from tdxfl.attestation.tdx.collateral import CollateralSource
+from tdxfl.attestation.interfaces import PlatformFlags, VerifiedEvidence, Verifier
+from tdxfl.attestation.report import TDX_TEE_TYPE, TdReport, parse_quote
+from tdxfl.attestation.tdx.collateral import CollateralSource, collateral_expiry
+from tdxfl.errors import AttestationError
 
 #: every TCB status dcap-qvl 0.7 knows; all are admitted here and judged by Policy
 TCB_STATUSES = (
@@ -54,6 +55,15 @@ def reporting_policy(now: int) -> dcap_qvl.QuotePolicy:
     for status in TCB_STATUSES:
         policy = policy.allow_status(status)
     return policy
+
+
+def _expired_at(collateral: dcap_qvl.QuoteCollateralV3, now: int) -> bool:
+    """Whether some part of ``collateral`` (TCB info, QE identity, a CRL) has expired by ``now``,
+    by the collateral's own nextUpdate dates; False when those cannot be read."""
+    try:
+        return collateral_expiry(collateral) <= now
+    except AttestationError:
+        return False
 
 
 def _flag(pck: dict[str, Any], name: str) -> bool:
@@ -111,7 +121,7 @@ class TdxVerifier(Verifier):
         """Verify ``quote``; raise AttestationError naming the failed check when it is not genuine."""
         try:
             parsed = parse_quote(quote)
-        except QuoteFormatError as e:
+        except AttestationError as e:
             raise AttestationError(f"not a valid TDX quote: {e}") from e
         now = self.now()
         try:
@@ -125,7 +135,7 @@ class TdxVerifier(Verifier):
             claims: dict[str, Any] = json.loads(result.to_json())
         except Exception as e:  # dcap-qvl reports every failed check as ValueError
             hint = ""
-            if "Expired" in str(e) or "expired" in str(e):
+            if _expired_at(collateral, now):
                 hint = " (collateral expired: fetch fresh collateral, or verify as of a time it was valid)"
             raise AttestationError(f"TDX quote refused by DCAP verification at {_utc(now)}: {e}{hint}") from e
         if claims.get("tee_type") != TDX_TEE_TYPE:
