@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from tdxfl.attestation.simulated import code_measurement
+from tdxfl.attestation.insecure_simulated import code_measurement
 from tdxfl.engine.data import batches
 from tdxfl.engine.model import ModelAdapter
 from tdxfl.engine.records import TensorSpec

@@ -35,7 +35,7 @@ ALLOWED: dict[str, set[str]] = {
     "server": _CORE | _TRUST | {"transport"},
     "client": _CORE | _TRUST | {"transport"},
     "keybroker": _CORE | _TRUST | {"transport", "store"},
-    "config": _CORE | _TRUST | {"ml"},
+    "config": _CORE | _TRUST | {"ml", "transport"},
     "wiring": _LOWER | {"config"},
     "cli": _LOWER | {"config", "wiring"},
     "__main__": {"cli"},

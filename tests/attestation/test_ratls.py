@@ -22,7 +22,7 @@ from tdxfl.attestation.ratls import (
     check_certificate_validity,
     make_evidence,
 )
-from tdxfl.attestation.simulated import SimulatedAttester, SimulatedTd, SimulatedVerifier
+from tdxfl.attestation.insecure_simulated import SimulatedAttester, SimulatedTd, SimulatedVerifier
 from tdxfl.errors import AttestationError, AttestationRefused, ConfigError
 
 MRTD = bytes.fromhex("11" * 48)

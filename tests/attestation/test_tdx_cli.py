@@ -18,7 +18,7 @@ from cryptography.x509.oid import NameOID
 from tdxfl.attestation.evidence import TAGGED_EVIDENCE_OID, Claims, TaggedEvidence, report_data_for
 from tdxfl.attestation.policy import Policy
 from tdxfl.attestation.ratls import CLOCK_SKEW, TlsIdentity
-from tdxfl.attestation.simulated import SimulatedAttester
+from tdxfl.attestation.insecure_simulated import SimulatedAttester
 from tdxfl.cli import main
 
 

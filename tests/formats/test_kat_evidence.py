@@ -44,7 +44,7 @@ from tdxfl.attestation.ratls import (
     make_evidence,
 )
 from tdxfl.attestation.report import parse_quote
-from tdxfl.attestation.simulated import SimulatedAttester, SimulatedTd, SimulatedVerifier
+from tdxfl.attestation.insecure_simulated import SimulatedAttester, SimulatedTd, SimulatedVerifier
 from tdxfl.attestation.tdx.collateral import FileCollateral
 from tdxfl.attestation.tdx.dcap import TdxVerifier
 

@@ -143,7 +143,7 @@ def test_checkpoint_plaintext_and_clear_header_are_the_documented_bytes() -> Non
 
 
 def test_unseal_command_reads_the_checkpoint() -> None:
-    from tdxfl.cli.model import load_sealed
+    from tdxfl.wiring.unseal import load_sealed
 
     tensors, meta = load_sealed(CHECKPOINT, KEY)
     assert [a.tobytes() for a in tensors.arrays] == [KERNEL.tobytes(), BIAS.tobytes(), STEP.tobytes()]

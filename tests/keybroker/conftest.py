@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from tdxfl.attestation.policy import Policy
-from tdxfl.attestation.simulated import SimulatedAttester, SimulatedTd, SimulatedVerifier
+from tdxfl.attestation.insecure_simulated import SimulatedAttester, SimulatedTd, SimulatedVerifier
 from tdxfl.keybroker.keystore import Keystore
-from tdxfl.keybroker.server import parse_broker_config, start_keybroker
+from tdxfl.config.broker import parse_broker_config
+from tdxfl.wiring.keybroker import start_keybroker
 
 from kb_support import BROKER_MRTD, FAST_N, GOOD, OTHER, PASSPHRASE, Running, sim_policy
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from tdxfl.attestation.decisions import DecisionLog
 from tdxfl.attestation.policy import Policy
 from tdxfl.attestation.ratls import PeerVerifier
-from tdxfl.attestation.simulated import SimulatedVerifier
+from tdxfl.attestation.insecure_simulated import SimulatedVerifier
 from tdxfl.keybroker.keystore import Keystore
-from tdxfl.keybroker.server import KeyBroker
+from tdxfl.wiring.keybroker import KeyBroker
 
 GOOD = bytes.fromhex("11" * 48)  # the MRTD the keys are released to
 OTHER = bytes.fromhex("22" * 48)  # enrolls (broker policy allows it) but no key policy does

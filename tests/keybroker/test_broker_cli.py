@@ -10,13 +10,14 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from tdxfl.attestation.simulated import SimulatedAttester, SimulatedTd
+from tdxfl.attestation.insecure_simulated import SimulatedAttester, SimulatedTd
 from tdxfl.cli.keybroker import keybroker
 from fedtools import free_port
 from tdxfl.errors import ConfigError
 from tdxfl.keybroker.client import fetch_key
 from tdxfl.keybroker.keystore import Keystore
-from tdxfl.keybroker.server import load_broker_config, parse_broker_config, run_keybroker
+from tdxfl.config.broker import load_broker_config, parse_broker_config
+from tdxfl.wiring.keybroker import run_keybroker
 
 from kb_support import GOOD, PASSPHRASE, sim_policy
 
@@ -25,7 +26,7 @@ ENV = {"KS_PASS": PASSPHRASE}
 
 
 def broker_toml(tmp_path: Path, mode: str = "simulated") -> Path:
-    from tdxfl.attestation.simulated import code_measurement
+    from tdxfl.attestation.insecure_simulated import code_measurement
 
     me = code_measurement().hex()
     path = tmp_path / "broker.toml"
@@ -100,7 +101,7 @@ def test_new_key_requires_a_policy(tmp_path: Path) -> None:
 def test_group_without_subcommand_serves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[Path, str | None]] = []
     monkeypatch.setattr(
-        "tdxfl.keybroker.server.run_keybroker",
+        "tdxfl.wiring.keybroker.run_keybroker",
         lambda path, passphrase=None, key_file=None: calls.append((path, passphrase)),
     )
     cfg = broker_toml(tmp_path)
@@ -130,7 +131,7 @@ def test_run_keybroker_serves_keys_and_audit_verifies(tmp_path: Path) -> None:
     try:
         from tdxfl.attestation.decisions import DecisionLog
         from tdxfl.attestation.ratls import PeerVerifier
-        from tdxfl.attestation.simulated import SimulatedVerifier, code_measurement
+        from tdxfl.attestation.insecure_simulated import SimulatedVerifier, code_measurement
 
         verifier = PeerVerifier("ps", sim_policy(code_measurement()), [SimulatedVerifier()], DecisionLog())
         key = fetch_key("ps", "ps", SimulatedAttester(SimulatedTd(mrtd=GOOD)), verifier, "model",

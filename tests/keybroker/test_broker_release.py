@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tdxfl.attestation.simulated import SimulatedAttester
+from tdxfl.attestation.insecure_simulated import SimulatedAttester
 from fedtools import free_port
 from tdxfl.errors import KeyRefused, Unavailable
 from tdxfl.keybroker.audit import verify_chain
@@ -90,7 +90,7 @@ def test_client_refuses_a_broker_with_unexpected_measurements(
 ) -> None:
     from tdxfl.attestation.decisions import DecisionLog
     from tdxfl.attestation.ratls import PeerVerifier
-    from tdxfl.attestation.simulated import SimulatedVerifier
+    from tdxfl.attestation.insecure_simulated import SimulatedVerifier
 
     from kb_support import sim_policy
 
@@ -102,7 +102,7 @@ def test_client_refuses_a_broker_with_unexpected_measurements(
 def test_unreachable_broker_retries_then_fails(td: Callable[..., SimulatedAttester]) -> None:
     from tdxfl.attestation.decisions import DecisionLog
     from tdxfl.attestation.ratls import PeerVerifier
-    from tdxfl.attestation.simulated import SimulatedVerifier
+    from tdxfl.attestation.insecure_simulated import SimulatedVerifier
 
     from kb_support import sim_policy
 

@@ -44,7 +44,7 @@ def policy_toml(policy: Policy) -> str:
 
 def _attester(configfs: str | None, simulated: bool) -> Attester:
     if simulated:
-        from tdxfl.attestation.simulated import SimulatedAttester
+        from tdxfl.attestation.insecure_simulated import SimulatedAttester
 
         return SimulatedAttester()
     from tdxfl.attestation.tdx.configfs import DEFAULT_ROOT, TdxAttester
@@ -142,7 +142,7 @@ def _verify(data: bytes, collateral: str | None, pccs_url: str | None, cache_dir
     cert = ratls.load_certificate(data)
     verifiers: list[Verifier] = [tdx]
     try:
-        from tdxfl.attestation.simulated import SimulatedVerifier
+        from tdxfl.attestation.insecure_simulated import SimulatedVerifier
 
         verifiers.append(SimulatedVerifier())
     except ImportError:

@@ -48,7 +48,7 @@ def get_passphrase(passphrase_env: str | None, *, confirm: bool = False) -> str:
 
 
 def _broker_config(opts: _Opts) -> Any:
-    from tdxfl.keybroker.server import load_broker_config
+    from tdxfl.config.broker import load_broker_config
 
     if opts.config is None:
         return None
@@ -164,7 +164,7 @@ def keybroker(
 @handle_errors("tdxfl keybroker serve")
 def serve(opts: _Opts) -> None:
     """Serve the key broker until interrupted."""
-    from tdxfl.keybroker.server import run_keybroker
+    from tdxfl.wiring.keybroker import run_keybroker
 
     config = opts.config
     if config is None:

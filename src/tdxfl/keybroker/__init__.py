@@ -5,5 +5,6 @@
 * :mod:`~tdxfl.keybroker.audit` -- append-only, hash-chained (optionally HMAC'd) audit log.
 * :mod:`~tdxfl.keybroker.service` -- the ``KeyBroker`` gRPC servicer (mutual RA-TLS).
 * :mod:`~tdxfl.keybroker.client` -- ``fetch_key``: attest the broker, enroll, fetch a key.
-* :mod:`~tdxfl.keybroker.server` -- ``broker.toml`` and ``run_keybroker``.
+
+``broker.toml`` is parsed by :mod:`tdxfl.config.broker`; :mod:`tdxfl.wiring.keybroker` runs a broker.
 """

@@ -21,7 +21,6 @@ __all__ = [
     "CIFAR10_URL",
     "Dataset",
     "UnsafePickleError",
-    "batches",
     "load_cifar10",
     "load_dataset",
     "load_digits",

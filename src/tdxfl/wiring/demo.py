@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tdxfl.attestation.decisions import DecisionLog
-from tdxfl.attestation.simulated import code_measurement
+from tdxfl.attestation.insecure_simulated import code_measurement
 from tdxfl.engine.kinds import Mode
 
 WORKERS = ("worker-1", "worker-2")
@@ -186,7 +186,7 @@ def _preload_trusted_node(model: str) -> None:
     importing TensorFlow, then training; at nice 19 this thread only takes the CPU they leave
     idle, so the trusted node finds its modules loaded when training ends.
     """
-    import tdxfl.cli.model  # noqa: F401 - imported here first: the thread below is then the only importer
+    import tdxfl.wiring.unseal  # noqa: F401 - imported here first: the thread below is then the only importer
     from tdxfl.ml.preload import dataset_modules, framework_modules, start_preload
     from tdxfl.ml.reference import has_reference
 
@@ -202,7 +202,7 @@ def _unseal_and_evaluate(workdir: Path, broker_config: str, passphrase: str, che
     no TensorFlow (``tdxfl unseal`` also writes ``model.keras``); for any other model it rebuilds
     the Keras model, writes ``model.keras`` too, and evaluates that.
     """
-    from tdxfl.cli.model import load_sealed, unseal_model
+    from tdxfl.wiring.unseal import load_sealed, unseal_model
     from tdxfl.keybroker.keystore import Keystore
     from tdxfl.ml.data import load_dataset
     from tdxfl.ml.reference import accuracy as reference_accuracy

@@ -55,7 +55,7 @@ from tdxfl.attestation.evidence import TAGGED_EVIDENCE_OID, TDX_EVIDENCE_TAG
 from tdxfl.attestation.interfaces import Attester
 from tdxfl.attestation.policy import Policy
 from tdxfl.attestation.ratls import make_evidence, tls_name
-from tdxfl.attestation.simulated import SimulatedAttester, SimulatedTd
+from tdxfl.attestation.insecure_simulated import SimulatedAttester, SimulatedTd
 from tdxfl.engine.records import BFLOAT16, TensorSet
 from tdxfl.keybroker.keystore import Keystore
 from tdxfl.store.model_store import SealedFileStore

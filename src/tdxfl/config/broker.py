@@ -1,4 +1,4 @@
-"""``broker.toml`` and the running key broker.
+"""The key broker's configuration file, ``broker.toml``, parsed and validated.
 
 Example (see ``examples/broker.toml``)::
 
@@ -27,31 +27,19 @@ Relative paths are resolved against the directory of ``broker.toml``.
 
 from __future__ import annotations
 
-import logging
 import os
-import signal
-import threading
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tdxfl.attestation.decisions import DecisionLog
-from tdxfl.attestation.interfaces import Attester, Verifier
 from tdxfl.attestation.policy import Policy
-from tdxfl.attestation.ratls import PeerVerifier
-from tdxfl.config import Attestation, parse_attestation
+from tdxfl.config.federation import Attestation, parse_attestation
 from tdxfl.errors import ConfigError
-from tdxfl.keybroker.audit import AuditLog
-from tdxfl.keybroker.keystore import Keystore
-from tdxfl.keybroker.service import KeyBrokerService
-from tdxfl.transport.attested import AttestedServer, split_address
-from tdxfl.transport.proto import keybroker_pb2_grpc as kb_grpc
+from tdxfl.transport.attested import split_address
 
-log = logging.getLogger(__name__)
-
-__all__ = ["BrokerConfig", "KeyBroker", "load_broker_config", "parse_broker_config", "run_keybroker", "start_keybroker"]
+__all__ = ["BrokerConfig", "load_broker_config", "parse_broker_config"]
 
 
 @dataclass(frozen=True)
@@ -135,87 +123,3 @@ def load_broker_config(path: str | os.PathLike[str]) -> BrokerConfig:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"broker config {p} is not valid TOML: {e}") from None
     return parse_broker_config(doc, p.parent)
-
-
-class KeyBroker:
-    """A started key broker: its AttestedServer, service, audit log and decisions."""
-
-    def __init__(self, config: BrokerConfig, server: AttestedServer, service: KeyBrokerService, audit: AuditLog) -> None:
-        self.config = config
-        self.server = server
-        self.service = service
-        self.audit = audit
-
-    @property
-    def decisions(self) -> DecisionLog:
-        """Every attestation and release decision the broker made."""
-        return self.service.decisions
-
-    def stop(self, grace: float | None = 1.0) -> None:
-        """Stop serving."""
-        self.server.stop(grace)
-
-
-def start_keybroker(
-    config: BrokerConfig,
-    keystore: Keystore,
-    *,
-    attester: Attester | None = None,
-    verifiers: list[Verifier] | None = None,
-) -> KeyBroker:
-    """Start serving ``keystore`` per ``config``; ``attester``/``verifiers`` default from ``[attestation]``."""
-    from tdxfl.wiring.party import make_attester, verifiers_for
-
-    attester = attester or make_attester(config.attestation)
-    verifiers = verifiers if verifiers is not None else verifiers_for(config.policy, config.attestation)
-    config.decisions_log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    decisions = DecisionLog(config.decisions_log)
-    audit = AuditLog(config.audit_log, mac_key=keystore.audit_mac_key())
-    enroll = dict(config.enroll)
-    server = AttestedServer(
-        config.name,
-        attester,
-        PeerVerifier(config.name, config.policy, verifiers, decisions),
-        config.address,
-        config.enroll_address,
-        roles=enroll.get,
-    )
-    service = KeyBrokerService(server, keystore, audit, verifiers, decisions)
-    kb_grpc.add_KeyBrokerServicer_to_server(service, server.main)
-    server.start()
-    return KeyBroker(config, server, service, audit)
-
-
-def run_keybroker(
-    config_path: str | os.PathLike[str],
-    *,
-    passphrase: str | None = None,
-    key_file: str | os.PathLike[str] | None = None,
-    stop: threading.Event | None = None,
-) -> None:
-    """Serve the broker described by ``config_path`` until SIGINT/SIGTERM (or ``stop`` is set).
-
-    The keystore is opened with ``key_file`` (else ``broker.key_file``) when one is named,
-    otherwise with ``passphrase``. Raises ConfigError (an invalid ``broker.toml``, a missing
-    passphrase or key file), WrongKey or SealedFileError (the keystore cannot be opened), or
-    AuditChainError (the audit log was tampered with).
-    """
-    config = load_broker_config(config_path)
-    key_file = key_file or config.key_file
-    keystore = Keystore.open(
-        config.keystore, passphrase=passphrase if key_file is None else None, key_file=key_file
-    )
-    broker = start_keybroker(config, keystore)
-    entries, head = broker.audit.head
-    log.warning(
-        "key broker %s serving %d key(s) on %s (enrollment %s); audit log %s has %d entries, head %s",
-        config.name, len(keystore.list()), config.address, config.enroll_address, config.audit_log, entries, head,
-    )
-    done = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: done.set())
-    try:
-        done.wait()
-    finally:
-        broker.stop(grace=2.0)

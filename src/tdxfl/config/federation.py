@@ -19,7 +19,7 @@ from typing import Any
 
 from tdxfl.attestation.policy import Policy
 from tdxfl.engine.kinds import Mode, OnTimeout
-from tdxfl.errors import ConfigError  # raised for an invalid federation file; importable from here too
+from tdxfl.errors import ConfigError
 from tdxfl.ml.factory import Framework
 
 
