@@ -8,10 +8,10 @@ pytest), tensor-set synthesis from cached specs, timing helpers and subprocess h
 from __future__ import annotations
 
 import hashlib
-import socket
 import json
 import logging
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -129,12 +129,24 @@ def federation_doc(workdir: Path, workers: list[str], **sections: dict[str, Any]
     doc: dict[str, Any] = {
         "federation": {"name": "bench-fed"},
         "party": [
-            {"name": "ps", "role": "ps", "address": f"127.0.0.1:{free_port()}", "enroll_address": f"127.0.0.1:{free_port()}",
-             "data_address": f"127.0.0.1:{free_port()}"},
+            {
+                "name": "ps",
+                "role": "ps",
+                "address": f"127.0.0.1:{free_port()}",
+                "enroll_address": f"127.0.0.1:{free_port()}",
+                "data_address": f"127.0.0.1:{free_port()}",
+            },
             *({"name": w, "role": "worker"} for w in workers),
         ],
-        "training": {"model": "mlp", "dataset": "digits", "rounds": 1, "steps_per_round": 1, "batch_size": 32,
-                     "optimizer": "adam", "learning_rate": 0.01},
+        "training": {
+            "model": "mlp",
+            "dataset": "digits",
+            "rounds": 1,
+            "steps_per_round": 1,
+            "batch_size": 32,
+            "optimizer": "adam",
+            "learning_rate": 0.01,
+        },
         "faults": {"step_timeout_s": 300.0, "join_timeout_s": 120.0, "connect_retries": 40, "connect_backoff_s": 0.1},
         "attestation": {"mode": "simulated", "simulated": {"mrtd": mrtd}},
         "policy": {
@@ -208,7 +220,11 @@ def run_json(module: str, *args: str, timeout: float = 600.0, prefix: tuple[str,
     """Run ``python -m bench.<module> args...`` (after ``prefix``, e.g. ``ip netns exec NAME``)
     and parse the last stdout line as JSON."""
     proc = subprocess.run(
-        [*prefix, PYTHON, "-m", f"bench.{module}", *args], cwd=REPO, env=bench_env(), stdout=subprocess.PIPE, timeout=timeout
+        [*prefix, PYTHON, "-m", f"bench.{module}", *args],
+        cwd=REPO,
+        env=bench_env(),
+        stdout=subprocess.PIPE,
+        timeout=timeout,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"bench.{module} {' '.join(args)} exited with {proc.returncode}")
@@ -216,8 +232,17 @@ def run_json(module: str, *args: str, timeout: float = 600.0, prefix: tuple[str,
     return json.loads(lines[-1])
 
 
-def result(rid: str, value: float | None, baseline: float | None, target: float | None, unit: str, *,
-           ok: bool, ratio: float | None = None, **detail: Any) -> dict[str, Any]:
+def result(
+    rid: str,
+    value: float | None,
+    baseline: float | None,
+    target: float | None,
+    unit: str,
+    *,
+    ok: bool,
+    ratio: float | None = None,
+    **detail: Any,
+) -> dict[str, Any]:
     """One result record; ``ratio`` defaults to value / baseline."""
     if ratio is None and value is not None and baseline:
         ratio = value / baseline

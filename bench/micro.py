@@ -112,10 +112,12 @@ def main() -> None:
     out["receive"] = size / MB / best_of(receive, r)
     out["receive_old"] = size / MB / best_of(receive_old, r)
     for name, dtype in (("fp16", "float16"), ("bf16", "bfloat16")):
-        out[f"to_wire_{name}_s"] = best_of(lambda: to_wire(pb.TENSOR_KIND_GRADIENTS, 0, ts, wire_dtype=dtype), r)
+        out[f"to_wire_{name}_s"] = best_of(
+            lambda dtype=dtype: to_wire(pb.TENSOR_KIND_GRADIENTS, 0, ts, wire_dtype=dtype), r
+        )
         half_wire = to_wire(pb.TENSOR_KIND_GRADIENTS, 0, ts, wire_dtype=dtype)
         half = TensorSet(decode_header(half_wire.header).specs, half_wire.arrays)
-        out[f"as_dtype_{name}_s"] = best_of(lambda: half.cast_to(specs), r)
+        out[f"as_dtype_{name}_s"] = best_of(lambda half=half: half.cast_to(specs), r)
 
     key = os.urandom(32)
     sealed = io.BytesIO()

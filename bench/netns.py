@@ -23,8 +23,23 @@ def shaped_loopback(rate_mbit: int) -> Iterator[list[str]]:
     try:
         _run("ip", "-n", name, "link", "set", "lo", "up")
         burst = max(256 << 10, rate_mbit * 1_000_000 // 8 // 100)  # 10 ms worth of bytes
-        _run("tc", "-n", name, "qdisc", "add", "dev", "lo", "root", "tbf", "rate", f"{rate_mbit}mbit",
-             "burst", str(burst), "latency", "200ms")
+        _run(
+            "tc",
+            "-n",
+            name,
+            "qdisc",
+            "add",
+            "dev",
+            "lo",
+            "root",
+            "tbf",
+            "rate",
+            f"{rate_mbit}mbit",
+            "burst",
+            str(burst),
+            "latency",
+            "200ms",
+        )
         yield ["ip", "netns", "exec", name]
     finally:
         subprocess.run(["ip", "netns", "del", name], stderr=subprocess.DEVNULL)

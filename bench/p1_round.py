@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    bench_fleet,
     load_specs,
     log,
     median,
@@ -45,7 +46,6 @@ from bench.common import (
     read_federation,
     serve_plain_links,
     spawn,
-    bench_fleet,
     wait_joined,
     write_federation,
 )
@@ -90,9 +90,24 @@ def ps_main(args: argparse.Namespace) -> None:
     payload = memoryview(b"".join(a.tobytes() for a in weights.arrays))
     schedule = args.schedule.split(",")
     procs = [
-        spawn("p1_round", "worker", "--fed", str(fed_path), "--name", w, "--plain", str(plain_listener.getsockname()[1]),
-              "--tls", f"{tls_listener.getsockname()[1]}:{cert}", "--tcp", str(tcp_listener.getsockname()[1]),
-              "--schedule", args.schedule, "--out", str(workdir / f"{w}.json"))
+        spawn(
+            "p1_round",
+            "worker",
+            "--fed",
+            str(fed_path),
+            "--name",
+            w,
+            "--plain",
+            str(plain_listener.getsockname()[1]),
+            "--tls",
+            f"{tls_listener.getsockname()[1]}:{cert}",
+            "--tcp",
+            str(tcp_listener.getsockname()[1]),
+            "--schedule",
+            args.schedule,
+            "--out",
+            str(workdir / f"{w}.json"),
+        )
         for w in WORKERS
     ]
     try:
@@ -121,14 +136,18 @@ def ps_main(args: argparse.Namespace) -> None:
             time.sleep(0.2)  # let the workers settle into their pull
             if mode in ("tls", "tcp"):
                 t0 = time.monotonic()
-                threads = [threading.Thread(target=tls_exchange if mode == "tls" else tcp_exchange, args=(i,))
-                           for i in range(len(WORKERS))]
+                threads = [
+                    threading.Thread(target=tls_exchange if mode == "tls" else tcp_exchange, args=(i,))
+                    for i in range(len(WORKERS))
+                ]
                 for t in threads:
                     t.start()
                 for t in threads:
                     t.join()
                 t2 = time.monotonic()
-                records.append({"version": v, "mode": mode, "t_start": t0, "encode_s": 0.0, "round_s": t2 - t0, "t_end": t2})
+                records.append(
+                    {"version": v, "mode": mode, "t_start": t0, "encode_s": 0.0, "round_s": t2 - t0, "t_end": t2}
+                )
                 log(f"P1 round {v} (raw {mode} baseline): {t2 - t0:.3f}s")
                 continue
             t0 = time.monotonic()
@@ -140,7 +159,9 @@ def ps_main(args: argparse.Namespace) -> None:
             t2 = time.monotonic()
             assert sorted(step.contributors) == sorted(WORKERS), step
             del model, step
-            records.append({"version": v, "mode": mode, "t_start": t0, "encode_s": t1 - t0, "round_s": t2 - t0, "t_end": t2})
+            records.append(
+                {"version": v, "mode": mode, "t_start": t0, "encode_s": t1 - t0, "round_s": t2 - t0, "t_end": t2}
+            )
             log(f"P1 round {v} ({mode}): {t2 - t0:.3f}s (snapshot {t1 - t0:.3f}s)")
         rounds.finish()
         for p in procs:
@@ -164,17 +185,25 @@ def ps_main(args: argparse.Namespace) -> None:
 
 def worker_main(args: argparse.Namespace) -> None:
     from tdxfl.client.model_link import ModelLink
-    from tdxfl.wiring.party import party_context
     from tdxfl.transport.attested import connect
     from tdxfl.transport.proto import tdxfl_pb2 as pb
     from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
+    from tdxfl.wiring.party import party_context
 
     fed = read_federation(args.fed)
     ctx = party_context(fed, args.name, Path(args.out).parent / args.name)
     specs, _ = load_specs()
     index = [w.name for w in fed.workers].index(args.name)
     grads = random_set(specs, 100 + index, scale=1e-3)
-    ch = connect(args.name, "worker", ctx.attester, ctx.peer_verifier(fed.policy_for("ps")), fed.ps.name, fed.ps.address, fed.ps.enroll_address)
+    ch = connect(
+        args.name,
+        "worker",
+        ctx.attester,
+        ctx.peer_verifier(fed.policy_for("ps")),
+        fed.ps.name,
+        fed.ps.address,
+        fed.ps.enroll_address,
+    )
     pb_grpc.ParameterServerStub(ch.channel).Join(pb.JoinRequest(config_digest=fed.training_digest()), timeout=30)
     secure = ModelLink(ch.open_link(fed.ps.data_address))
     plain = ModelLink(plain_link(("127.0.0.1", int(args.plain)), args.name))

@@ -29,7 +29,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import bench_fleet, log, nbytes, random_set, read_federation, reset_hwm, rss_kb, spawn, synthetic_specs, wait_joined, write_federation
+from bench.common import (
+    bench_fleet,
+    log,
+    nbytes,
+    random_set,
+    read_federation,
+    reset_hwm,
+    rss_kb,
+    spawn,
+    synthetic_specs,
+    wait_joined,
+    write_federation,
+)
 
 
 class Counters:
@@ -37,7 +49,7 @@ class Counters:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.sends = 0    # model sends in flight
+        self.sends = 0  # model sends in flight
         self.updates = 0  # updates being offered or received
 
     def add(self, field: str, d: int) -> None:
@@ -86,8 +98,10 @@ def ps_main(args: argparse.Namespace) -> None:
     weights = random_set(specs, 7, scale=0.05)
     procs_n = min(args.procs, args.workers)
     groups = [names[i::procs_n] for i in range(procs_n)]
-    procs = [spawn("p2_memory", "worker", "--fed", str(fed_path), "--names", ",".join(g), "--params", str(args.params))
-             for g in groups]
+    procs = [
+        spawn("p2_memory", "worker", "--fed", str(fed_path), "--names", ",".join(g), "--params", str(args.params))
+        for g in groups
+    ]
     try:
         wait_joined(rounds, args.workers, procs, 180.0)
         model = to_wire(pb.TENSOR_KIND_MODEL, 0, weights)
@@ -147,26 +161,35 @@ def ps_main(args: argparse.Namespace) -> None:
         fleet.stop(linger=0)
     peak_kb = max(peak[0], hwm) if hwm_reset else peak[0]
     out = {
-        "workers": args.workers, "procs": procs_n, "model_bytes": nbytes(specs), "rss_before_kb": before,
-        "peak_kb": peak_kb, "growth_bytes": (peak_kb - before) * 1024, "hwm_reset": hwm_reset, "round_s": t1 - t0,
+        "workers": args.workers,
+        "procs": procs_n,
+        "model_bytes": nbytes(specs),
+        "rss_before_kb": before,
+        "peak_kb": peak_kb,
+        "growth_bytes": (peak_kb - before) * 1024,
+        "hwm_reset": hwm_reset,
+        "round_s": t1 - t0,
         "growth_MiB_by_phase": {k: (v - before) / 1024 for k, v in by_phase.items()},
-        "threads": threading.active_count(), "slots": args.slots,
+        "threads": threading.active_count(),
+        "slots": args.slots,
     }
     if traced is not None:
         out["tracemalloc"] = traced
     if args.timeline < 1e9:
         out["timeline"] = timeline  # (s, growth MiB, (model sends in flight, updates in flight))
-    log(f"P2 {args.workers} workers: peak growth {(peak_kb - before) / 1024:.1f} MiB in {t1 - t0:.2f}s "
-        f"(by phase, MiB: {', '.join(f'{k} {v:.0f}' for k, v in out['growth_MiB_by_phase'].items())})")
+    log(
+        f"P2 {args.workers} workers: peak growth {(peak_kb - before) / 1024:.1f} MiB in {t1 - t0:.2f}s "
+        f"(by phase, MiB: {', '.join(f'{k} {v:.0f}' for k, v in out['growth_MiB_by_phase'].items())})"
+    )
     print(json.dumps(out))
 
 
 def worker_main(args: argparse.Namespace) -> None:
     from tdxfl.client.model_link import ModelLink
-    from tdxfl.wiring.party import party_context
     from tdxfl.transport.attested import connect
     from tdxfl.transport.proto import tdxfl_pb2 as pb
     from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
+    from tdxfl.wiring.party import party_context
 
     fed = read_federation(args.fed)
     specs = synthetic_specs(args.params)
@@ -177,8 +200,18 @@ def worker_main(args: argparse.Namespace) -> None:
     def party(name: str) -> None:
         try:
             ctx = party_context(fed, name, Path(args.fed).parent / name)
-            ch = connect(name, "worker", ctx.attester, ctx.peer_verifier(fed.policy_for("ps")), fed.ps.name, fed.ps.address, fed.ps.enroll_address)
-            pb_grpc.ParameterServerStub(ch.channel).Join(pb.JoinRequest(config_digest=fed.training_digest()), timeout=60)
+            ch = connect(
+                name,
+                "worker",
+                ctx.attester,
+                ctx.peer_verifier(fed.policy_for("ps")),
+                fed.ps.name,
+                fed.ps.address,
+                fed.ps.enroll_address,
+            )
+            pb_grpc.ParameterServerStub(ch.channel).Join(
+                pb.JoinRequest(config_digest=fed.training_digest()), timeout=60
+            )
             link = ModelLink(ch.open_link(fed.ps.data_address))
             ready.wait(300)
             header, _ = link.pull(-1)
@@ -188,7 +221,7 @@ def worker_main(args: argparse.Namespace) -> None:
             assert link.pull(header.version)[0].kind == pb.TENSOR_KIND_DONE
             link.close()
             ch.close()
-        except BaseException as e:  # noqa: BLE001 - reported below
+        except BaseException as e:
             errors.append(e)
             ready.abort()  # the others must not wait for this party at the barrier
 

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import bench_fleet, log, median, read_federation, write_federation
+from bench.common import bench_fleet, median, read_federation, write_federation
 
 LOCAL_POOL = [("grpc.use_local_subchannel_pool", 1)]
 SAMPLE_TIME = 1752919234  # tests/attestation/conftest.py: the sample collateral is valid then
@@ -58,8 +58,14 @@ def serve_main(args: argparse.Namespace) -> None:
     fleet = bench_fleet(fed, ctx, [TensorSpec("w", "float32", (4,))])
     server = fleet.server
     # P3's baseline RPC: a no-op on the enrollment port (Challenge, the old baseline, is gone)
-    server.enrollment.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(PROBE_SERVICE, {
-        "Ping": grpc.unary_unary_rpc_method_handler(lambda request, context: b"", _as_is, _as_is)}),))
+    server.enrollment.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                PROBE_SERVICE,
+                {"Ping": grpc.unary_unary_rpc_method_handler(lambda request, context: b"", _as_is, _as_is)},
+            ),
+        )
+    )
     fleet.start()
     print(json.dumps({"fed": str(fed_path)}), flush=True)
     sys.stdin.read()  # until the parent closes our stdin
@@ -70,9 +76,9 @@ def client_main(args: argparse.Namespace) -> None:
     import grpc
 
     import tdxfl.transport.attested as att
-    from tdxfl.wiring.party import party_context
     from tdxfl.transport.proto import tdxfl_pb2 as pb
     from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
+    from tdxfl.wiring.party import party_context
 
     fed = read_federation(args.fed)
     ctx = party_context(fed, "worker-1", Path(args.fed).parent / "worker-1")
@@ -91,11 +97,19 @@ def client_main(args: argparse.Namespace) -> None:
                 return fn(*a, **kw)
             finally:
                 parts[name] = parts.get(name, 0.0) + time.perf_counter() - t
+
         return wrapper
 
     att.fetch_server_certificate = timed("fetch_cert", att.fetch_server_certificate)
-    att.TlsIdentity = type("TimedTlsIdentity", (att.TlsIdentity,), {"create": classmethod(
-        lambda cls, *a, **kw: timed("identity_create", att.TlsIdentity.__mro__[1].create)(*a, **kw))})
+    att.TlsIdentity = type(
+        "TimedTlsIdentity",
+        (att.TlsIdentity,),
+        {
+            "create": classmethod(
+                lambda cls, *a, **kw: timed("identity_create", att.TlsIdentity.__mro__[1].create)(*a, **kw)
+            )
+        },
+    )
     verifier.appraise = timed("appraise_server", verifier.appraise)  # type: ignore[method-assign]
 
     def ratls() -> float:
@@ -118,10 +132,15 @@ def client_main(args: argparse.Namespace) -> None:
 
     def plain_tls(first_rpc: str) -> float:
         t = time.perf_counter()
-        ch = grpc.secure_channel(ps.enroll_address, grpc.ssl_channel_credentials(root_certificates=server_cert),
-                                 options=override + LOCAL_POOL)
+        ch = grpc.secure_channel(
+            ps.enroll_address,
+            grpc.ssl_channel_credentials(root_certificates=server_cert),
+            options=override + LOCAL_POOL,
+        )
         if first_rpc == "ping":
-            ch.unary_unary(f"/{PROBE_SERVICE}/Ping", request_serializer=_as_is, response_deserializer=_as_is)(b"", timeout=30)
+            ch.unary_unary(f"/{PROBE_SERVICE}/Ping", request_serializer=_as_is, response_deserializer=_as_is)(
+                b"", timeout=30
+            )
         else:
             reply = pb_grpc.EnrollmentStub(ch).Enroll(pb.EnrollRequest(), timeout=30)
             assert not reply.accepted
@@ -131,13 +150,23 @@ def client_main(args: argparse.Namespace) -> None:
 
     # a second party stays enrolled for the mtls case (re-enrolling worker-1 replaces its certificate)
     ctx2 = party_context(fed, "worker-2", Path(args.fed).parent / "worker-2")
-    enrolled = att.connect("worker-2", "worker", ctx2.attester, ctx2.peer_verifier(fed.policy_for("ps")), ps.name, ps.address, ps.enroll_address)
+    enrolled = att.connect(
+        "worker-2",
+        "worker",
+        ctx2.attester,
+        ctx2.peer_verifier(fed.policy_for("ps")),
+        ps.name,
+        ps.address,
+        ps.enroll_address,
+    )
     join2 = pb.JoinRequest(config_digest=fed.training_digest())
 
     def mtls() -> float:
-        creds = grpc.ssl_channel_credentials(root_certificates=enrolled.server_cert_pem,
-                                             private_key=enrolled.identity.private_key_pem(),
-                                             certificate_chain=enrolled.identity.cert_pem)
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=enrolled.server_cert_pem,
+            private_key=enrolled.identity.private_key_pem(),
+            certificate_chain=enrolled.identity.cert_pem,
+        )
         t = time.perf_counter()
         ch = grpc.secure_channel(ps.address, creds, options=att.GRPC_OPTIONS + override + LOCAL_POOL)
         pb_grpc.ParameterServerStub(ch).Join(join2, timeout=30)
@@ -184,8 +213,16 @@ def tdx_main(args: argparse.Namespace) -> None:
         t = time.perf_counter()
         verifier._qvl.verify_with_policy(quote, collateral, SAMPLE_TIME, reporting_policy(SAMPLE_TIME))
         raw.append(time.perf_counter() - t)
-    print(json.dumps({"verify_ms": median(verify) * 1000, "raw_qvl_ms": median(raw) * 1000, "cold_ms": cold * 1000,
-                      "tcb_status": first.tcb_status}))
+    print(
+        json.dumps(
+            {
+                "verify_ms": median(verify) * 1000,
+                "raw_qvl_ms": median(raw) * 1000,
+                "cold_ms": cold * 1000,
+                "tcb_status": first.tcb_status,
+            }
+        )
+    )
 
 
 def main() -> None:

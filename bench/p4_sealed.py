@@ -60,8 +60,13 @@ def main() -> None:
     store = SealedFileStore(d / "sealed", os.urandom(32), label="checkpoint")
     plain = d / "plain" / "final.bin"
     plain.parent.mkdir(exist_ok=True)
-    t: dict[str, list[float]] = {"sealed_write": [], "plain_write": [], "sealed_read": [], "plain_read": [],
-                                 "sealed_read_old_path": []}
+    t: dict[str, list[float]] = {
+        "sealed_write": [],
+        "plain_write": [],
+        "sealed_read": [],
+        "plain_read": [],
+        "sealed_read_old_path": [],
+    }
     shipped_readinto = SealedReader.readinto
 
     def timed_load(key: str, i: int, readinto: object = None) -> None:
@@ -95,9 +100,11 @@ def main() -> None:
             t["sealed_write"].append(s1 - s0)
             t["plain_write"].append(s2 - s1)
         loads: list[tuple[str, object]] = [
-            ("sealed_read", None), ("plain_read", None), ("sealed_read_old_path", readinto_old),
+            ("sealed_read", None),
+            ("plain_read", None),
+            ("sealed_read_old_path", readinto_old),
         ]
-        for key, readinto in loads[i % len(loads):] + loads[: i % len(loads)]:  # each rep in another order
+        for key, readinto in loads[i % len(loads) :] + loads[: i % len(loads)]:  # each rep in another order
             timed_load(key, i, readinto)
         if i:
             log(f"P4 rep {i}: " + " ".join(f"{k} {v[-1]:.3f}s" for k, v in t.items()))

@@ -40,8 +40,17 @@ def demo_main(args: argparse.Namespace) -> None:
     proc = subprocess.run(cmd, cwd=REPO, env=bench_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = time.monotonic() - t
     s = json.loads(summary.read_text()) if summary.exists() else {}
-    print(json.dumps({"wall_s": wall, "demo_wall_s": s.get("wall_s"), "accuracy": s.get("accuracy"),
-                      "rounds": s.get("rounds"), "ok": proc.returncode == 0 and bool(s.get("ok"))}))
+    print(
+        json.dumps(
+            {
+                "wall_s": wall,
+                "demo_wall_s": s.get("wall_s"),
+                "accuracy": s.get("accuracy"),
+                "rounds": s.get("rounds"),
+                "ok": proc.returncode == 0 and bool(s.get("ok")),
+            }
+        )
+    )
 
 
 def single_main(args: argparse.Namespace) -> None:
@@ -65,8 +74,16 @@ def single_main(args: argparse.Namespace) -> None:
             xb, yb = next(it)
             step(xb, yb.astype("int32"))
         _, acc = adapter.evaluate(data.x_test, data.y_test)
-    print(json.dumps({"wall_s": time.monotonic() - _T0, "import_s": import_s, "accuracy": acc,
-                      "steps": args.rounds * STEPS_PER_ROUND}))
+    print(
+        json.dumps(
+            {
+                "wall_s": time.monotonic() - _T0,
+                "import_s": import_s,
+                "accuracy": acc,
+                "steps": args.rounds * STEPS_PER_ROUND,
+            }
+        )
+    )
 
 
 def main() -> None:

@@ -33,8 +33,11 @@ def summarize(raw: Path, top: int) -> str:
         procs = [f for f in frames if f.startswith("process ")]
         proc = "worker" if procs and " worker " in procs[-1] else "ps"
         totals[proc] += n
-        funcs = [f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].rsplit("/", 1)[-1] + ")" if " (" in f else f
-                 for f in frames if not f.startswith("process ")]
+        funcs = [
+            f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].rsplit("/", 1)[-1] + ")" if " (" in f else f
+            for f in frames
+            if not f.startswith("process ")
+        ]
         if funcs:
             by_proc[proc][funcs[-1]] += n
         for f in set(funcs):
@@ -68,8 +71,26 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     raw = out / "p1_secure.raw.txt"
     with tempfile.TemporaryDirectory(prefix="bench-prof-") as tmp:
-        cmd = [pyspy, "record", "--subprocesses", "--format", "raw", "--rate", "100", "-o", str(raw), "--",
-               PYTHON, "-m", "bench.p1_round", "ps", "--workdir", tmp, "--schedule", ",".join(["secure"] * args.rounds)]
+        cmd = [
+            pyspy,
+            "record",
+            "--subprocesses",
+            "--format",
+            "raw",
+            "--rate",
+            "100",
+            "-o",
+            str(raw),
+            "--",
+            PYTHON,
+            "-m",
+            "bench.p1_round",
+            "ps",
+            "--workdir",
+            tmp,
+            "--schedule",
+            ",".join(["secure"] * args.rounds),
+        ]
         log("profiling: " + " ".join(cmd))
         subprocess.run(cmd, cwd=REPO, env=bench_env(), check=True, stdout=subprocess.DEVNULL)
     text = summarize(raw, args.top)

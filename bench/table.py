@@ -18,11 +18,14 @@ def fmt(v: object) -> str:
 
 
 def main() -> None:
-    lines = [json.loads(ln) for ln in open(sys.argv[1]) if ln.strip().startswith("{")]
+    with open(sys.argv[1]) as f:
+        lines = [json.loads(ln) for ln in f if ln.strip().startswith("{")]
     print("| ID | value | baseline | ratio | target | unit | ok |")
     print("|---|---|---|---|---|---|---|")
     for r in lines:
-        print(f"| {r['id']} | {fmt(r['value'])} | {fmt(r['baseline'])} | {fmt(r['ratio'])} | {fmt(r['target'])} | {r['unit']} | {'yes' if r['ok'] else 'NO'} |")
+        print(
+            f"| {r['id']} | {fmt(r['value'])} | {fmt(r['baseline'])} | {fmt(r['ratio'])} | {fmt(r['target'])} | {r['unit']} | {'yes' if r['ok'] else 'NO'} |"
+        )
 
 
 if __name__ == "__main__":

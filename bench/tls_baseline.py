@@ -37,17 +37,26 @@ def _self_signed(directory: str) -> tuple[str, str]:
 
     key = ec.generate_private_key(ec.SECP384R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench.invalid")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(hours=1)).sign(key, hashes.SHA384())
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .sign(key, hashes.SHA384())
     )
     cert_path, key_path = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
     with open(cert_path, "wb") as f:
         f.write(cert.public_bytes(serialization.Encoding.PEM))
     with open(key_path, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
     return cert_path, key_path
 
 
@@ -62,8 +71,12 @@ class BioTls:
     def __init__(self, sock: socket.socket, ctx: ssl.SSLContext, *, server_side: bool) -> None:
         self.sock = sock
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.obj = ctx.wrap_bio(self.incoming, self.outgoing, server_side=server_side,
-                                server_hostname=None if server_side else "bench.invalid")
+        self.obj = ctx.wrap_bio(
+            self.incoming,
+            self.outgoing,
+            server_side=server_side,
+            server_hostname=None if server_side else "bench.invalid",
+        )
         while True:
             try:
                 self.obj.do_handshake()
@@ -112,8 +125,23 @@ def server_main(args: argparse.Namespace) -> None:
     port = listener.getsockname()[1]
     n = args.nbytes
     payload = memoryview(os.urandom(1 << 20) * (n // (1 << 20)) + os.urandom(n % (1 << 20)))
-    procs = [spawn("tls_baseline", "client", "--port", str(port), "--cert", cert, "--nbytes", str(n),
-                   "--rounds", str(args.rounds), "--seed", str(i)) for i in range(args.clients)]
+    procs = [
+        spawn(
+            "tls_baseline",
+            "client",
+            "--port",
+            str(port),
+            "--cert",
+            cert,
+            "--nbytes",
+            str(n),
+            "--rounds",
+            str(args.rounds),
+            "--seed",
+            str(i),
+        )
+        for i in range(args.clients)
+    ]
     conns = []
     for _ in range(args.clients):
         raw, _ = listener.accept()
@@ -125,7 +153,7 @@ def server_main(args: argparse.Namespace) -> None:
     for r in range(args.rounds):
         barrier = threading.Barrier(len(conns) + 1)
 
-        def serve(c: BioTls, buf: bytearray) -> None:
+        def serve(c: BioTls, buf: bytearray, barrier: threading.Barrier = barrier) -> None:
             barrier.wait()
             c.sendall(payload)
             c.recv_exact(memoryview(buf))

@@ -12,9 +12,8 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from fedtools import federation_doc  # noqa: E402
-
-from tdxfl.config import Federation, parse_federation  # noqa: E402
+from fedtools import federation_doc
+from tdxfl.config import Federation, parse_federation
 
 
 @pytest.fixture

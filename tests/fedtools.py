@@ -36,8 +36,15 @@ def federation_doc(workdir: Path, **sections: dict[str, Any]) -> dict[str, Any]:
             {"name": "worker-1", "role": "worker"},
             {"name": "worker-2", "role": "worker"},
         ],
-        "training": {"model": "mlp", "dataset": "digits", "rounds": 3, "steps_per_round": 10, "batch_size": 32,
-                     "optimizer": "adam", "learning_rate": 0.01},
+        "training": {
+            "model": "mlp",
+            "dataset": "digits",
+            "rounds": 3,
+            "steps_per_round": 10,
+            "batch_size": 32,
+            "optimizer": "adam",
+            "learning_rate": 0.01,
+        },
         "faults": {"step_timeout_s": 5.0, "join_timeout_s": 60.0, "connect_retries": 5, "connect_backoff_s": 0.2},
         "attestation": {"mode": "simulated"},
         "policy": {
@@ -94,7 +101,14 @@ class SoftmaxRegression(ModelAdapter):
         return [(x.T @ p).astype(np.float32), p.sum(axis=0).astype(np.float32)], loss
 
     def train_local(
-        self, x: np.ndarray, y: np.ndarray, steps: int, batch_size: int, learning_rate: float, optimizer: str = "sgd", seed: int = 0
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        steps: int,
+        batch_size: int,
+        learning_rate: float,
+        optimizer: str = "sgd",
+        seed: int = 0,
     ) -> dict[str, float]:
         draw = batches(x, y, batch_size, seed=seed)
         losses = []

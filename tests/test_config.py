@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from tdxfl.config import ConfigError, apply_overrides, load_federation, parse_federation
 from fedtools import federation_doc
+from tdxfl.config import ConfigError, apply_overrides, load_federation, parse_federation
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "cifar10-resnet50.toml"
 MRTD = "ab" * 48

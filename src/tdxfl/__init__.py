@@ -61,7 +61,7 @@ _EXPORTS: dict[str, str] = {
     "run_worker": "tdxfl.wiring.worker",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = [*sorted(_EXPORTS), "__version__"]
 
 
 def __getattr__(name: str) -> Any:

@@ -33,7 +33,9 @@ def test_foreign_certificates_decode_and_bind_their_key(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["intel-sgxsdk-cert.pem", "rats-tls-cert.pem"])
 def test_foreign_sgx_evidence_refused_by_tdx_policy(name: str, tdx_collateral_path: Path) -> None:
-    verifier = PeerVerifier("ps", Policy.from_dict({"mrtd": "any"}), [TdxVerifier(FileCollateral(tdx_collateral_path))], DecisionLog())
+    verifier = PeerVerifier(
+        "ps", Policy.from_dict({"mrtd": "any"}), [TdxVerifier(FileCollateral(tdx_collateral_path))], DecisionLog()
+    )
     cert = load_certificate((INTEROP / name).read_bytes())
     genuine_binding = certificate_evidence(cert)
     assert genuine_binding.parsed_claims().matches_public_key(certificate_spki(cert))

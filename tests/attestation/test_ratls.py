@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from tdxfl.attestation.decisions import DecisionLog
 from tdxfl.attestation.evidence import TAGGED_EVIDENCE_OID, TaggedEvidence
+from tdxfl.attestation.insecure_simulated import SimulatedAttester, SimulatedTd, SimulatedVerifier
 from tdxfl.attestation.policy import Policy
 from tdxfl.attestation.ratls import (
     CLOCK_SKEW,
@@ -22,7 +23,6 @@ from tdxfl.attestation.ratls import (
     check_certificate_validity,
     make_evidence,
 )
-from tdxfl.attestation.insecure_simulated import SimulatedAttester, SimulatedTd, SimulatedVerifier
 from tdxfl.errors import AttestationError, AttestationRefused, ConfigError
 
 MRTD = bytes.fromhex("11" * 48)
@@ -62,10 +62,15 @@ def test_certificate_is_short_lived_p384_with_noncritical_evidence() -> None:
 def test_certificate_without_evidence_is_refused() -> None:
     key = ec.generate_private_key(ec.SECP384R1())
     name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "plain")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(hours=1))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(hours=1))
         .sign(key, hashes.SHA384())
     )
     d = verifier().appraise("w", certificate=cert).decision
@@ -78,10 +83,15 @@ def test_evidence_grafted_onto_another_key_is_refused() -> None:
     attacker_key = ec.generate_private_key(ec.SECP384R1())
     ev = certificate_evidence(victim.certificate)
     name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "attacker")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     forged = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(attacker_key.public_key())
-        .serial_number(2).not_valid_before(now).not_valid_after(now + dt.timedelta(hours=1))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(attacker_key.public_key())
+        .serial_number(2)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(hours=1))
         .add_extension(x509.UnrecognizedExtension(TAGGED_EVIDENCE_OID, ev.encode()), critical=False)
         .sign(attacker_key, hashes.SHA384())
     )
@@ -128,9 +138,11 @@ def test_corrupted_quote_is_refused() -> None:
     ev = certificate_evidence(ident.certificate)
     bad = bytearray(ev.quote)
     bad[200] ^= 1
-    d = verifier().appraise(
-        "w", certificate=ident.cert_pem, evidence=TaggedEvidence(ev.tag, bytes(bad), ev.claims).encode()
-    ).decision
+    d = (
+        verifier()
+        .appraise("w", certificate=ident.cert_pem, evidence=TaggedEvidence(ev.tag, bytes(bad), ev.claims).encode())
+        .decision
+    )
     assert not d.accepted and "signature invalid" in d.reason
 
 
@@ -223,7 +235,9 @@ def test_private_key_never_in_certificate_or_decisions() -> None:
     assert body not in ident.cert_pem and body.decode() not in repr(d)
 
 
-@pytest.mark.parametrize("table,needle", [({"mrtd": ["zz"]}, "not hex"), ({"tee": ["sgx"]}, "tee"), ({"mrtdd": "any"}, "unknown")])
+@pytest.mark.parametrize(
+    "table,needle", [({"mrtd": ["zz"]}, "not hex"), ({"tee": ["sgx"]}, "tee"), ({"mrtdd": "any"}, "unknown")]
+)
 def test_malformed_policy_is_an_error(table: dict[str, object], needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
         Policy.from_dict(table)

@@ -16,11 +16,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tdxfl.attestation.evidence import TAGGED_EVIDENCE_OID, Claims, TaggedEvidence, report_data_for
+from tdxfl.attestation.insecure_simulated import SimulatedAttester
 from tdxfl.attestation.policy import Policy
 from tdxfl.attestation.ratls import CLOCK_SKEW, TlsIdentity
-from tdxfl.attestation.insecure_simulated import SimulatedAttester
 from tdxfl.cli import main
-
 
 REFUSED = 3  # the exit status of a refused (or unverifiable) quote: tdxfl.cli.exits
 
@@ -33,8 +32,7 @@ def run(*args: str) -> Result:
 def policy_file(tmp_path: Path, sample_mrtd: bytes) -> Path:
     path = tmp_path / "policy.toml"
     path.write_text(
-        f'mrtd = ["{sample_mrtd.hex()}"]\n'
-        "allow_dynamic_platform = true\nallow_cached_keys = true\nallow_smt = true\n"
+        f'mrtd = ["{sample_mrtd.hex()}"]\nallow_dynamic_platform = true\nallow_cached_keys = true\nallow_smt = true\n'
     )
     return path
 
@@ -142,7 +140,7 @@ def test_verify_certificate_der(tmp_path: Path, sim_policy: Path) -> None:
 
 def _cert_with(evidence: TaggedEvidence, key: ec.EllipticCurvePrivateKey, tmp_path: Path) -> Path:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mallory")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -199,7 +197,10 @@ def test_certificate_validity_allows_the_handshake_clock_skew(tmp_path: Path, si
         result = run("verify-quote", str(cert), "--policy", str(sim_policy), "--policy-table", "federation.peers",
                      "--as-of", str(int(when.timestamp())))  # fmt: skip
         assert result.exit_code == status, result.output
-    assert f"certificate not valid at {start - CLOCK_SKEW - dt.timedelta(seconds=1):%Y-%m-%d %H:%M:%S} UTC" in result.output
+    assert (
+        f"certificate not valid at {start - CLOCK_SKEW - dt.timedelta(seconds=1):%Y-%m-%d %H:%M:%S} UTC"
+        in result.output
+    )
 
 
 def _policy_from_output(output: str) -> Policy:
@@ -215,9 +216,7 @@ def test_attest_simulated_prints_pasteable_policy() -> None:
     assert policy.rtmr0 == frozenset({bytes(48)})
 
 
-def test_attest_tdx_with_fake_configfs(
-    fake_configfs: Any, monkeypatch: pytest.MonkeyPatch, sample_mrtd: bytes
-) -> None:
+def test_attest_tdx_with_fake_configfs(fake_configfs: Any, monkeypatch: pytest.MonkeyPatch, sample_mrtd: bytes) -> None:
     from tdxfl.attestation.tdx import configfs
 
     cls = type(fake_configfs())

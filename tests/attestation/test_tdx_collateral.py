@@ -118,7 +118,9 @@ def test_tampered_cache_fails_verification(
         TdxVerifier(source, as_of=sample_time).verify(tdx_quote)
 
 
-def test_default_fetch_uses_dcap_qvl(monkeypatch: pytest.MonkeyPatch, sample_collateral: dcap_qvl.QuoteCollateralV3) -> None:
+def test_default_fetch_uses_dcap_qvl(
+    monkeypatch: pytest.MonkeyPatch, sample_collateral: dcap_qvl.QuoteCollateralV3
+) -> None:
     calls = []
 
     async def fake_get_collateral(url: str, quote: bytes) -> dcap_qvl.QuoteCollateralV3:

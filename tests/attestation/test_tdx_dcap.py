@@ -75,7 +75,9 @@ def test_policy_accepts_sample_when_cloud_flags_allowed(verified: VerifiedEviden
     "flag,name",
     [("allow_dynamic_platform", "dynamic platform"), ("allow_cached_keys", "cached keys"), ("allow_smt", "SMT")],
 )
-def test_strict_platform_flags_refuse_sample(verified: VerifiedEvidence, sample_mrtd: bytes, flag: str, name: str) -> None:
+def test_strict_platform_flags_refuse_sample(
+    verified: VerifiedEvidence, sample_mrtd: bytes, flag: str, name: str
+) -> None:
     reasons = cloud_policy(sample_mrtd, **{flag: False}).evaluate(verified)
     assert len(reasons) == 1
     assert name in reasons[0] and flag in reasons[0]
@@ -168,7 +170,7 @@ def test_truncated_quote_refused(verifier: TdxVerifier, tdx_quote: bytes) -> Non
 def test_as_of_accepts_datetime(tdx_collateral_path: Path, tdx_quote: bytes, sample_time: int) -> None:
     import datetime as dt
 
-    when = dt.datetime.fromtimestamp(sample_time, dt.timezone.utc)
+    when = dt.datetime.fromtimestamp(sample_time, dt.UTC)
     assert TdxVerifier(FileCollateral(tdx_collateral_path), as_of=when).verify(tdx_quote).tcb_status == "UpToDate"
 
 
@@ -178,11 +180,15 @@ def test_platform_flags_parsing() -> None:
     assert platform_flags({}) == PlatformFlags(True, True, True)  # unknown counts as set
 
 
-def test_dcap_strict_policy_would_refuse_but_ours_reports(tdx_collateral_path: Path, tdx_quote: bytes, sample_time: int) -> None:
+def test_dcap_strict_policy_would_refuse_but_ours_reports(
+    tdx_collateral_path: Path, tdx_quote: bytes, sample_time: int
+) -> None:
     """dcap-qvl's strict policy refuses the sample for its flags; TdxVerifier leaves that to Policy."""
     collateral = dcap_qvl.QuoteCollateralV3.from_json(tdx_collateral_path.read_text())
     with pytest.raises(ValueError, match="Dynamic platform is not allowed"):
-        dcap_qvl.QuoteVerifier().verify_with_policy(tdx_quote, collateral, sample_time, dcap_qvl.QuotePolicy.strict(sample_time))
+        dcap_qvl.QuoteVerifier().verify_with_policy(
+            tdx_quote, collateral, sample_time, dcap_qvl.QuotePolicy.strict(sample_time)
+        )
     assert TdxVerifier(Fixed(collateral), as_of=sample_time).verify(tdx_quote).platform.dynamic_platform
 
 

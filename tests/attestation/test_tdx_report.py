@@ -54,7 +54,12 @@ def test_v5_bad_body_descriptor(tdx_quote: bytes) -> None:
 
 @pytest.mark.parametrize(
     "length,match",
-    [(0, "shorter than its 48-byte header"), (47, "header"), (48 + 100, "truncated"), (48 + 584 + 4 + 100, "signature data says")],
+    [
+        (0, "shorter than its 48-byte header"),
+        (47, "header"),
+        (48 + 100, "truncated"),
+        (48 + 584 + 4 + 100, "signature data says"),
+    ],
 )
 def test_truncated_quotes(tdx_quote: bytes, length: int, match: str) -> None:
     with pytest.raises(AttestationError, match=match):

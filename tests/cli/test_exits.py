@@ -53,7 +53,9 @@ def test_each_error_class_has_its_documented_code(error: BaseException, code: in
 
 def test_the_map_is_the_documented_one_and_read_only() -> None:
     assert EXIT_OK == 0
-    assert {cls: EXIT_CODES[cls] for cls in EXIT_CODES} == {type(e): c for e, c in DOCUMENTED.items() if type(e) in EXIT_CODES}
+    assert {cls: EXIT_CODES[cls] for cls in EXIT_CODES} == {
+        type(e): c for e, c in DOCUMENTED.items() if type(e) in EXIT_CODES
+    }
     assert set(EXIT_CODES) == {type(e) for e in DOCUMENTED} - {RecordError, AuditChainError}
     with pytest.raises(TypeError):
         EXIT_CODES[ValueError] = 9  # type: ignore[index]

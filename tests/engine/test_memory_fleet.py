@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from fedtools import SoftmaxRegression, blobs
 
+from fedtools import SoftmaxRegression, blobs
 from tdxfl.engine.clock import ManualClock
 from tdxfl.engine.data import LocalData
 from tdxfl.engine.fleet import EventKind, FleetEvent, Model, Update, UpdateInfo
@@ -31,12 +31,16 @@ WORKERS = ["w1", "w2"]
 
 
 def plan(rounds: int = 5, **kw: object) -> RoundPlan:
-    base: dict[str, object] = dict(rounds=rounds, quorum=2, step_timeout_s=30.0, on_timeout=OnTimeout.CONTINUE, join_timeout_s=60.0)
+    base: dict[str, object] = dict(
+        rounds=rounds, quorum=2, step_timeout_s=30.0, on_timeout=OnTimeout.CONTINUE, join_timeout_s=60.0
+    )
     base.update(kw)
     return RoundPlan(**base)  # type: ignore[arg-type]
 
 
-def federate(strategy_for: Callable[[SoftmaxRegression], Strategy], rounds: int) -> tuple[TrainingResult, list[WorkerResult], list[RoundMetrics]]:
+def federate(
+    strategy_for: Callable[[SoftmaxRegression], Strategy], rounds: int
+) -> tuple[TrainingResult, list[WorkerResult], list[RoundMetrics]]:
     """A PS and two workers on disjoint halves of a blob data set, in threads."""
     x, y = blobs(600, seed=1)
     x_test, y_test = blobs(300, seed=2)
@@ -50,8 +54,12 @@ def federate(strategy_for: Callable[[SoftmaxRegression], Strategy], rounds: int)
         model = SoftmaxRegression(4, 3)
         data = LocalData(x[i::2], y[i::2], batch_size=32, seed=i)
         try:
-            results.append(run_worker_loop(WORKERS[i], lambda: fleet.connect(WORKERS[i]), model, strategy_for(model), data, max_reconnects=0))
-        except BaseException as e:  # noqa: BLE001 - reported by the test
+            results.append(
+                run_worker_loop(
+                    WORKERS[i], lambda: fleet.connect(WORKERS[i]), model, strategy_for(model), data, max_reconnects=0
+                )
+            )
+        except BaseException as e:
             errors.append(e)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
@@ -65,7 +73,9 @@ def federate(strategy_for: Callable[[SoftmaxRegression], Strategy], rounds: int)
 
     weights = TensorSet(server_model.specs(), server_model.get_weights())
     try:
-        result = run_rounds(fleet, strategy, weights, plan(rounds), evaluate=evaluate, on_round=lambda m, w: rounds_seen.append(m))
+        result = run_rounds(
+            fleet, strategy, weights, plan(rounds), evaluate=evaluate, on_round=lambda m, w: rounds_seen.append(m)
+        )
     finally:
         fleet.finish()
         for t in threads:
@@ -75,7 +85,9 @@ def federate(strategy_for: Callable[[SoftmaxRegression], Strategy], rounds: int)
 
 
 def test_sync_gradients_trains_end_to_end() -> None:
-    result, workers, rounds = federate(lambda m: SyncGradients(Adam(0.05), m.trainable_mask(), steps_per_round=10), rounds=4)
+    result, workers, rounds = federate(
+        lambda m: SyncGradients(Adam(0.05), m.trainable_mask(), steps_per_round=10), rounds=4
+    )
     assert result.accuracy >= 0.9 and result.rounds == 4 and result.version == 40
     assert [w.steps for w in workers] == [40, 40] and all(w.rejected == 0 for w in workers)
     assert [m.contributors for m in rounds] == [20] * 4  # both workers, every step
@@ -115,17 +127,23 @@ class SimWorker:
         self.answers.append((version, answer.accepted, answer.reason))
 
 
-def sim_fleet(*workers: tuple[str, float, float], quorum: int = 1) -> tuple[InMemoryFleet, ManualClock, dict[str, SimWorker], list[FleetEvent]]:
+def sim_fleet(
+    *workers: tuple[str, float, float], quorum: int = 1
+) -> tuple[InMemoryFleet, ManualClock, dict[str, SimWorker], list[FleetEvent]]:
     clock, events = ManualClock(), []
     specs = TensorSet.from_arrays(["w"], [np.zeros(2, np.float32)]).specs
-    fleet = InMemoryFleet(specs, SyncGradients(SGD(1.0), [True]), [w[0] for w in workers], clock=clock, on_event=events.append)
+    fleet = InMemoryFleet(
+        specs, SyncGradients(SGD(1.0), [True]), [w[0] for w in workers], clock=clock, on_event=events.append
+    )
     sims = {name: SimWorker(fleet, clock, name, delay, value) for name, delay, value in workers}
     for sim in sims.values():
         sim.conn.join()
     return fleet, clock, sims, events
 
 
-def run_sim(fleet: InMemoryFleet, clock: ManualClock, rounds: int, **kw: object) -> tuple[TrainingResult, list[RoundMetrics], TensorSet]:
+def run_sim(
+    fleet: InMemoryFleet, clock: ManualClock, rounds: int, **kw: object
+) -> tuple[TrainingResult, list[RoundMetrics], TensorSet]:
     weights = TensorSet.from_arrays(["w"], [np.zeros(2, np.float32)])
     seen: list[RoundMetrics] = []
     result = run_rounds(
@@ -206,7 +224,14 @@ def test_worker_loop_reconnects_a_broken_connection_then_gives_up() -> None:
 
     model = SoftmaxRegression(1, 2)
     with pytest.raises(Unavailable, match="lost the parameter server too often"):
-        run_worker_loop("w1", connect, model, SyncGradients(SGD(1.0), model.trainable_mask()), LocalData(*blobs(8, dim=1, classes=2), 4), max_reconnects=2)
+        run_worker_loop(
+            "w1",
+            connect,
+            model,
+            SyncGradients(SGD(1.0), model.trainable_mask()),
+            LocalData(*blobs(8, dim=1, classes=2), 4),
+            max_reconnects=2,
+        )
     assert len(opened) == 3
     with pytest.raises(LinkError):
         opened[0].pull(-1)

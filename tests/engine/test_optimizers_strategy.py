@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fedtools import SoftmaxRegression, blobs
 
-from tdxfl.engine.optimizers import SGD, Adam, make_optimizer
-from tdxfl.engine.records import TensorSet
-from tdxfl.errors import RecordError
+from fedtools import SoftmaxRegression, blobs
 from tdxfl.engine.data import LocalData, batches
 from tdxfl.engine.kinds import UpdateKind
-from tdxfl.engine.strategy import LocalTraining, FedAvg, RoundAccumulator, SyncGradients
+from tdxfl.engine.optimizers import SGD, Adam, make_optimizer
+from tdxfl.engine.records import TensorSet
+from tdxfl.engine.strategy import FedAvg, LocalTraining, RoundAccumulator, SyncGradients
+from tdxfl.errors import RecordError
 
 
 def test_adam_matches_keras() -> None:
     import keras
+
     w0 = np.array([1.0, -2.0, 3.0], np.float32)
     grads = [np.array([0.5, -1.0, 2.0], np.float32), np.array([0.1, 0.3, -0.2], np.float32)]
     var = keras.Variable(w0.copy())
@@ -100,7 +101,7 @@ def test_fedavg_sends_trained_weights_weighted_by_samples() -> None:
     up = strategy.make_update(model, LocalData(x, y, batch_size=10), version=2)
     reference = SoftmaxRegression(4, 3)
     reference.train_local(x, y, 5, 10, 0.5, seed=3 + 2)  # round "version" is seeded with seed + version
-    for got, want, old in zip(up.tensors.arrays, reference.get_weights(), before):
+    for got, want in zip(up.tensors.arrays, reference.get_weights()):
         np.testing.assert_allclose(got, want)
     assert not np.allclose(up.tensors.arrays[0], before[0])
     assert (up.info.kind, up.info.num_samples) == (UpdateKind.WEIGHTS, 50)

@@ -32,7 +32,9 @@ def info(version: int, kind: UpdateKind = GRADS, **metrics: float) -> UpdateInfo
 
 def state(*workers: str, clock: ManualClock | None = None, events: list[FleetEvent] | None = None) -> RoundState[Model]:
     sink = events.append if events is not None else (lambda e: None)
-    s: RoundState[Model] = RoundState(SPECS, SyncGradients(SGD(0.1), [True]), clock=clock or ManualClock(), on_event=sink)
+    s: RoundState[Model] = RoundState(
+        SPECS, SyncGradients(SGD(0.1), [True]), clock=clock or ManualClock(), on_event=sink
+    )
     for w in workers:
         s.join(w)
     s.publish(0, Model(0, update(0.0)))

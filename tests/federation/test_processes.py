@@ -11,10 +11,9 @@ import tempfile
 from pathlib import Path
 
 from fedtools import eventually
-
 from tdxfl.engine.kinds import Mode
-from tdxfl.wiring.demo import PASSPHRASE_ENV, demo_federation
 from tdxfl.keybroker.keystore import Keystore
+from tdxfl.wiring.demo import PASSPHRASE_ENV, demo_federation
 
 ENV = {**os.environ, "GRPC_VERBOSITY": "ERROR", "TF_CPP_MIN_LOG_LEVEL": "3", "TDXFL_MODEL_SECRET": "test-only secret"}
 
@@ -28,8 +27,19 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     summary_file = tmp_path / "summary.json"
     passphrase = "test-only keystore passphrase"
     proc = subprocess.run(
-        [sys.executable, "-m", "tdxfl", "demo", "--workdir", str(tmp_path / "run"), "--summary-json", str(summary_file)],
-        env={**ENV, PASSPHRASE_ENV: passphrase}, capture_output=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "tdxfl",
+            "demo",
+            "--workdir",
+            str(tmp_path / "run"),
+            "--summary-json",
+            str(summary_file),
+        ],
+        env={**ENV, PASSPHRASE_ENV: passphrase},
+        capture_output=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     summary = json.loads(summary_file.read_text())
@@ -65,14 +75,26 @@ def _federation(tmp_path: Path) -> Path:
 
 def test_killed_worker_does_not_stop_training(tmp_path: Path) -> None:
     fed = _federation(tmp_path)
-    sets = ["--set", "faults.quorum=1", "--set", "faults.step_timeout_s=4.0", "--set", "training.rounds=4",
-            "--set", "policy.workers.rtmr3=\"any\"", "--set", "policy.ps.rtmr3=\"any\""]
+    sets = [
+        "--set",
+        "faults.quorum=1",
+        "--set",
+        "faults.step_timeout_s=4.0",
+        "--set",
+        "training.rounds=4",
+        "--set",
+        'policy.workers.rtmr3="any"',
+        "--set",
+        'policy.ps.rtmr3="any"',
+    ]
     ps = tdxfl("ps", "-f", str(fed), *sets, "--no-live", log=tmp_path / "ps.log")
     w1 = tdxfl("worker", "-f", str(fed), *sets, "--name", "worker-1", log=tmp_path / "w1.log")
     w2 = tdxfl("worker", "-f", str(fed), *sets, "--name", "worker-2", log=tmp_path / "w2.log")
     metrics = tmp_path / "ps" / "metrics.jsonl"
     try:
-        assert eventually(lambda: metrics.exists() and metrics.read_text().count("\n") >= 1, 120), (tmp_path / "ps.log").read_text()
+        assert eventually(lambda: metrics.exists() and metrics.read_text().count("\n") >= 1, 120), (
+            tmp_path / "ps.log"
+        ).read_text()
         w2.send_signal(signal.SIGKILL)
         assert ps.wait(180) == 0, (tmp_path / "ps.log").read_text()
         assert w1.wait(60) == 0
@@ -88,7 +110,10 @@ def test_killed_worker_does_not_stop_training(tmp_path: Path) -> None:
 def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
     demo = subprocess.Popen(
         [sys.executable, "-m", "tdxfl", "demo", "--workdir", str(tmp_path)],
-        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         assert eventually(lambda: (tmp_path / "ps" / "attestation.jsonl").exists(), 120)

@@ -78,7 +78,9 @@ def test_fedavg_trains(make_federation: Callable[..., Federation]) -> None:
     assert out["worker-1"].steps == 3
 
 
-def test_garbage_updates_are_rejected_and_honest_worker_keeps_training(make_federation: Callable[..., Federation]) -> None:
+def test_garbage_updates_are_rejected_and_honest_worker_keeps_training(
+    make_federation: Callable[..., Federation],
+) -> None:
     """worker-2 is attested but malicious: malformed, wrong-shape and NaN updates are refused."""
     fed = make_federation(training={"rounds": 2, "steps_per_round": 10}, faults={"quorum": 1, "step_timeout_s": 3.0})
     out: dict[str, Any] = {}
@@ -86,8 +88,14 @@ def test_garbage_updates_are_rejected_and_honest_worker_keeps_training(make_fede
     ctx = party_context(fed, "worker-2")
     p = fed.ps
     rogue = connect_to_ps(  # the rogue joins first: the PS must deal with it
-        "worker-2", ctx.attester, ctx.peer_verifier(fed.policy_for("ps")), PsEndpoint(p.name, p.address, p.enroll_address, p.data_address),
-        digest=fed.training_digest(), wire_dtype=None, retries=5, backoff_s=0.2,
+        "worker-2",
+        ctx.attester,
+        ctx.peer_verifier(fed.policy_for("ps")),
+        PsEndpoint(p.name, p.address, p.enroll_address, p.data_address),
+        digest=fed.training_digest(),
+        wire_dtype=None,
+        retries=5,
+        backoff_s=0.2,
     )
     rogue.join()
     link = rogue._link
@@ -119,7 +127,15 @@ def test_garbage_updates_are_rejected_and_honest_worker_keeps_training(make_fede
 
 
 def test_pytorch_workers_and_ps_train_together(make_federation: Callable[..., Federation]) -> None:
-    fed = make_federation(training={"framework": "torch", "model": "small_cnn", "rounds": 2, "steps_per_round": 30, "learning_rate": 0.002})
+    fed = make_federation(
+        training={
+            "framework": "torch",
+            "model": "small_cnn",
+            "rounds": 2,
+            "steps_per_round": 30,
+            "learning_rate": 0.002,
+        }
+    )
     out = run_federation(fed, ["worker-1", "worker-2"])
     result = out["ps"]
     assert isinstance(result, PsResult), result

@@ -34,6 +34,7 @@ from cryptography import x509
 
 from tdxfl.attestation.decisions import DecisionLog
 from tdxfl.attestation.evidence import Claims, TaggedEvidence, report_data_for, report_data_matches
+from tdxfl.attestation.insecure_simulated import SimulatedAttester, SimulatedTd, SimulatedVerifier
 from tdxfl.attestation.interfaces import AttestationError, Attester
 from tdxfl.attestation.policy import Policy
 from tdxfl.attestation.ratls import (
@@ -44,7 +45,6 @@ from tdxfl.attestation.ratls import (
     make_evidence,
 )
 from tdxfl.attestation.report import parse_quote
-from tdxfl.attestation.insecure_simulated import SimulatedAttester, SimulatedTd, SimulatedVerifier
 from tdxfl.attestation.tdx.collateral import FileCollateral
 from tdxfl.attestation.tdx.dcap import TdxVerifier
 
@@ -193,7 +193,11 @@ def test_simulated_evidence_decodes_and_binds(source: str) -> None:
     assert report.report_data == hashlib.sha384(claims).digest() + bytes(16)
     assert report_data_matches(report.report_data, evidence.claims)
     assert (report.mrtd, report.rtmrs, report.mrconfigid, report.mrowner, report.debug) == (
-        SIM_TD.mrtd, SIM_TD.rtmrs, SIM_TD.mrconfigid, SIM_TD.mrowner, False,
+        SIM_TD.mrtd,
+        SIM_TD.rtmrs,
+        SIM_TD.mrconfigid,
+        SIM_TD.mrowner,
+        False,
     )
     SimulatedVerifier().verify(evidence.quote)  # signed by the public simulation key
     simulated_ok = Policy(tee=frozenset({"simulated"}), mrtd=None)

@@ -54,8 +54,14 @@ CHECKPOINT = CHECKPOINT_DIR / "round-0003.sealed"
 CHECKPOINT_SALT = bytes([0x44]) * 32
 CHECKPOINT_HEADER = b'{"name":"round-0003","content":"tdxfl/tensor-set+v1"}'
 CHECKPOINT_META = {
-    "round": 3, "version": 12, "accuracy": 0.875, "loss": 0.3125, "model": "mlp",
-    "framework": "keras", "input_shape": [8, 8, 1], "num_classes": 10,
+    "round": 3,
+    "version": 12,
+    "accuracy": 0.875,
+    "loss": 0.3125,
+    "model": "mlp",
+    "framework": "keras",
+    "input_shape": [8, 8, 1],
+    "num_classes": 10,
 }
 KERNEL = np.array([[0.5, -1.25, 3.0], [0.125, -0.0, 1024.0]], dtype=np.float32)
 BIAS = np.array([1.0, -2.5, 0.0078125], dtype=BFLOAT16)
@@ -71,7 +77,7 @@ CHECKPOINT_PLAINTEXT = (
     b"TDXFLTS1"
     + struct.pack("<Q", len(CODEC_HEADER))
     + CODEC_HEADER
-    + bytes.fromhex("0000003f0000a0bf00004040" "0000003e0000008000008044")  # float32 LE
+    + bytes.fromhex("0000003f0000a0bf000040400000003e0000008000008044")  # float32 LE
     + bytes.fromhex("803f20c0003c")  # bfloat16 LE
     + bytes.fromhex("cb04fb711f010000")  # int64 LE
 )

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from tdxfl.attestation.policy import Policy
-from tdxfl.attestation.insecure_simulated import SimulatedAttester, SimulatedTd, SimulatedVerifier
-from tdxfl.keybroker.keystore import Keystore
-from tdxfl.config.broker import parse_broker_config
-from tdxfl.wiring.keybroker import start_keybroker
-
 from kb_support import BROKER_MRTD, FAST_N, GOOD, OTHER, PASSPHRASE, Running, sim_policy
+from tdxfl.attestation.insecure_simulated import SimulatedAttester, SimulatedTd, SimulatedVerifier
+from tdxfl.attestation.policy import Policy
+from tdxfl.config.broker import parse_broker_config
+from tdxfl.keybroker.keystore import Keystore
+from tdxfl.wiring.keybroker import start_keybroker
 
 
 @pytest.fixture
@@ -32,8 +31,13 @@ def broker(tmp_path: Path, keystore: Keystore) -> Iterator[Running]:
     # Port 0: the kernel picks free ports at bind time (no race with other tests picking ports).
     address = enroll = "127.0.0.1:0"
     doc = {
-        "broker": {"name": "keybroker", "address": address, "enroll_address": enroll,
-                   "keystore": "broker/keystore", "audit_log": "broker/audit.jsonl"},
+        "broker": {
+            "name": "keybroker",
+            "address": address,
+            "enroll_address": enroll,
+            "keystore": "broker/keystore",
+            "audit_log": "broker/audit.jsonl",
+        },
         "attestation": {"mode": "simulated"},
         "enroll": {"ps": "ps", "worker-1": "worker", "worker-2": "worker"},
         # Deliberately looser than the keys: each key's own policy must do the refusing.

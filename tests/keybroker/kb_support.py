@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tdxfl.attestation.decisions import DecisionLog
+from tdxfl.attestation.insecure_simulated import SimulatedVerifier
 from tdxfl.attestation.policy import Policy
 from tdxfl.attestation.ratls import PeerVerifier
-from tdxfl.attestation.insecure_simulated import SimulatedVerifier
 from tdxfl.keybroker.keystore import Keystore
 from tdxfl.wiring.keybroker import KeyBroker
 

@@ -18,8 +18,12 @@ def write_log(path: Path, n: int = 5, mac_key: bytes | None = MAC_KEY) -> list[b
     log = AuditLog(path, mac_key=mac_key)
     for i in range(n):
         log.append(
-            party=f"worker-{i}", role="worker", cert_fingerprint="ab" * 32, key="model",
-            decision="released" if i % 2 == 0 else "refused", reason=f"reason {i}",
+            party=f"worker-{i}",
+            role="worker",
+            cert_fingerprint="ab" * 32,
+            key="model",
+            decision="released" if i % 2 == 0 else "refused",
+            reason=f"reason {i}",
         )
     return path.read_bytes().splitlines(keepends=True)
 
@@ -128,6 +132,19 @@ def test_log_is_private_and_holds_no_key_field(tmp_path: Path) -> None:
     assert path.stat().st_mode & 0o077 == 0
     entry = json.loads(path.read_bytes())
     assert set(entry) == {
-        "seq", "time", "prev", "party", "role", "cert_fingerprint", "key", "decision", "reason",
-        "tee", "mrtd", "rtmrs", "debug", "hash", "mac",
+        "seq",
+        "time",
+        "prev",
+        "party",
+        "role",
+        "cert_fingerprint",
+        "key",
+        "decision",
+        "reason",
+        "tee",
+        "mrtd",
+        "rtmrs",
+        "debug",
+        "hash",
+        "mac",
     }

@@ -10,16 +10,15 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from fedtools import free_port
+from kb_support import GOOD, PASSPHRASE, sim_policy
 from tdxfl.attestation.insecure_simulated import SimulatedAttester, SimulatedTd
 from tdxfl.cli.keybroker import keybroker
-from fedtools import free_port
+from tdxfl.config.broker import load_broker_config, parse_broker_config
 from tdxfl.errors import ConfigError
 from tdxfl.keybroker.client import fetch_key
 from tdxfl.keybroker.keystore import Keystore
-from tdxfl.config.broker import load_broker_config, parse_broker_config
 from tdxfl.wiring.keybroker import run_keybroker
-
-from kb_support import GOOD, PASSPHRASE, sim_policy
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {"KS_PASS": PASSPHRASE}
@@ -65,8 +64,18 @@ def invoke(*args: str, env: dict[str, str] = ENV) -> Any:
 
 def test_new_key_list_and_verify_audit(tmp_path: Path) -> None:
     cfg = broker_toml(tmp_path)
-    r = invoke("--config", str(cfg), "--passphrase-env", "KS_PASS", "new-key", "model",
-               "--policy-file", str(policy_file(tmp_path)), "--roles", "ps,worker")
+    r = invoke(
+        "--config",
+        str(cfg),
+        "--passphrase-env",
+        "KS_PASS",
+        "new-key",
+        "model",
+        "--policy-file",
+        str(policy_file(tmp_path)),
+        "--roles",
+        "ps,worker",
+    )
     assert r.exit_code == 0, r.output
     assert "created key 'model' for roles ps, worker" in r.output
     r = invoke("--config", str(cfg), "--passphrase-env", "KS_PASS", "list", "--policies")
@@ -84,8 +93,16 @@ def test_passphrase_never_from_argv_and_wrong_one_refused(tmp_path: Path) -> Non
     cfg = broker_toml(tmp_path)
     r = invoke("--config", str(cfg), "--passphrase", PASSPHRASE, "list")
     assert r.exit_code == 2 and "No such option" in r.output
-    invoke("--config", str(cfg), "--passphrase-env", "KS_PASS", "new-key", "model",
-           "--policy-file", str(policy_file(tmp_path)))
+    invoke(
+        "--config",
+        str(cfg),
+        "--passphrase-env",
+        "KS_PASS",
+        "new-key",
+        "model",
+        "--policy-file",
+        str(policy_file(tmp_path)),
+    )
     r = invoke("--config", str(cfg), "--passphrase-env", "KS_PASS", "list", env={"KS_PASS": "wrong wrong"})
     assert r.exit_code == 5 and "wrong passphrase" in r.output  # WrongKey
     assert r.stderr.startswith("tdxfl keybroker list: cannot open keystore") and r.stderr.count("\n") == 1
@@ -123,19 +140,28 @@ def test_run_keybroker_serves_keys_and_audit_verifies(tmp_path: Path) -> None:
     def serve() -> None:
         try:
             run_keybroker(cfg, passphrase=PASSPHRASE, stop=stop)
-        except BaseException as e:  # noqa: BLE001 - reported below
+        except BaseException as e:
             errors.append(e)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
         from tdxfl.attestation.decisions import DecisionLog
-        from tdxfl.attestation.ratls import PeerVerifier
         from tdxfl.attestation.insecure_simulated import SimulatedVerifier, code_measurement
+        from tdxfl.attestation.ratls import PeerVerifier
 
         verifier = PeerVerifier("ps", sim_policy(code_measurement()), [SimulatedVerifier()], DecisionLog())
-        key = fetch_key("ps", "ps", SimulatedAttester(SimulatedTd(mrtd=GOOD)), verifier, "model",
-                        config.address, config.enroll_address, retries=20, backoff_s=0.1)
+        key = fetch_key(
+            "ps",
+            "ps",
+            SimulatedAttester(SimulatedTd(mrtd=GOOD)),
+            verifier,
+            "model",
+            config.address,
+            config.enroll_address,
+            retries=20,
+            backoff_s=0.1,
+        )
         assert key == ks.get("model").key
     finally:
         stop.set()
@@ -193,8 +219,16 @@ def test_serve_reports_missing_keystore(tmp_path: Path) -> None:
 
 def test_options_accepted_after_the_subcommand(tmp_path: Path) -> None:
     cfg = broker_toml(tmp_path)
-    r = invoke("new-key", "model", "--config", str(cfg), "--passphrase-env", "KS_PASS",
-               "--policy-file", str(policy_file(tmp_path)))
+    r = invoke(
+        "new-key",
+        "model",
+        "--config",
+        str(cfg),
+        "--passphrase-env",
+        "KS_PASS",
+        "--policy-file",
+        str(policy_file(tmp_path)),
+    )
     assert r.exit_code == 0, r.output
     r = invoke("list", "--config", str(cfg), "--passphrase-env", "KS_PASS")
     assert r.exit_code == 0 and r.output.startswith("model\t"), r.output

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from kb_support import FAST_N, GOOD, PASSPHRASE, sim_policy
 from tdxfl.attestation.policy import Policy
 from tdxfl.errors import ConfigError, SealedFileError, WrongKey
 from tdxfl.keybroker.keystore import Keystore
-
-from kb_support import FAST_N, GOOD, PASSPHRASE, sim_policy
 
 
 def make(tmp_path: Path) -> Keystore:

@@ -9,20 +9,26 @@ from pathlib import Path
 
 import pytest
 
-from tdxfl.attestation.insecure_simulated import SimulatedAttester
 from fedtools import free_port
+from kb_support import GOOD, OTHER, Running
+from tdxfl.attestation.insecure_simulated import SimulatedAttester
 from tdxfl.errors import KeyRefused, Unavailable
 from tdxfl.keybroker.audit import verify_chain
 from tdxfl.keybroker.client import fetch_key
 from tdxfl.transport.attested import AttestationRefused
 
-from kb_support import GOOD, OTHER, Running
-
 
 def fetch(running: Running, party: str, role: str, attester: SimulatedAttester, key: str = "model") -> bytes:
     return fetch_key(
-        party, role, attester, running.broker_verifier(party), key, running.address, running.enroll_address,
-        retries=0, timeout=10.0,
+        party,
+        role,
+        attester,
+        running.broker_verifier(party),
+        key,
+        running.address,
+        running.enroll_address,
+        retries=0,
+        timeout=10.0,
     )
 
 
@@ -58,8 +64,14 @@ def test_key_released_to_td_meeting_its_policy(broker: Running, td: Callable[...
     ids=["mrtd-not-in-key-policy", "debug-td", "role-not-allowed", "simulated-under-tdx-policy", "unknown-key"],
 )
 def test_key_refused_with_reason_and_audit_entry(
-    broker: Running, td: Callable[..., SimulatedAttester],
-    party: str, role: str, mrtd: bytes, debug: bool, key: str, needle: str,
+    broker: Running,
+    td: Callable[..., SimulatedAttester],
+    party: str,
+    role: str,
+    mrtd: bytes,
+    debug: bool,
+    key: str,
+    needle: str,
 ) -> None:
     with pytest.raises(KeyRefused) as err:
         fetch(broker, party, role, td(mrtd, debug), key)
@@ -88,11 +100,10 @@ def test_party_outside_enrollment_table_never_reaches_the_service(
 def test_client_refuses_a_broker_with_unexpected_measurements(
     broker: Running, td: Callable[..., SimulatedAttester]
 ) -> None:
-    from tdxfl.attestation.decisions import DecisionLog
-    from tdxfl.attestation.ratls import PeerVerifier
-    from tdxfl.attestation.insecure_simulated import SimulatedVerifier
-
     from kb_support import sim_policy
+    from tdxfl.attestation.decisions import DecisionLog
+    from tdxfl.attestation.insecure_simulated import SimulatedVerifier
+    from tdxfl.attestation.ratls import PeerVerifier
 
     wrong = PeerVerifier("ps", sim_policy(OTHER), [SimulatedVerifier()], DecisionLog())
     with pytest.raises(AttestationRefused, match="we refused keybroker"):
@@ -100,11 +111,10 @@ def test_client_refuses_a_broker_with_unexpected_measurements(
 
 
 def test_unreachable_broker_retries_then_fails(td: Callable[..., SimulatedAttester]) -> None:
-    from tdxfl.attestation.decisions import DecisionLog
-    from tdxfl.attestation.ratls import PeerVerifier
-    from tdxfl.attestation.insecure_simulated import SimulatedVerifier
-
     from kb_support import sim_policy
+    from tdxfl.attestation.decisions import DecisionLog
+    from tdxfl.attestation.insecure_simulated import SimulatedVerifier
+    from tdxfl.attestation.ratls import PeerVerifier
 
     v = PeerVerifier("ps", sim_policy(GOOD), [SimulatedVerifier()], DecisionLog())
     a, e = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"

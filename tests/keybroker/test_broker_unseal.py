@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from kb_support import PASSPHRASE
 from tdxfl.cli.model import export, unseal
 from tdxfl.errors import WrongKey
 from tdxfl.keybroker.keystore import Keystore
 from tdxfl.store.model_store import SealedFileStore
-
-from kb_support import PASSPHRASE
 
 ENV = {"KS_PASS": PASSPHRASE}
 SHAPE = (8, 8, 1)
@@ -44,7 +43,9 @@ def ks_args(keystore: Keystore, key: str = "model") -> list[str]:
     return ["--keystore", str(keystore.path), "--key", key, "--passphrase-env", "KS_PASS"]
 
 
-def test_unseal_round_trip_keras_predictions_match(tmp_path: Path, keystore: Keystore, trained: tuple[Path, Any]) -> None:
+def test_unseal_round_trip_keras_predictions_match(
+    tmp_path: Path, keystore: Keystore, trained: tuple[Path, Any]
+) -> None:
     import keras
 
     sealed, model = trained
@@ -62,9 +63,7 @@ def test_unseal_round_trip_keras_predictions_match(tmp_path: Path, keystore: Key
     assert again.exit_code == 2 and "overwrite" in again.output  # ConfigError: --force decides
 
 
-def test_unseal_takes_architecture_from_options_when_metadata_lacks_it(
-    tmp_path: Path, keystore: Keystore
-) -> None:
+def test_unseal_takes_architecture_from_options_when_metadata_lacks_it(tmp_path: Path, keystore: Keystore) -> None:
     from tdxfl.ml.keras_adapter import KerasAdapter
     from tdxfl.ml.models import build_model
 
@@ -73,11 +72,33 @@ def test_unseal_takes_architecture_from_options_when_metadata_lacks_it(
     sealed = store.save("round-0001", adapter.get_tensor_set(), {"round": 1})
     missing = run(unseal, sealed, *ks_args(keystore), "--out", str(tmp_path / "o1"))
     assert missing.exit_code == 2 and "--model, --input-shape, --num-classes" in missing.output
-    wrong = run(unseal, sealed, *ks_args(keystore), "--out", str(tmp_path / "o2"),
-                "--model", "mlp", "--input-shape", "8,8,1", "--num-classes", "10")
+    wrong = run(
+        unseal,
+        sealed,
+        *ks_args(keystore),
+        "--out",
+        str(tmp_path / "o2"),
+        "--model",
+        "mlp",
+        "--input-shape",
+        "8,8,1",
+        "--num-classes",
+        "10",
+    )
     assert wrong.exit_code == 1 and "do not fit" in wrong.output  # RecordError
-    ok = run(unseal, sealed, *ks_args(keystore), "--out", str(tmp_path / "o3"),
-             "--model", "mlp", "--input-shape", "8,8,1", "--num-classes", "4")
+    ok = run(
+        unseal,
+        sealed,
+        *ks_args(keystore),
+        "--out",
+        str(tmp_path / "o3"),
+        "--model",
+        "mlp",
+        "--input-shape",
+        "8,8,1",
+        "--num-classes",
+        "4",
+    )
     assert ok.exit_code == 0, ok.output
 
 

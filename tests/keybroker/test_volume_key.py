@@ -7,12 +7,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tdxfl.cli.volume import broker_key_source, resolve_key, volume
 from fedtools import free_port
+from kb_support import BROKER_MRTD, GOOD, OTHER, Running
+from tdxfl.cli.volume import broker_key_source, resolve_key, volume
 from tdxfl.errors import AttestationRefused, KeyRefused, Unavailable
 from tdxfl.keybroker.keystore import Keystore
-
-from kb_support import BROKER_MRTD, GOOD, OTHER, Running
 
 
 def federation_file(
@@ -46,7 +45,7 @@ mrtd = ["{broker_mrtd.hex()}"]
 connect_retries = 1
 connect_backoff_s = 0.01
 [output]
-dir = "{tmp_path / 'out'}"
+dir = "{tmp_path / "out"}"
 """)
     return path
 
@@ -68,20 +67,26 @@ def test_volume_cli_needs_exactly_one_key_source(tmp_path: Path, broker: Running
     runner = CliRunner()
     none = runner.invoke(volume, ["create", str(tmp_path / "a.img")])
     assert none.exit_code != 0 and "no key source" in none.output
-    both = runner.invoke(volume, ["create", str(tmp_path / "b.img"), "-f", str(fed), "--party", "worker-1", "--key-env", "X"])
+    both = runner.invoke(
+        volume, ["create", str(tmp_path / "b.img"), "-f", str(fed), "--party", "worker-1", "--key-env", "X"]
+    )
     assert both.exit_code != 0 and "only one key source" in both.output
 
 
 def test_volume_key_from_a_broker_we_refuse(tmp_path: Path, broker: Running) -> None:
     fetch = broker_key_source(str(federation_file(tmp_path, broker, GOOD, broker_mrtd=OTHER)), "worker-1", "model")
-    with pytest.raises(AttestationRefused, match="we refused keybroker"):  # the tree's class, whatever the transport raises
+    with pytest.raises(
+        AttestationRefused, match="we refused keybroker"
+    ):  # the tree's class, whatever the transport raises
         resolve_key(key_env=None, key_fd=None, volume_id="ckpt.img", broker=fetch)
 
 
 def test_volume_key_from_an_unreachable_broker(tmp_path: Path, broker: Running) -> None:
     fed = federation_file(tmp_path, broker, GOOD, address=f"127.0.0.1:{free_port()}")
     with pytest.raises(Unavailable, match="after 2 attempts"):
-        resolve_key(key_env=None, key_fd=None, volume_id="ckpt.img", broker=broker_key_source(str(fed), "worker-1", "model"))
+        resolve_key(
+            key_env=None, key_fd=None, volume_id="ckpt.img", broker=broker_key_source(str(fed), "worker-1", "model")
+        )
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import os
 import pickle
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -32,7 +32,7 @@ def test_digits_shapes_and_split() -> None:
     assert d.x_train.shape == (1437, 8, 8, 1) and d.x_test.shape == (360, 8, 8, 1)
     assert d.x_train.dtype == np.float32 and d.y_train.dtype == np.int64
     assert d.input_shape == (8, 8, 1) and d.num_classes == 10
-    assert 0.0 <= d.x_train.min() and d.x_train.max() <= 1.0 and d.x_train.max() > 0.9
+    assert d.x_train.min() >= 0.0 and d.x_train.max() <= 1.0 and d.x_train.max() > 0.9
     # stratified: every class appears in test with roughly its share
     counts = np.bincount(d.y_test, minlength=10)
     assert counts.min() >= 34 and counts.max() <= 38
@@ -56,8 +56,8 @@ def test_load_dataset_bad_args() -> None:
 # CIFAR-10: fake batches laid out like the real (Python 2 cPickle, protocol 2) files
 
 
-_PurePickler: Any = getattr(pickle, "_Pickler")  # the pure-Python pickler (overridable opcodes)
-_whichmodule: Any = getattr(pickle, "whichmodule")
+_PurePickler: Any = pickle._Pickler  # the pure-Python pickler (overridable opcodes)
+_whichmodule: Any = pickle.whichmodule
 
 
 class _Py2Pickler(_PurePickler):  # type: ignore[misc]
@@ -67,7 +67,7 @@ class _Py2Pickler(_PurePickler):  # type: ignore[misc]
     with ``encoding="bytes"``), and numpy globals use the old ``numpy.core`` module name.
     """
 
-    dispatch: dict[type, Any] = dict(_PurePickler.dispatch)
+    dispatch: ClassVar[dict[type, Any]] = dict(_PurePickler.dispatch)
 
     def save_py2_str(self, obj: str | bytes) -> None:
         data = obj.encode("latin-1") if isinstance(obj, str) else obj
@@ -142,7 +142,7 @@ def test_load_fake_cifar(tmp_path: Path) -> None:
         for r, c, ch in [(0, 0, 0), (3, 17, 1), (31, 31, 2), (10, 2, 2)]:
             assert img[r, c, ch] == pytest.approx(data[1, ch * 1024 + r * 32 + c] / 255.0)
         np.testing.assert_array_equal(d.y_test, truth["test_batch"][1])
-        assert 0.0 <= d.x_test.min() and d.x_test.max() <= 1.0
+        assert d.x_test.min() >= 0.0 and d.x_test.max() <= 1.0
     assert load_dataset("cifar10", path=tmp_path).x_train.shape[0] == 20
 
 

@@ -8,9 +8,9 @@ import keras
 import numpy as np
 import pytest
 
-from tdxfl.engine.records import TensorSet, TensorSpec
-from tdxfl.engine.model import ModelAdapter
 from tdxfl.engine.data import batches
+from tdxfl.engine.model import ModelAdapter
+from tdxfl.engine.records import TensorSet, TensorSpec
 from tdxfl.ml.data import Dataset, load_digits
 from tdxfl.ml.keras_adapter import KerasAdapter
 from tdxfl.ml.models import build_model

@@ -84,6 +84,4 @@ def test_resnet50_size_and_layout() -> None:
     frozen = [s.name for s, t in zip(specs, mask) if not t]
     assert frozen and all(s.endswith(("moving_mean", "moving_variance")) for s in frozen)
     assert len(adapter.non_trainable_weights()) == len(frozen)
-    assert sum(s.size for s in adapter.trainable_specs()) == sum(
-        int(np.prod(v.shape)) for v in model.trainable_weights
-    )
+    assert sum(s.size for s in adapter.trainable_specs()) == sum(int(np.prod(v.shape)) for v in model.trainable_weights)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tdxfl.engine.optimizers import Adam
 from tdxfl.engine.data import batches
+from tdxfl.engine.optimizers import Adam
 from tdxfl.ml.data import load_digits
 from tdxfl.ml.torch_adapter import TorchAdapter
 from tdxfl.ml.torch_models import build_torch_model

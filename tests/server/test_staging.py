@@ -14,10 +14,9 @@ SPECS = [TensorSpec("w", "float32", (4,))]
 
 def test_slots_bound_concurrent_updates_and_buffers_are_reused() -> None:
     pool = StagingPool(1, transfer_timeout=0.3)
-    with pool.slot(SPECS, lambda: None) as first:
-        with pytest.raises(SlotTimeout, match="server busy"):
-            with pool.slot(SPECS, lambda: None):
-                pass
+    with pool.slot(SPECS, lambda: None) as first, pytest.raises(SlotTimeout, match="server busy"):
+        with pool.slot(SPECS, lambda: None):
+            pass
     with pool.slot(SPECS, lambda: None) as second:  # the slot came back, with its buffer
         assert second is first
 

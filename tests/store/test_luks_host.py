@@ -122,7 +122,9 @@ def test_not_a_luks_volume(tmp_path: Path, cryptsetup: str) -> None:
         luks.verify_key(plain, KEY)
 
 
-def test_create_volume_without_device_mapper_leaves_nothing(tmp_path: Path, cryptsetup: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_create_volume_without_device_mapper_leaves_nothing(
+    tmp_path: Path, cryptsetup: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(luks, "device_mapper_available", lambda **_: False)
     target = tmp_path / "new.img"
     with machine_lacks("no device-mapper"):
@@ -173,7 +175,14 @@ def test_argument_checks(tmp_path: Path) -> None:
         luks._pbkdf_args("scrypt", None, None, None)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="argon2id only"):
         luks._pbkdf_args("pbkdf2", 65536, None, None)
-    assert luks._pbkdf_args("argon2id", 65536, 500, None) == ["--pbkdf", "argon2id", "--pbkdf-memory", "65536", "--iter-time", "500"]
+    assert luks._pbkdf_args("argon2id", 65536, 500, None) == [
+        "--pbkdf",
+        "argon2id",
+        "--pbkdf-memory",
+        "65536",
+        "--iter-time",
+        "500",
+    ]
     with pytest.raises(SealedFileError, match="no such file"):
         luks.verify_key(tmp_path / "missing.img", KEY)
 
@@ -248,13 +257,26 @@ def test_resolve_key_broker_hook() -> None:
     assert seen == ["ckpt.img"]
 
 
-def test_cli_create_and_open_report_no_device_mapper(tmp_path: Path, cryptsetup: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_create_and_open_report_no_device_mapper(
+    tmp_path: Path, cryptsetup: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(luks, "device_mapper_available", lambda **_: False)
     env = {"TDXFL_TEST_VOLUME_KEY": KEY.hex()}
     target = tmp_path / "cli.img"
     result = CliRunner().invoke(
         volume_cli.volume,
-        ["create", str(target), "--size", "32M", "--pbkdf", "pbkdf2", "--pbkdf-iterations", "1000", "--key-env", "TDXFL_TEST_VOLUME_KEY"],
+        [
+            "create",
+            str(target),
+            "--size",
+            "32M",
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-iterations",
+            "1000",
+            "--key-env",
+            "TDXFL_TEST_VOLUME_KEY",
+        ],
         env=env,
     )
     assert result.exit_code == 1, result.output
@@ -284,7 +306,5 @@ def test_cli_close_is_idempotent(tmp_path: Path) -> None:
 
 
 def test_commands_exported() -> None:
-    assert volume_cli.COMMANDS == [volume_cli.volume]
+    assert [volume_cli.volume] == volume_cli.COMMANDS
     assert set(volume_cli.volume.commands) == {"create", "open", "close"}
-
-

@@ -87,7 +87,22 @@ def test_load_missing(store: SealedFileStore) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["", "../escape", "..", ".", "a/b", "a\\b", "/abs", ".hidden", "-opt", "_x", "a\x00b", "caf\u00e9", "x" * 129, "a b"],
+    [
+        "",
+        "../escape",
+        "..",
+        ".",
+        "a/b",
+        "a\\b",
+        "/abs",
+        ".hidden",
+        "-opt",
+        "_x",
+        "a\x00b",
+        "caf\u00e9",
+        "x" * 129,
+        "a b",
+    ],
 )
 def test_bad_names_refused(store: SealedFileStore, name: str) -> None:
     for call in (
@@ -202,7 +217,11 @@ def test_large_model_memory_is_bounded(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     big = TensorSet.from_arrays(
         ["embedding", "dense", "bias"],
-        [rng.standard_normal((4096, 2048), dtype=np.float32), rng.standard_normal((2048, 2048), dtype=np.float32), np.ones(7)],
+        [
+            rng.standard_normal((4096, 2048), dtype=np.float32),
+            rng.standard_normal((2048, 2048), dtype=np.float32),
+            np.ones(7),
+        ],
     )
     nbytes = big.nbytes  # ~48 MiB
     store = SealedFileStore(tmp_path, KEY)

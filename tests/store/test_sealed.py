@@ -180,7 +180,9 @@ def test_key_never_in_repr_or_errors() -> None:
     assert OTHER_KEY.hex() not in str(info.value) and KEY.hex() not in str(info.value)
 
 
-@pytest.mark.parametrize("kwargs", [{"label": ""}, {"label": "x" * 256}, {"chunk_size": 0}, {"chunk_size": (1 << 26) + 1}])
+@pytest.mark.parametrize(
+    "kwargs", [{"label": ""}, {"label": "x" * 256}, {"chunk_size": 0}, {"chunk_size": (1 << 26) + 1}]
+)
 def test_bad_writer_parameters(kwargs: dict[str, object]) -> None:
     args: dict[str, object] = {"label": LABEL, **kwargs}
     with pytest.raises(ValueError):
@@ -381,10 +383,9 @@ def test_final_chunk_plaintext_withheld_when_trailing_data() -> None:
 
 def test_aborted_writer_reads_as_truncated() -> None:
     buf = io.BytesIO()
-    with pytest.raises(RuntimeError):
-        with SealedWriter(buf, KEY, label=LABEL, chunk_size=CS) as w:
-            w.write(os.urandom(3 * CS))
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), SealedWriter(buf, KEY, label=LABEL, chunk_size=CS) as w:
+        w.write(os.urandom(3 * CS))
+        raise RuntimeError("boom")
     assert w.closed
     with pytest.raises(ValueError):
         w.write(b"more")

@@ -12,11 +12,11 @@ from tdxfl.attestation.ratls import TlsIdentity, tls_name
 from tdxfl.config import Federation
 from tdxfl.errors import AttestationRefused
 from tdxfl.transport.attested import AttestedServer, connect, fetch_server_certificate, role_table
+from tdxfl.transport.proto import tdxfl_pb2 as pb
+from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
 from tdxfl.wiring.party import PartyContext, party_context
 
 WORKERS = ["worker-1", "worker-2"]
-from tdxfl.transport.proto import tdxfl_pb2 as pb
-from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
 
 
 class Echo(pb_grpc.ParameterServerServicer):
@@ -32,20 +32,40 @@ class Echo(pb_grpc.ParameterServerServicer):
 def served(make_federation: Callable[..., Federation]) -> Iterator[tuple[Federation, AttestedServer, PartyContext]]:
     fed = make_federation()
     ctx = party_context(fed, "ps")
-    server = AttestedServer("ps", ctx.attester, ctx.peer_verifier(fed.policy_for("workers")), "127.0.0.1:0", "127.0.0.1:0",
-                            roles=role_table([(w, "worker") for w in WORKERS]))
+    server = AttestedServer(
+        "ps",
+        ctx.attester,
+        ctx.peer_verifier(fed.policy_for("workers")),
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        roles=role_table([(w, "worker") for w in WORKERS]),
+    )
     pb_grpc.add_ParameterServerServicer_to_server(Echo(server), server.main)
     server.start()
-    yield fed.with_ps_addresses(f"127.0.0.1:{server.port}", f"127.0.0.1:{server.enroll_port}", fed.ps.data_address), server, ctx
+    yield (
+        fed.with_ps_addresses(f"127.0.0.1:{server.port}", f"127.0.0.1:{server.enroll_port}", fed.ps.data_address),
+        server,
+        ctx,
+    )
     server.stop(None)
 
 
 def dial(fed: Federation, name: str) -> grpc.Channel:
     ctx = party_context(fed, name)
-    return connect(name, "worker", ctx.attester, ctx.peer_verifier(fed.policy_for("ps")), "ps", fed.ps.address, fed.ps.enroll_address).channel
+    return connect(
+        name,
+        "worker",
+        ctx.attester,
+        ctx.peer_verifier(fed.policy_for("ps")),
+        "ps",
+        fed.ps.address,
+        fed.ps.enroll_address,
+    ).channel
 
 
-def test_mutual_attestation_then_rpc_identifies_the_peer(served: tuple[Federation, AttestedServer, PartyContext]) -> None:
+def test_mutual_attestation_then_rpc_identifies_the_peer(
+    served: tuple[Federation, AttestedServer, PartyContext],
+) -> None:
     fed, server, ps_ctx = served
     channel = dial(fed, "worker-1")
     assert pb_grpc.ParameterServerStub(channel).Join(pb.JoinRequest(), timeout=10).worker_index == 0
@@ -53,10 +73,14 @@ def test_mutual_attestation_then_rpc_identifies_the_peer(served: tuple[Federatio
     assert [p.party for p in server.enrolled()] == ["worker-1"]
 
 
-def test_unenrolled_certificate_cannot_open_the_federation_port(served: tuple[Federation, AttestedServer, PartyContext]) -> None:
+def test_unenrolled_certificate_cannot_open_the_federation_port(
+    served: tuple[Federation, AttestedServer, PartyContext],
+) -> None:
     fed, server, ps_ctx = served
     rogue = TlsIdentity.create(ps_ctx.attester, "worker-2")  # genuine evidence, but never enrolled
-    creds = grpc.ssl_channel_credentials(fetch_server_certificate(fed.ps.enroll_address), rogue.private_key_pem(), rogue.cert_pem)
+    creds = grpc.ssl_channel_credentials(
+        fetch_server_certificate(fed.ps.enroll_address), rogue.private_key_pem(), rogue.cert_pem
+    )
     channel = grpc.secure_channel(fed.ps.address, creds, options=[("grpc.ssl_target_name_override", tls_name("ps"))])
     with pytest.raises(grpc.RpcError) as err:
         pb_grpc.ParameterServerStub(channel).Join(pb.JoinRequest(), timeout=5)
@@ -67,7 +91,11 @@ def test_replayed_enrollment_certificate_is_refused(served: tuple[Federation, At
     fed, server, ps_ctx = served
     w = party_context(fed, "worker-1")
     pem = fetch_server_certificate(fed.ps.enroll_address)
-    ch = grpc.secure_channel(fed.ps.enroll_address, grpc.ssl_channel_credentials(pem), options=[("grpc.ssl_target_name_override", tls_name("ps"))])
+    ch = grpc.secure_channel(
+        fed.ps.enroll_address,
+        grpc.ssl_channel_credentials(pem),
+        options=[("grpc.ssl_target_name_override", tls_name("ps"))],
+    )
     stub = pb_grpc.EnrollmentStub(ch)
     nonce = stub.Attest(pb.AttestRequest(nonce=os.urandom(32))).challenge
     cert = TlsIdentity.create(w.attester, "worker-1", nonce=nonce).cert_pem
@@ -76,7 +104,10 @@ def test_replayed_enrollment_certificate_is_refused(served: tuple[Federation, At
     replay = stub.Enroll(pb.EnrollRequest(party="worker-1", role="worker", certificate_pem=cert))
     assert not replay.accepted and "replayed or expired nonce" in replay.reason
     stale = TlsIdentity.create(w.attester, "worker-1").cert_pem  # answers no challenge at all
-    assert "replayed or expired nonce" in stub.Enroll(pb.EnrollRequest(party="worker-1", role="worker", certificate_pem=stale)).reason
+    assert (
+        "replayed or expired nonce"
+        in stub.Enroll(pb.EnrollRequest(party="worker-1", role="worker", certificate_pem=stale)).reason
+    )
     refused = [d for d in ps_ctx.decisions.decisions if d.result == "refused"]
     assert len(refused) == 2
 
@@ -85,17 +116,43 @@ def test_unknown_party_or_wrong_role_is_refused(served: tuple[Federation, Attest
     fed, _, _ = served
     ctx = party_context(fed, "worker-1")
     with pytest.raises(AttestationRefused, match="may not enroll as 'ps'"):
-        connect("worker-1", "ps", ctx.attester, ctx.peer_verifier(fed.policy_for("ps")), "ps", fed.ps.address, fed.ps.enroll_address)
+        connect(
+            "worker-1",
+            "ps",
+            ctx.attester,
+            ctx.peer_verifier(fed.policy_for("ps")),
+            "ps",
+            fed.ps.address,
+            fed.ps.enroll_address,
+        )
     with pytest.raises(AttestationRefused, match="'mallory' may not enroll"):
-        connect("mallory", "worker", ctx.attester, ctx.peer_verifier(fed.policy_for("ps")), "ps", fed.ps.address, fed.ps.enroll_address)
+        connect(
+            "mallory",
+            "worker",
+            ctx.attester,
+            ctx.peer_verifier(fed.policy_for("ps")),
+            "ps",
+            fed.ps.address,
+            fed.ps.enroll_address,
+        )
 
 
-def test_worker_refuses_ps_with_wrong_measurement(served: tuple[Federation, AttestedServer, PartyContext], make_federation: Callable[..., Federation]) -> None:
+def test_worker_refuses_ps_with_wrong_measurement(
+    served: tuple[Federation, AttestedServer, PartyContext], make_federation: Callable[..., Federation]
+) -> None:
     fed, _, _ = served
     strict = make_federation(policy={"ps": {"tee": ["simulated"], "mrtd": ["00" * 48]}})
     ctx = party_context(strict, "worker-1")
     with pytest.raises(AttestationRefused, match="we refused ps: MRTD"):
-        connect("worker-1", "worker", ctx.attester, ctx.peer_verifier(strict.policy_for("ps")), "ps", fed.ps.address, fed.ps.enroll_address)
+        connect(
+            "worker-1",
+            "worker",
+            ctx.attester,
+            ctx.peer_verifier(strict.policy_for("ps")),
+            "ps",
+            fed.ps.address,
+            fed.ps.enroll_address,
+        )
 
 
 def test_re_enrollment_replaces_the_old_certificate(served: tuple[Federation, AttestedServer, PartyContext]) -> None:

@@ -11,16 +11,14 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from fedtools import eventually
 from tdxfl.attestation.ratls import TlsIdentity, tls_name
 from tdxfl.client.model_link import ModelLink
 from tdxfl.config import Federation
 from tdxfl.engine.records import TensorSet
-from tdxfl.errors import RecordError
-from fedtools import eventually
-
 from tdxfl.engine.rounds import RoundState
 from tdxfl.engine.strategy import FedAvg, LocalTraining
-from tdxfl.errors import LinkError
+from tdxfl.errors import LinkError, RecordError
 from tdxfl.server.fleet import AttestedFleet
 from tdxfl.transport.attested import AttestedChannel, connect, split_address
 from tdxfl.transport.link import TlsStream, open_link
@@ -87,7 +85,9 @@ def ps(make_federation: Callable[..., Federation]) -> Iterator[Ps]:
 def enroll(ps: Ps, name: str) -> AttestedChannel:
     ctx = party_context(ps.fed, name)
     policy = ps.fed.policy_for("ps")
-    return connect(name, "worker", ctx.attester, ctx.peer_verifier(policy), "ps", ps.fed.ps.address, ps.fed.ps.enroll_address)
+    return connect(
+        name, "worker", ctx.attester, ctx.peer_verifier(policy), "ps", ps.fed.ps.address, ps.fed.ps.enroll_address
+    )
 
 
 def test_header_validation_refuses_bad_dtypes_and_sizes() -> None:
@@ -106,15 +106,22 @@ def test_header_validation_refuses_bad_dtypes_and_sizes() -> None:
     with pytest.raises(RecordError, match="negative"):
         decode_header(pb.TensorHeader(kind=WEIGHTS, tensors=[pb.TensorSpec(name="x", dtype="uint8", shape=[-1])]))
     with pytest.raises(RecordError, match="exceeds"):
-        decode_header(pb.TensorHeader(kind=WEIGHTS, tensors=[pb.TensorSpec(name="x", dtype="float64", shape=[1 << 31])],
-                                      total_bytes=8 << 31))
+        decode_header(
+            pb.TensorHeader(
+                kind=WEIGHTS, tensors=[pb.TensorSpec(name="x", dtype="float64", shape=[1 << 31])], total_bytes=8 << 31
+            )
+        )
 
 
 @pytest.mark.parametrize("wire_dtype, atol", [("float16", 1e-3), ("bfloat16", 1e-2)])
 def test_half_precision_wire_dtypes_halve_bytes_and_keep_nan_checks(wire_dtype: str, atol: float) -> None:
     ts = TensorSet.from_arrays(["a", "n"], [np.linspace(-1, 1, 1000, dtype=np.float32), np.arange(3, dtype=np.int64)])
     wire = to_wire(GRADIENTS, 0, ts, wire_dtype=wire_dtype)
-    assert wire.nbytes == 2000 + 24 and wire.header.tensors[0].dtype == wire_dtype and wire.header.tensors[1].dtype == "int64"
+    assert (
+        wire.nbytes == 2000 + 24
+        and wire.header.tensors[0].dtype == wire_dtype
+        and wire.header.tensors[1].dtype == "int64"
+    )
 
     out = Assembler(decode_header(wire.header).specs).fill(WireReader(wire), check_finite=True).cast_to(ts.specs)
     assert out.arrays[0].dtype == np.float32
@@ -218,7 +225,9 @@ def test_unenrolled_certificate_is_refused_and_logged(ps: Ps) -> None:
     ctx = rogue.tls13_context(server_side=False, trusted_pem=channel.server_cert_pem)
     pinned = ssl.PEM_cert_to_DER_cert(channel.server_cert_pem.decode())
     link = open_link(split_address(ps.fed.ps.data_address), ctx, tls_name("ps"), pinned)
-    with pytest.raises(LinkError, match="refused the connection"):  # TLS 1.3: the server's verdict arrives after the client's handshake
+    with pytest.raises(
+        LinkError, match="refused the connection"
+    ):  # TLS 1.3: the server's verdict arrives after the client's handshake
         link.send(pb.LinkRequest(pull=pb.PullRequest(after_version=-1)))
         link.recv(pb.TensorHeader)
     link.close()
@@ -246,8 +255,12 @@ def test_tls_1_2_is_refused_in_the_handshake(ps: Ps) -> None:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2
     with pytest.raises(LinkError, match="handshake"):
-        TlsStream(socket.create_connection(split_address(ps.fed.ps.data_address)), ctx, server_side=False,
-                  server_hostname=tls_name("ps"))
+        TlsStream(
+            socket.create_connection(split_address(ps.fed.ps.data_address)),
+            ctx,
+            server_side=False,
+            server_hostname=tls_name("ps"),
+        )
     channel.close()
 
 
@@ -261,7 +274,9 @@ def test_client_refuses_a_server_other_than_the_attested_one(ps: Ps) -> None:
     def serve() -> None:
         sock, _ = listener.accept()
         try:
-            TlsStream(sock, impostor.tls13_context(server_side=True, trusted_pem=channel.identity.cert_pem), server_side=True)
+            TlsStream(
+                sock, impostor.tls13_context(server_side=True, trusted_pem=channel.identity.cert_pem), server_side=True
+            )
         except LinkError:
             pass
         sock.close()

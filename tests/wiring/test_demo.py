@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from tdxfl.engine.kinds import Mode
-from tdxfl.wiring import demo
 from tdxfl.keybroker.keystore import Keystore
 from tdxfl.ml.data import load_dataset
 from tdxfl.ml.factory import make_adapter
 from tdxfl.store.model_store import SealedFileStore
+from tdxfl.wiring import demo
 
 PASS = "test-only demo passphrase"
 
@@ -46,7 +46,12 @@ def _sealed_model(tmp_path: Path, model: str) -> tuple[str, str, float]:
     adapter = make_adapter("keras", model, data.input_shape, data.num_classes, seed=1)
     adapter.train_local(data.x_train, data.y_train, steps=20, batch_size=64, learning_rate=0.01, optimizer="adam")
     _, accuracy = adapter.evaluate(data.x_test, data.y_test)
-    meta = {"model": model, "framework": "keras", "input_shape": list(data.input_shape), "num_classes": data.num_classes}
+    meta = {
+        "model": model,
+        "framework": "keras",
+        "input_shape": list(data.input_shape),
+        "num_classes": data.num_classes,
+    }
     store = SealedFileStore(tmp_path / "ps" / "checkpoints", key, label="checkpoint")
     path = store.save("final", adapter.get_tensor_set(), meta)
     return broker, path, accuracy

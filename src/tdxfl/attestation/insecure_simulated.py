@@ -26,7 +26,9 @@ from tdxfl.errors import AttestationError
 log = logging.getLogger(__name__)
 
 SIMULATED_QE_VENDOR_ID = b"tdxfl-SIMULATED!"
-_SIGNING_KEY = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"tdxfl simulated quoting enclave (public!)").digest())
+_SIGNING_KEY = Ed25519PrivateKey.from_private_bytes(
+    hashlib.sha256(b"tdxfl simulated quoting enclave (public!)").digest()
+)
 _SIGNATURE_SIZE = 64
 WARNING = (
     "SIMULATED TD: this party's attestation evidence is software-made and forgeable; it proves "

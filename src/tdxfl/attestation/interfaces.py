@@ -17,6 +17,7 @@ from tdxfl.errors import AttestationError
 
 REPORT_DATA_SIZE = 64
 
+
 @dataclass(frozen=True)
 class PlatformFlags:
     """Properties of the host platform that a TDX quote's TCB evaluation reports."""

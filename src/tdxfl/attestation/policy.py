@@ -144,7 +144,9 @@ class Policy:
             reasons.append(f"TCB status {ev.tcb_status!r} is not accepted (policy accepts {sorted(self.tcb_statuses)})")
         bad_advisories = sorted(set(ev.advisory_ids) - self.accepted_advisories)
         if bad_advisories:
-            reasons.append(f"advisories {bad_advisories} are not accepted (policy accepts {sorted(self.accepted_advisories)})")
+            reasons.append(
+                f"advisories {bad_advisories} are not accepted (policy accepts {sorted(self.accepted_advisories)})"
+            )
         p = ev.platform
         for flag, permitted, name in (
             (p.dynamic_platform, self.allow_dynamic_platform, "dynamic platform"),

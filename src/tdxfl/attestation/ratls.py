@@ -23,8 +23,8 @@ from cryptography.x509.oid import NameOID
 
 from tdxfl.attestation.decisions import Decision, DecisionLog
 from tdxfl.attestation.evidence import (
-    TAGGED_EVIDENCE_OID,
     SIMULATED_EVIDENCE_TAG,
+    TAGGED_EVIDENCE_OID,
     TDX_EVIDENCE_TAG,
     Claims,
     TaggedEvidence,
@@ -43,7 +43,7 @@ CLOCK_SKEW = dt.timedelta(minutes=5)
 
 def utc_now() -> dt.datetime:
     """The current time, timezone-aware in UTC (the default clock of ``PeerVerifier``)."""
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def make_evidence(attester: Attester, spki_der: bytes, nonce: bytes | None = None) -> TaggedEvidence:
@@ -77,7 +77,9 @@ class TlsIdentity:
     ) -> TlsIdentity:
         """Generate a fresh P-384 key and a self-signed certificate carrying bound evidence."""
         key = ec.generate_private_key(ec.SECP384R1())
-        spki = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        spki = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
         evidence = make_evidence(attester, spki, nonce)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, tls_name(party))])
         now = utc_now()
@@ -165,9 +167,7 @@ def certificate_fingerprint(cert_pem: bytes) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
-def check_certificate_validity(
-    cert: x509.Certificate, now: dt.datetime, skew: dt.timedelta = CLOCK_SKEW
-) -> None:
+def check_certificate_validity(cert: x509.Certificate, now: dt.datetime, skew: dt.timedelta = CLOCK_SKEW) -> None:
     """Raise AttestationError unless ``cert`` is valid at ``now`` (a timezone-aware time).
 
     Valid means from ``skew`` before its notBefore (the peer's clock may run ahead of ours) to its
@@ -176,7 +176,7 @@ def check_certificate_validity(
     """
     if not cert.not_valid_before_utc - skew <= now <= cert.not_valid_after_utc:
         raise AttestationError(
-            f"certificate not valid at {now.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC (valid "
+            f"certificate not valid at {now.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S} UTC (valid "
             f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} to {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC)"
         )
 

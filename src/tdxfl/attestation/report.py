@@ -101,9 +101,7 @@ class ParsedQuote:
 def parse_td_report(body: bytes) -> TdReport:
     """Parse a TD report body (TDX 1.0 layout; TDX 1.5 only appends fields)."""
     if len(body) < TD_REPORT10_SIZE:
-        raise AttestationError(
-            f"TD report body is {len(body)} bytes, at least {TD_REPORT10_SIZE} are required"
-        )
+        raise AttestationError(f"TD report body is {len(body)} bytes, at least {TD_REPORT10_SIZE} are required")
 
     def field(offset: int, size: int) -> bytes:
         return bytes(body[offset : offset + size])

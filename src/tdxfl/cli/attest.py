@@ -89,7 +89,7 @@ def parse_time(value: str) -> int:
     except ValueError as e:
         raise click.BadParameter(f"{value!r} is neither unix seconds nor ISO 8601") from e
     if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
+        when = when.replace(tzinfo=dt.UTC)
     return int(when.timestamp())
 
 
@@ -122,8 +122,9 @@ def _evidence_summary(ev: VerifiedEvidence) -> dict[str, Any]:
     }
 
 
-def _verify(data: bytes, collateral: str | None, pccs_url: str | None, cache_dir: str | None, now: int | None,
-            policy: Policy) -> tuple[VerifiedEvidence, str]:
+def _verify(
+    data: bytes, collateral: str | None, pccs_url: str | None, cache_dir: str | None, now: int | None, policy: Policy
+) -> tuple[VerifiedEvidence, str]:
     """Verify a raw quote or an RA-TLS certificate at unix time ``now`` (None: the current time),
     the same time for the quote and the certificate; return the evidence and what was checked."""
     from tdxfl.attestation import ratls
@@ -133,7 +134,7 @@ def _verify(data: bytes, collateral: str | None, pccs_url: str | None, cache_dir
     from tdxfl.attestation.tdx.dcap import TdxVerifier
 
     at = now if now is not None else int(time.time())
-    when = dt.datetime.fromtimestamp(at, dt.timezone.utc)
+    when = dt.datetime.fromtimestamp(at, dt.UTC)
     source = collateral_source(collateral, pccs_url, cache_dir, hint="give --collateral FILE or --pccs-url URL")
     tdx = TdxVerifier(source, as_of=at)
     stripped = data.lstrip()

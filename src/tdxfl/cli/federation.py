@@ -9,16 +9,23 @@ from pathlib import Path
 
 import click
 
+from tdxfl.cli.exits import handle_errors
 from tdxfl.config import Federation, load_federation
 from tdxfl.engine.kinds import Mode
-from tdxfl.cli.exits import handle_errors
 
 _federation_option = click.option(
-    "-f", "--federation", "federation_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+    "-f",
+    "--federation",
+    "federation_file",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
     help="The federation file (TOML).",
 )
 _set_option = click.option(
-    "--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
     help="Override a federation-file setting (repeatable), e.g. --set training.rounds=3.",
 )
 
@@ -50,10 +57,16 @@ def _before_exit() -> None:
 @_federation_option
 @_set_option
 @click.option("--name", default=None, help="This party's name (default: the federation's ps).")
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where this party writes (default: OUTPUT.DIR/NAME).")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where this party writes (default: OUTPUT.DIR/NAME).",
+)
 @click.option("--no-live", is_flag=True, help="No live progress display.")
-def ps(federation_file: Path, overrides: tuple[str, ...], name: str | None, workdir: Path | None, no_live: bool) -> None:
+def ps(
+    federation_file: Path, overrides: tuple[str, ...], name: str | None, workdir: Path | None, no_live: bool
+) -> None:
     """Run the parameter server."""
     from tdxfl.wiring.party import party_context
     from tdxfl.wiring.ps import run_parameter_server
@@ -88,10 +101,18 @@ def worker(federation_file: Path, overrides: tuple[str, ...], name: str, workdir
 
 
 @click.command()
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Run directory (default: a new directory under ./runs).")
-@click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the run summary as JSON here.")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Run directory (default: a new directory under ./runs).",
+)
+@click.option(
+    "--summary-json",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the run summary as JSON here.",
+)
 @click.option("--mode", type=click.Choice([m.value for m in Mode]), default=Mode.SYNC_GRADIENTS.value)
 @_set_option
 def demo(workdir: Path | None, summary_json: Path | None, mode: str, overrides: tuple[str, ...]) -> None:

@@ -64,9 +64,7 @@ def _keystore_location(opts: _Opts) -> tuple[Path, Path | None]:
     return path, key_file
 
 
-def open_keystore(
-    path: Path, key_file: Path | None, passphrase_env: str | None, *, create: bool = False
-) -> Any:
+def open_keystore(path: Path, key_file: Path | None, passphrase_env: str | None, *, create: bool = False) -> Any:
     """Open (or, with ``create``, create when missing) the keystore.
 
     Raises WrongKey, SealedFileError or ConfigError as ``Keystore.open``/``create`` do.
@@ -104,7 +102,9 @@ _GROUP_OPTIONS = [
     click.option("--config", "config", type=_PATH, help="broker.toml"),
     click.option("--keystore", type=_PATH, help="Keystore file (default: broker.keystore from --config)."),
     click.option("--key-file", type=_PATH, help="Key file protecting the keystore (instead of a passphrase)."),
-    click.option("--passphrase-env", metavar="VAR", help="Read the keystore passphrase from this environment variable."),
+    click.option(
+        "--passphrase-env", metavar="VAR", help="Read the keystore passphrase from this environment variable."
+    ),
 ]
 
 

@@ -84,8 +84,15 @@ def unseal(
 
     key = _key_from_keystore(keystore, key_name, key_file, passphrase_env)
     written = unseal_model(
-        sealed, key, out_dir, model=model, input_shape=_shape(input_shape), num_classes=num_classes,
-        label=label, write_keras=not npz_only, force=force,
+        sealed,
+        key,
+        out_dir,
+        model=model,
+        input_shape=_shape(input_shape),
+        num_classes=num_classes,
+        label=label,
+        write_keras=not npz_only,
+        force=force,
     )
     for path in written.values():
         click.echo(f"wrote {path}")
@@ -97,7 +104,13 @@ def unseal(
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @handle_errors("tdxfl unseal-file")
 def unseal_file(
-    sealed: Path, keystore: Path, key_name: str, key_file: Path | None, passphrase_env: str | None, label: str, out_file: Path
+    sealed: Path,
+    keystore: Path,
+    key_name: str,
+    key_file: Path | None,
+    passphrase_env: str | None,
+    label: str,
+    out_file: Path,
 ) -> None:
     """Unseal any sealed file (e.g. metrics.jsonl.sealed with --label metrics) into OUT."""
     from tdxfl.store.sealed import read_sealed_bytes

@@ -80,7 +80,9 @@ def _read_fd(fd: int) -> bytes:
             chunks.append(chunk)
             total += len(chunk)
             if total > KEY_MAX_BYTES:
-                raise click.BadParameter(f"more than {KEY_MAX_BYTES} bytes on the key descriptor", param_hint="--key-fd")
+                raise click.BadParameter(
+                    f"more than {KEY_MAX_BYTES} bytes on the key descriptor", param_hint="--key-fd"
+                )
     except OSError as e:
         raise click.BadParameter(f"cannot read file descriptor {fd}: {e.strerror}", param_hint="--key-fd") from None
     finally:
@@ -122,13 +124,17 @@ def resolve_key(
         try:
             key = bytes.fromhex(text.strip())
         except ValueError:
-            raise click.BadParameter(f"environment variable {key_env} does not hold hex", param_hint="--key-env") from None
+            raise click.BadParameter(
+                f"environment variable {key_env} does not hold hex", param_hint="--key-env"
+            ) from None
         source = f"environment variable {key_env}"
     else:
         key = broker(volume_id)
         source = "the key broker"
     if not KEY_MIN_BYTES <= len(key) <= KEY_MAX_BYTES:
-        raise click.UsageError(f"the key from {source} must be {KEY_MIN_BYTES} to {KEY_MAX_BYTES} bytes, got {len(key)}")
+        raise click.UsageError(
+            f"the key from {source} must be {KEY_MIN_BYTES} to {KEY_MAX_BYTES} bytes, got {len(key)}"
+        )
     return key
 
 
@@ -140,16 +146,25 @@ def _key_options(function: Callable[..., Any]) -> Callable[..., Any]:
     function = click.option(
         "--key-env", metavar="VAR", help="Read the key as hex from environment variable VAR (tests/development)."
     )(function)
-    function = click.option("--broker-key", default="volume", show_default=True, help="Key name at the key broker.")(function)
-    function = click.option("--party", help="This TD's party name in the federation file (with --federation).")(function)
+    function = click.option("--broker-key", default="volume", show_default=True, help="Key name at the key broker.")(
+        function
+    )
+    function = click.option("--party", help="This TD's party name in the federation file (with --federation).")(
+        function
+    )
     function = click.option(
-        "-f", "--federation", "federation_file", type=click.Path(exists=True, dir_okay=False),
+        "-f",
+        "--federation",
+        "federation_file",
+        type=click.Path(exists=True, dir_okay=False),
         help="Fetch the key from this federation's key broker over RA-TLS.",
     )(function)
     return function
 
 
-def _key_source(federation_file: str | None, party: str | None, broker_key: str, *others: object) -> Callable[[str], bytes]:
+def _key_source(
+    federation_file: str | None, party: str | None, broker_key: str, *others: object
+) -> Callable[[str], bytes]:
     if federation_file is None:
         return no_key_source
     if not party:
@@ -180,7 +195,9 @@ def volume() -> None:
 
 @volume.command("create")
 @click.argument("image", type=click.Path(dir_okay=False))
-@click.option("--size", default="64M", show_default=True, callback=_size, help="Image size (K/M/G suffixes; 32M at least).")
+@click.option(
+    "--size", default="64M", show_default=True, callback=_size, help="Image size (K/M/G suffixes; 32M at least)."
+)
 @click.option("--pbkdf", type=click.Choice(["argon2id", "pbkdf2"]), default="argon2id", show_default=True,
               help="Key derivation; pbkdf2 only for tests.")  # fmt: skip
 @click.option("--pbkdf-memory", type=click.IntRange(min=1), metavar="KIB", help="argon2id memory cost in KiB.")

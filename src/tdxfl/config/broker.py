@@ -90,9 +90,9 @@ def parse_broker_config(doc: Mapping[str, Any], base: Path = Path(".")) -> Broke
     audit_log = path(b["audit_log"])
     enroll = doc.get("enroll", {})
     if not isinstance(enroll, Mapping) or not enroll:
-        raise ConfigError("[enroll] must list the parties that may enroll: party = \"role\"")
+        raise ConfigError('[enroll] must list the parties that may enroll: party = "role"')
     if not all(isinstance(k, str) and isinstance(v, str) and v for k, v in enroll.items()):
-        raise ConfigError("[enroll] entries must be party = \"role\" strings")
+        raise ConfigError('[enroll] entries must be party = "role" strings')
     if "policy" not in doc:
         raise ConfigError("[policy] is required: what every enrolling TD must meet")
     try:

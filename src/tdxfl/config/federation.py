@@ -219,7 +219,10 @@ def _next_port(address: str, offset: int) -> str:
 def parse_attestation(table: Any) -> Attestation:
     """Validate an ``[attestation]`` table (shared by federation and key-broker files)."""
     attestation: Attestation = _build(Attestation, table, "attestation")
-    _check(attestation.mode in ("tdx", "simulated"), f"attestation.mode must be 'tdx' or 'simulated', got {attestation.mode!r}")
+    _check(
+        attestation.mode in ("tdx", "simulated"),
+        f"attestation.mode must be 'tdx' or 'simulated', got {attestation.mode!r}",
+    )
     return attestation
 
 
@@ -235,24 +238,27 @@ def parse_federation(doc: Mapping[str, Any]) -> Federation:
         p = _build(Party, raw, f"party #{i + 1}")
         _check(p.role in ("ps", "worker"), f"party {p.name!r}: role must be 'ps' or 'worker', got {p.role!r}")
         if p.role == "ps":
-            _check(":" in p.address, f"party {p.name!r}: the ps needs address = \"host:port\"")
+            _check(":" in p.address, f'party {p.name!r}: the ps needs address = "host:port"')
             if not p.enroll_address:
                 p = replace(p, enroll_address=_next_port(p.address, 1))
             if not p.data_address:
                 p = replace(p, data_address=_next_port(p.address, 2))
-            _check(":" in p.data_address, f"party {p.name!r}: data_address must be \"host:port\"")
+            _check(":" in p.data_address, f'party {p.name!r}: data_address must be "host:port"')
         parties.append(p)
     names = [p.name for p in parties]
     _check(len(set(names)) == len(names), f"party names must be unique, got {names}")
-    _check(sum(p.role == "ps" for p in parties) == 1, "exactly one party must have role = \"ps\"")
-    _check(any(p.role == "worker" for p in parties), "at least one party must have role = \"worker\"")
+    _check(sum(p.role == "ps" for p in parties) == 1, 'exactly one party must have role = "ps"')
+    _check(any(p.role == "worker" for p in parties), 'at least one party must have role = "worker"')
     training = _build(Training, doc.get("training", {}), "training")
     _check(training.partition in ("iid", "dirichlet"), "training.partition must be 'iid' or 'dirichlet'")
     _check(
         training.wire_dtype in ("float32", "float16", "bfloat16"),
         f"training.wire_dtype must be 'float32', 'float16' or 'bfloat16', got {training.wire_dtype!r}",
     )
-    _check(training.rounds > 0 and training.steps_per_round > 0 and training.batch_size > 0, "rounds, steps_per_round and batch_size must be positive")
+    _check(
+        training.rounds > 0 and training.steps_per_round > 0 and training.batch_size > 0,
+        "rounds, steps_per_round and batch_size must be positive",
+    )
     faults = _build(Faults, doc.get("faults", {}), "faults")
     _check(faults.max_concurrent_updates >= 1, "faults.max_concurrent_updates must be at least 1")
     n_workers = sum(p.role == "worker" for p in parties)
@@ -265,7 +271,7 @@ def parse_federation(doc: Mapping[str, Any]) -> Federation:
     keybroker = None
     if "keybroker" in doc:
         keybroker = _build(KeyBrokerRef, doc["keybroker"], "keybroker")
-        _check(":" in keybroker.address, "keybroker.address must be \"host:port\"")
+        _check(":" in keybroker.address, 'keybroker.address must be "host:port"')
         if not keybroker.enroll_address:
             keybroker = replace(keybroker, enroll_address=_next_port(keybroker.address, 1))
     policies: dict[str, Policy] = {}

@@ -102,7 +102,9 @@ class InMemoryConnection:
     def pull(self, after_version: int) -> Model | None:
         while True:
             self._check_open()
-            with self._state.sending(self.party, after_version, _PULL_WAIT_S, self.close, lambda m: m.tensors.nbytes) as sent:
+            with self._state.sending(
+                self.party, after_version, _PULL_WAIT_S, self.close, lambda m: m.tensors.nbytes
+            ) as sent:
                 if sent is None:
                     continue
                 if sent is FINISHED:

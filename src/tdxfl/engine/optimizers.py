@@ -40,7 +40,9 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     """Adam (Kingma & Ba), with bias correction."""
 
-    def __init__(self, learning_rate: float = 0.001, beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-7) -> None:
+    def __init__(
+        self, learning_rate: float = 0.001, beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-7
+    ) -> None:
         self.lr, self.b1, self.b2, self.eps = learning_rate, beta1, beta2, epsilon
         self._m: list[np.ndarray] | None = None
         self._v: list[np.ndarray] = []

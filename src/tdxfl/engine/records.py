@@ -98,4 +98,3 @@ class TensorSet:
         self.check_compatible(specs, check_dtype=False)
         arrays = [a if a.dtype.name == s.dtype else a.astype(s.dtype) for a, s in zip(self.arrays, specs)]
         return TensorSet(list(specs), arrays)
-

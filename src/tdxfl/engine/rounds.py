@@ -149,10 +149,12 @@ class RoundState(Generic[P]):
                     missing = sorted(expected - set(self._contributors))
                     if fail_on_timeout:
                         raise FederationError(
-                            f"step {self.version}: no update from {missing} within {timeout:.0f}s (faults.on_timeout = \"fail\")"
+                            f'step {self.version}: no update from {missing} within {timeout:.0f}s (faults.on_timeout = "fail")'
                         )
                     if got >= quorum:
-                        log.warning("step %d: going on without %s (no update within %.0fs)", self.version, missing, timeout)
+                        log.warning(
+                            "step %d: going on without %s (no update within %.0fs)", self.version, missing, timeout
+                        )
                         self.active -= set(missing)
                         for party in missing:
                             self._on_event(FleetEvent(EventKind.DROPPED, party, f"no update within {timeout:.0f}s"))

@@ -99,7 +99,10 @@ def run_rounds(
         for _ in range(steps):
             fleet.publish(version, weights)  # may share weights' memory until retire
             step = fleet.collect(
-                plan.quorum, plan.step_timeout_s, fail_on_timeout=plan.on_timeout is OnTimeout.FAIL, grace=plan.join_timeout_s
+                plan.quorum,
+                plan.step_timeout_s,
+                fail_on_timeout=plan.on_timeout is OnTimeout.FAIL,
+                grace=plan.join_timeout_s,
             )
             fleet.retire(plan.step_timeout_s)  # no worker is reading the weights now
             strategy.apply(weights, step.mean)

@@ -21,7 +21,6 @@ from tdxfl.engine.optimizers import Optimizer
 from tdxfl.engine.records import TensorSet, TensorSpec
 from tdxfl.errors import RecordError
 
-
 _BLOCK = 1 << 16
 
 
@@ -172,7 +171,9 @@ class FedAvg(Strategy):
 
     def make_update(self, model: ModelAdapter, data: LocalData, version: int) -> Update:
         lt = self.local
-        out = model.train_local(data.x, data.y, lt.steps, data.batch_size, lt.learning_rate, lt.optimizer, seed=lt.seed + version)
+        out = model.train_local(
+            data.x, data.y, lt.steps, data.batch_size, lt.learning_rate, lt.optimizer, seed=lt.seed + version
+        )
         info = UpdateInfo(self.update_kind, version, len(data.x), {"loss": float(out["loss"])})
         return Update(info, TensorSet(model.specs(), model.get_weights()))
 

@@ -38,7 +38,19 @@ log = logging.getLogger(__name__)
 
 GENESIS: Final = "0" * 64
 _FIELDS: Final = (
-    "seq", "time", "prev", "party", "role", "cert_fingerprint", "key", "decision", "reason", "tee", "mrtd", "rtmrs", "debug",
+    "seq",
+    "time",
+    "prev",
+    "party",
+    "role",
+    "cert_fingerprint",
+    "key",
+    "decision",
+    "reason",
+    "tee",
+    "mrtd",
+    "rtmrs",
+    "debug",
 )
 
 
@@ -107,7 +119,9 @@ def verify_chain(path: str | os.PathLike[str], mac_key: bytes | None = None) -> 
         if mac_key is not None:
             mac = entry.get("mac")
             if not isinstance(mac, str) or not hmac.compare_digest(mac, _mac(mac_key, entry["hash"])):
-                raise AuditChainError(n, "MAC missing or invalid (entry forged or rewritten without the broker's audit key)")
+                raise AuditChainError(
+                    n, "MAC missing or invalid (entry forged or rewritten without the broker's audit key)"
+                )
         prev = entry["hash"]
     return ChainStatus(len(lines), prev, mac_key is not None)
 
@@ -157,7 +171,7 @@ class AuditLog:
         with self._lock:
             entry: dict[str, Any] = {
                 "seq": self._seq,
-                "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds"),
+                "time": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
                 "prev": self._head,
                 "party": party,
                 "role": role,

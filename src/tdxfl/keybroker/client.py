@@ -17,9 +17,9 @@ from tdxfl.attestation.ratls import PeerVerifier
 from tdxfl.errors import KeyRefused
 from tdxfl.store.sealed import KEY_SIZE
 from tdxfl.transport.attested import connect
-from tdxfl.transport.retry import is_transient, with_backoff
 from tdxfl.transport.proto import keybroker_pb2 as kb
 from tdxfl.transport.proto import keybroker_pb2_grpc as kb_grpc
+from tdxfl.transport.retry import is_transient, with_backoff
 
 __all__ = ["DEFAULT_BROKER_PARTY", "fetch_key"]
 
@@ -76,6 +76,7 @@ def fetch_key(
     broker refuses the key, ``tdxfl.errors.AttestationRefused`` when either side
     refuses attestation.
     """
+
     def attempt() -> bytes:
         try:
             return _fetch_once(

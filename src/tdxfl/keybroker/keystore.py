@@ -116,7 +116,7 @@ def read_key_file(path: str | os.PathLike[str]) -> bytes:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def _check_roles(roles: Sequence[str]) -> tuple[str, ...]:

@@ -13,7 +13,7 @@ import io
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -67,9 +67,7 @@ def load_digits(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
     bunch = _sk_load_digits()
     x = (np.asarray(bunch.data, dtype=np.float32) / 16.0).reshape(-1, 8, 8, 1)
     y = np.asarray(bunch.target, dtype=np.int64)
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, y, test_size=test_fraction, random_state=seed, stratify=y
-    )
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
     return Dataset(
         x_train=np.ascontiguousarray(x_tr),
         y_train=np.ascontiguousarray(y_tr),
@@ -105,7 +103,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     anything is called.
     """
 
-    _ALLOWED: dict[tuple[str, str], Any] = {
+    _ALLOWED: ClassVar[dict[tuple[str, str], Any]] = {
         ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct(),
         ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct(),
         ("numpy", "ndarray"): np.ndarray,

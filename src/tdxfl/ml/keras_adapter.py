@@ -13,16 +13,16 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from collections.abc import Callable, Sequence  # noqa: E402
-from typing import Any  # noqa: E402
+from collections.abc import Callable, Sequence
+from typing import Any
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
-from tdxfl.engine.records import TensorSpec  # noqa: E402
-from tdxfl.engine.model import ModelAdapter  # noqa: E402
-from tdxfl.engine.data import batches  # noqa: E402
+from tdxfl.engine.data import batches
+from tdxfl.engine.model import ModelAdapter
+from tdxfl.engine.records import TensorSpec
 
 __all__ = ["KerasAdapter"]
 
@@ -80,8 +80,7 @@ class KerasAdapter(ModelAdapter):
         if dupes:
             raise ValueError(f"weight names are not unique: {dupes[:5]}")
         self._specs = [
-            TensorSpec(n, np.dtype(v.dtype).name, tuple(int(d) for d in v.shape))
-            for n, v in zip(names, self._vars)
+            TensorSpec(n, np.dtype(v.dtype).name, tuple(int(d) for d in v.shape)) for n, v in zip(names, self._vars)
         ]
         self._mask = [bool(v.trainable) for v in self._vars]
         self._trainable = [v for v, t in zip(self._vars, self._mask) if t]

@@ -12,13 +12,13 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import random  # noqa: E402
-from collections.abc import Callable, Iterator, Sequence  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
+import random
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from keras import layers  # noqa: E402
+import keras
+import numpy as np
+from keras import layers
 
 __all__ = ["MODEL_NAMES", "build_model"]
 
@@ -69,9 +69,7 @@ def _mlp(input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
 
 
 def _resnet50(input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
-    return keras.applications.ResNet50(
-        weights=None, input_shape=input_shape, classes=num_classes, include_top=True
-    )
+    return keras.applications.ResNet50(weights=None, input_shape=input_shape, classes=num_classes, include_top=True)
 
 
 _BUILDERS: dict[str, Callable[[tuple[int, ...], int], keras.Model]] = {
@@ -84,9 +82,7 @@ _BUILDERS: dict[str, Callable[[tuple[int, ...], int], keras.Model]] = {
 MODEL_NAMES = tuple(_BUILDERS)
 
 
-def build_model(
-    name: str, input_shape: Sequence[int], num_classes: int, seed: int = 0
-) -> keras.Model:
+def build_model(name: str, input_shape: Sequence[int], num_classes: int, seed: int = 0) -> keras.Model:
     """Build an uncompiled Keras model; the same ``seed`` gives the same initial weights.
 
     Models (all end in a softmax, i.e. they output probabilities):

@@ -77,7 +77,7 @@ def start_preload(modules: Sequence[str], *, nice: int = 0, name: str = "tdxfl-p
         for module in modules:
             try:
                 importlib.import_module(module)
-            except Exception as e:  # noqa: BLE001 - the caller's own import reports it
+            except Exception as e:
                 log.debug("preload of %s failed: %r", module, e)
         log.debug("preloaded %s in %.2fs", ", ".join(modules), time.monotonic() - t0)
 

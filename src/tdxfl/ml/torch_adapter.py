@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from tdxfl.engine.records import TensorSpec
-from tdxfl.engine.model import ModelAdapter
 from tdxfl.engine.data import batches
+from tdxfl.engine.model import ModelAdapter
+from tdxfl.engine.records import TensorSpec
 
 __all__ = ["TorchAdapter"]
 

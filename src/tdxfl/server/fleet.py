@@ -101,7 +101,9 @@ class AttestedFleet:
         self.server.start()
         self.links.start()
         a = self.addresses
-        log.info("parameter server listening on %s (enrollment %s, tensors %s)", a.address, a.enroll_address, a.data_address)
+        log.info(
+            "parameter server listening on %s (enrollment %s, tensors %s)", a.address, a.enroll_address, a.data_address
+        )
 
     def stop(self, linger: float = 5.0) -> None:
         """Tell every worker that training is over, give connected workers up to ``linger``

@@ -14,7 +14,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from tdxfl.engine.server import RoundMetrics
 
-
 Sealer = Callable[[Path, bytes], None]
 
 
@@ -45,7 +44,9 @@ class MetricsRecorder:
         self._progress.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._progress.stop()
 
     def status(self, text: str) -> None:

@@ -118,7 +118,9 @@ def _check_key(key: bytes) -> bytes:
 
 def _check_name(name: str) -> str:
     if not isinstance(name, str) or _NAME_RE.fullmatch(name) is None:
-        raise ConfigError(f"invalid volume name {name!r}: use 1-64 characters from [A-Za-z0-9._-], starting with a letter or digit")
+        raise ConfigError(
+            f"invalid volume name {name!r}: use 1-64 characters from [A-Za-z0-9._-], starting with a letter or digit"
+        )
     return name
 
 
@@ -188,7 +190,11 @@ def _cryptsetup() -> str:
 
 def _tool(name: str) -> str:
     path = shutil.which(name) or next(
-        (p for p in (f"/usr/sbin/{name}", f"/sbin/{name}", f"/usr/bin/{name}", f"/bin/{name}") if os.access(p, os.X_OK)),
+        (
+            p
+            for p in (f"/usr/sbin/{name}", f"/sbin/{name}", f"/usr/bin/{name}", f"/bin/{name}")
+            if os.access(p, os.X_OK)
+        ),
         None,
     )
     if path is None:
@@ -268,7 +274,9 @@ def allocate_image(image_path: str | os.PathLike[str], size_bytes: int) -> Path:
 
 def _check_size(size_bytes: int) -> None:
     if not isinstance(size_bytes, int) or size_bytes < _MIN_SIZE or size_bytes % _SECTOR_SIZE:
-        raise ConfigError(f"volume size must be a multiple of {_SECTOR_SIZE} bytes and at least {_MIN_SIZE} bytes, got {size_bytes!r}")
+        raise ConfigError(
+            f"volume size must be a multiple of {_SECTOR_SIZE} bytes and at least {_MIN_SIZE} bytes, got {size_bytes!r}"
+        )
 
 
 def _pbkdf_args(
@@ -399,7 +407,9 @@ def create_volume(
         try:
             proc = _run([mkfs, "-q", "-F", "-E", "nodiscard", "-L", "tdxfl", str(device)], what="mkfs.ext4")
             if proc.returncode != 0:
-                raise SealedFileError(f"mkfs.ext4 on {path} failed (exit status {proc.returncode}): {_stderr(proc) or 'no message'}")
+                raise SealedFileError(
+                    f"mkfs.ext4 on {path} failed (exit status {proc.returncode}): {_stderr(proc) or 'no message'}"
+                )
         finally:
             _lock(name)
     except BaseException:
@@ -453,7 +463,9 @@ def open_volume(
     try:
         proc = _run([mount, "-t", "ext4", "-o", options, str(device), str(mnt)], what="mount")
         if proc.returncode != 0:
-            raise SealedFileError(f"cannot mount {path} on {mnt} (exit status {proc.returncode}): {_stderr(proc) or 'no message'}")
+            raise SealedFileError(
+                f"cannot mount {path} on {mnt} (exit status {proc.returncode}): {_stderr(proc) or 'no message'}"
+            )
     except BaseException:
         _lock(name)
         raise
@@ -472,7 +484,9 @@ def close_volume(name: str, mountpoint: str | os.PathLike[str]) -> None:
     if _is_mounted(mnt):
         proc = _run([_tool("umount"), str(mnt)], what="umount")
         if proc.returncode != 0:
-            raise SealedFileError(f"cannot unmount {mnt} (exit status {proc.returncode}): {_stderr(proc) or 'no message'}")
+            raise SealedFileError(
+                f"cannot unmount {mnt} (exit status {proc.returncode}): {_stderr(proc) or 'no message'}"
+            )
     _lock(name)
     log.info("closed volume %s", name)
 

@@ -68,9 +68,7 @@ def _le_dtype(name: str) -> np.dtype[Any]:
     return np.dtype(name).newbyteorder("<")
 
 
-def encode_tensor_set(
-    ts: TensorSet, metadata: Mapping[str, Any] | None = None
-) -> Iterator[bytes | memoryview]:
+def encode_tensor_set(ts: TensorSet, metadata: Mapping[str, Any] | None = None) -> Iterator[bytes | memoryview]:
     """Yield the encoding of ``ts`` and ``metadata`` piece by piece: the prefix, then one view per tensor.
 
     Arrays that are already C-contiguous little-endian are yielded as views without copying;

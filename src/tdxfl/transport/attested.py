@@ -320,7 +320,9 @@ def connect(
         stub = pb_grpc.EnrollmentStub(enroll_channel)
         our_nonce = os.urandom(NONCE_BYTES)
         attested = stub.Attest(pb.AttestRequest(nonce=our_nonce), timeout=timeout)
-        appraisal = verifier.appraise(server_party, certificate=server_cert, evidence=attested.evidence, nonce=our_nonce)
+        appraisal = verifier.appraise(
+            server_party, certificate=server_cert, evidence=attested.evidence, nonce=our_nonce
+        )
         if not appraisal.decision.accepted:
             raise AttestationRefused(f"we refused {server_party}: {appraisal.decision.reason}")
         their_nonce = attested.challenge

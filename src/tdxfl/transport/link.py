@@ -67,7 +67,9 @@ def _explain(e: OSError) -> str:
 class TlsStream:
     """TLS over a blocking socket through memory BIOs, moving up to ``IO_BYTES`` per system call."""
 
-    def __init__(self, sock: socket.socket, ctx: ssl.SSLContext, *, server_side: bool, server_hostname: str | None = None) -> None:
+    def __init__(
+        self, sock: socket.socket, ctx: ssl.SSLContext, *, server_side: bool, server_hostname: str | None = None
+    ) -> None:
         """Run the handshake (``sock``'s timeout applies); LinkError when it fails."""
         self._sock = sock
         self._buf = bytearray(IO_BYTES)
@@ -191,7 +193,9 @@ class TensorLink:
         self.stream.close()
 
 
-def open_link(address: tuple[str, int], ctx: ssl.SSLContext, server_hostname: str, pinned_der: bytes, *, timeout: float = 30.0) -> TensorLink:
+def open_link(
+    address: tuple[str, int], ctx: ssl.SSLContext, server_hostname: str, pinned_der: bytes, *, timeout: float = 30.0
+) -> TensorLink:
     """Connect, handshake with ``ctx`` (client side) and check that the server presented exactly
     the pinned certificate; LinkError otherwise."""
     try:

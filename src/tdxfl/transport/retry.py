@@ -13,7 +13,9 @@ from tdxfl.errors import LinkError, Unavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-TRANSIENT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED})
+TRANSIENT_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+)
 
 
 def is_transient(error: Exception) -> bool:

@@ -96,7 +96,9 @@ def to_wire(
     ``wire_dtype`` (``"float16"`` or ``"bfloat16"``) converts floating-point tensors for transfer.
     """
     arrays = [] if tensors is None else [_le(a, wire_dtype) for a in tensors.arrays]
-    specs = [] if tensors is None else [TensorSpec(s.name, a.dtype.name, s.shape) for s, a in zip(tensors.specs, arrays)]
+    specs = (
+        [] if tensors is None else [TensorSpec(s.name, a.dtype.name, s.shape) for s, a in zip(tensors.specs, arrays)]
+    )
     header = pb.TensorHeader(
         kind=kind,
         version=version,
@@ -166,9 +168,9 @@ class Assembler:
 
 
 __all__ = [
+    "MAX_STREAM_BYTES",
     "Assembler",
     "Header",
-    "MAX_STREAM_BYTES",
     "WireTensors",
     "decode_header",
     "to_wire",

@@ -66,8 +66,8 @@ def demo_broker(workdir: Path) -> str:
 name = "keybroker"
 address = "127.0.0.1:{_free_port()}"
 enroll_address = "127.0.0.1:{_free_port()}"
-keystore = "{workdir / 'keybroker' / 'keystore'}"
-audit_log = "{workdir / 'keybroker' / 'audit.jsonl'}"
+keystore = "{workdir / "keybroker" / "keystore"}"
+audit_log = "{workdir / "keybroker" / "audit.jsonl"}"
 
 [attestation]
 mode = "simulated"
@@ -174,7 +174,7 @@ def _trusted_node_model(fed_file: Path, overrides: tuple[str, ...]) -> str:
 
     try:
         return load_federation(fed_file, overrides).training.model
-    except Exception:  # noqa: BLE001
+    except Exception:
         return ""
 
 
@@ -202,11 +202,11 @@ def _unseal_and_evaluate(workdir: Path, broker_config: str, passphrase: str, che
     no TensorFlow (``tdxfl unseal`` also writes ``model.keras``); for any other model it rebuilds
     the Keras model, writes ``model.keras`` too, and evaluates that.
     """
-    from tdxfl.wiring.unseal import load_sealed, unseal_model
     from tdxfl.keybroker.keystore import Keystore
     from tdxfl.ml.data import load_dataset
     from tdxfl.ml.reference import accuracy as reference_accuracy
     from tdxfl.ml.reference import has_reference
+    from tdxfl.wiring.unseal import load_sealed, unseal_model
 
     cfg = tomllib.loads(broker_config)
     key = Keystore.open(cfg["broker"]["keystore"], passphrase=passphrase).get("model").key
@@ -249,7 +249,9 @@ def _stop(procs: dict[str, subprocess.Popen[bytes]]) -> None:
             p.kill()
 
 
-def run_demo(workdir: Path | None = None, *, mode: Mode = Mode.SYNC_GRADIENTS, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+def run_demo(
+    workdir: Path | None = None, *, mode: Mode = Mode.SYNC_GRADIENTS, overrides: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Run the demo federation; return the summary (``ok`` says whether everything succeeded)."""
     started = time.monotonic()
     workdir = (workdir or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")).resolve()
@@ -263,7 +265,9 @@ def run_demo(workdir: Path | None = None, *, mode: Mode = Mode.SYNC_GRADIENTS, o
     env.update({PASSPHRASE_ENV: passphrase, "GRPC_VERBOSITY": "ERROR", "TF_CPP_MIN_LOG_LEVEL": "3"})
     sets = [a for o in overrides for a in ("--set", o)]
     common = ["-f", str(fed_file), *sets]
-    _console.print(f"[bold]tdxfl demo[/]: key broker + parameter server + {len(WORKERS)} workers, mode {mode}, run dir {workdir}")
+    _console.print(
+        f"[bold]tdxfl demo[/]: key broker + parameter server + {len(WORKERS)} workers, mode {mode}, run dir {workdir}"
+    )
     _console.print("[yellow]All parties run in SIMULATED TDs: the attestation flow is real, the evidence is not.[/]")
     # The PS and the workers start first: their TensorFlow import is the longest part of the
     # start-up, and they retry the key broker until it is up. The broker starts once its
@@ -271,19 +275,30 @@ def run_demo(workdir: Path | None = None, *, mode: Mode = Mode.SYNC_GRADIENTS, o
     procs: dict[str, subprocess.Popen[bytes]] = {
         "ps": _spawn(
             ["ps", *common, "--name", "ps", "--set", f"attestation.simulated.rtmr3={role_measurement('ps')}"],
-            None, env,
+            None,
+            env,
         ),
     }
     for w in WORKERS:
         procs[w] = _spawn(
-            ["-v", "worker", *common, "--name", w, "--set", f"attestation.simulated.rtmr3={role_measurement('worker')}"],
-            workdir / f"{w}.log", env,
+            [
+                "-v",
+                "worker",
+                *common,
+                "--name",
+                w,
+                "--set",
+                f"attestation.simulated.rtmr3={role_measurement('worker')}",
+            ],
+            workdir / f"{w}.log",
+            env,
         )
     try:
         _create_model_key(workdir, broker, passphrase)
         procs["keybroker"] = _spawn(
             ["keybroker", "--config", str(workdir / "broker.toml"), "--passphrase-env", PASSPHRASE_ENV],
-            workdir / "keybroker.log", env,
+            workdir / "keybroker.log",
+            env,
         )
     except BaseException:
         _stop(procs)
@@ -296,7 +311,9 @@ def run_demo(workdir: Path | None = None, *, mode: Mode = Mode.SYNC_GRADIENTS, o
         _stop(procs)
         raise
     procs["keybroker"].send_signal(signal.SIGINT)  # reaped after the unseal below: no need to wait for it here
-    decision_files = [workdir / name / "attestation.jsonl" for name in parties] + [workdir / "keybroker" / "attestation.jsonl"]
+    decision_files = [workdir / name / "attestation.jsonl" for name in parties] + [
+        workdir / "keybroker" / "attestation.jsonl"
+    ]
     decisions = [d for f in decision_files for d in DecisionLog.read(f)]
     table = Table(title="Attestation decisions")
     for col in ("verifier", "peer", "result", "reason"):
@@ -316,7 +333,9 @@ def run_demo(workdir: Path | None = None, *, mode: Mode = Mode.SYNC_GRADIENTS, o
         "rounds": result.get("rounds", 0),
         "accuracy": result.get("accuracy", 0.0),
         "wall_s": round(time.monotonic() - started, 2),
-        "attestation": [{"verifier": d.verifier, "peer": d.peer, "result": d.result, "reason": d.reason} for d in decisions],
+        "attestation": [
+            {"verifier": d.verifier, "peer": d.peer, "result": d.result, "reason": d.reason} for d in decisions
+        ],
         "checkpoint": result.get("checkpoint", ""),
         "unsealed_accuracy": unsealed,
         "key_releases": releases,

@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 class KeyBroker:
     """A started key broker: its AttestedServer, service, audit log and decisions."""
 
-    def __init__(self, config: BrokerConfig, server: AttestedServer, service: KeyBrokerService, audit: AuditLog) -> None:
+    def __init__(
+        self, config: BrokerConfig, server: AttestedServer, service: KeyBrokerService, audit: AuditLog
+    ) -> None:
         self.config = config
         self.server = server
         self.service = service
@@ -87,14 +89,18 @@ def run_keybroker(
     """
     config = load_broker_config(config_path)
     key_file = key_file or config.key_file
-    keystore = Keystore.open(
-        config.keystore, passphrase=passphrase if key_file is None else None, key_file=key_file
-    )
+    keystore = Keystore.open(config.keystore, passphrase=passphrase if key_file is None else None, key_file=key_file)
     broker = start_keybroker(config, keystore)
     entries, head = broker.audit.head
     log.warning(
         "key broker %s serving %d key(s) on %s (enrollment %s); audit log %s has %d entries, head %s",
-        config.name, len(keystore.list()), config.address, config.enroll_address, config.audit_log, entries, head,
+        config.name,
+        len(keystore.list()),
+        config.address,
+        config.enroll_address,
+        config.audit_log,
+        entries,
+        head,
     )
     done = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tdxfl.attestation.decisions import DecisionLog
+from tdxfl.attestation.insecure_simulated import SimulatedAttester, SimulatedTd, SimulatedVerifier, code_measurement
 from tdxfl.attestation.interfaces import Attester, Verifier
 from tdxfl.attestation.policy import Policy
 from tdxfl.attestation.ratls import PeerVerifier
-from tdxfl.attestation.insecure_simulated import SimulatedAttester, SimulatedTd, SimulatedVerifier, code_measurement
 from tdxfl.attestation.tdx.collateral import collateral_source
 from tdxfl.attestation.tdx.configfs import TdxAttester
 from tdxfl.attestation.tdx.dcap import TdxVerifier

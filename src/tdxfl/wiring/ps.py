@@ -23,7 +23,15 @@ from tdxfl.store.model_store import SealedFileStore
 from tdxfl.store.sealed import seal_file
 from tdxfl.wiring.party import PartyContext, model_key
 
-__all__ = ["FINAL_MODEL", "ParameterServer", "PsResult", "attested_fleet", "make_strategy", "round_plan", "run_parameter_server"]
+__all__ = [
+    "FINAL_MODEL",
+    "ParameterServer",
+    "PsResult",
+    "attested_fleet",
+    "make_strategy",
+    "round_plan",
+    "run_parameter_server",
+]
 
 log = logging.getLogger(__name__)
 FINAL_MODEL = "final"
@@ -62,7 +70,12 @@ def round_plan(federation: Federation) -> RoundPlan:
 
 
 def attested_fleet(
-    federation: Federation, ctx: PartyContext, specs: Sequence[TensorSpec], strategy: Strategy, *, max_handshakes: int = 64
+    federation: Federation,
+    ctx: PartyContext,
+    specs: Sequence[TensorSpec],
+    strategy: Strategy,
+    *,
+    max_handshakes: int = 64,
 ) -> AttestedFleet:
     """The PS's attested fleet on the federation file's addresses (bound, not yet started)."""
     ps, f = federation.ps, federation.faults
@@ -109,8 +122,14 @@ class ParameterServer:
     def _meta(self, round_: int, version: int, accuracy: float, loss: float) -> dict[str, Any]:
         t = self.federation.training
         return {
-            "round": round_, "version": version, "accuracy": accuracy, "loss": loss, "model": t.model,
-            "framework": str(t.framework), "input_shape": list(self.data.input_shape), "num_classes": self.data.num_classes,
+            "round": round_,
+            "version": version,
+            "accuracy": accuracy,
+            "loss": loss,
+            "model": t.model,
+            "framework": str(t.framework),
+            "input_shape": list(self.data.input_shape),
+            "num_classes": self.data.num_classes,
         }
 
     def _seal_metrics(self, path: Path, data: bytes) -> None:

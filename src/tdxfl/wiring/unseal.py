@@ -136,8 +136,9 @@ def unseal_model(
     return targets
 
 
-def export_model(sealed: Path, key: bytes, to_key: bytes, out_dir: Path, *, label: str = "checkpoint",
-                 out_label: str | None = None) -> Path:
+def export_model(
+    sealed: Path, key: bytes, to_key: bytes, out_dir: Path, *, label: str = "checkpoint", out_label: str | None = None
+) -> Path:
     """Re-seal ``sealed`` (opened with ``key``) under ``to_key`` into ``out_dir``/<same name>.sealed."""
     tensors, meta = load_sealed(sealed, key, label)
     name = sealed.name[: -len(SEALED_SUFFIX)]

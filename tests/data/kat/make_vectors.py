@@ -52,10 +52,10 @@ from cryptography.x509.oid import NameOID
 
 import tdxfl.keybroker.keystore as keystore_module
 from tdxfl.attestation.evidence import TAGGED_EVIDENCE_OID, TDX_EVIDENCE_TAG
+from tdxfl.attestation.insecure_simulated import SimulatedAttester, SimulatedTd
 from tdxfl.attestation.interfaces import Attester
 from tdxfl.attestation.policy import Policy
 from tdxfl.attestation.ratls import make_evidence, tls_name
-from tdxfl.attestation.insecure_simulated import SimulatedAttester, SimulatedTd
 from tdxfl.engine.records import BFLOAT16, TensorSet
 from tdxfl.keybroker.keystore import Keystore
 from tdxfl.store.model_store import SealedFileStore
@@ -88,8 +88,14 @@ CHECKPOINT_TENSORS = TensorSet.from_arrays(
     ],
 )
 CHECKPOINT_META = {
-    "round": 3, "version": 12, "accuracy": 0.875, "loss": 0.3125, "model": "mlp",
-    "framework": "keras", "input_shape": [8, 8, 1], "num_classes": 10,
+    "round": 3,
+    "version": 12,
+    "accuracy": 0.875,
+    "loss": 0.3125,
+    "model": "mlp",
+    "framework": "keras",
+    "input_shape": [8, 8, 1],
+    "num_classes": 10,
 }
 
 # -- keystores ---------------------------------------------------------------------------------
@@ -105,8 +111,13 @@ KEYFILE_KEY = bytes(range(0xE0, 0x100))
 KS_SALTS = [bytes([0x50 + i]) * 32 for i in range(6)]  # one per keystore write, in order
 SAMPLE_MRTD = "91eb2b44d141d4ece09f0c75c2c53d247a3c68edd7fafe8a3520c942a604a407de03ae6dc5f87f27428b2538873118b7"
 POLICY_ALPHA = {
-    "tee": ["tdx"], "mrtd": [SAMPLE_MRTD], "rtmr3": ["ab" * 48], "tcb_statuses": ["UpToDate", "SWHardeningNeeded"],
-    "accepted_advisories": ["INTEL-SA-00615"], "allow_dynamic_platform": True, "allow_cached_keys": True,
+    "tee": ["tdx"],
+    "mrtd": [SAMPLE_MRTD],
+    "rtmr3": ["ab" * 48],
+    "tcb_statuses": ["UpToDate", "SWHardeningNeeded"],
+    "accepted_advisories": ["INTEL-SA-00615"],
+    "allow_dynamic_platform": True,
+    "allow_cached_keys": True,
     "allow_smt": True,
 }
 POLICY_BETA = {"tee": ["simulated"], "mrtd": "any"}
@@ -118,7 +129,7 @@ _P384_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A
 RATLS_SCALAR = int.from_bytes(hashlib.sha384(b"tdxfl kat RA-TLS key").digest(), "big") % (_P384_N - 1) + 1
 RATLS_PARTY = "kat-ps"
 RATLS_SERIAL = 0x7DF1_C0DE
-RATLS_NOT_BEFORE = dt.datetime(2025, 7, 19, 9, 55, 34, tzinfo=dt.timezone.utc)
+RATLS_NOT_BEFORE = dt.datetime(2025, 7, 19, 9, 55, 34, tzinfo=dt.UTC)
 RATLS_NOT_AFTER = RATLS_NOT_BEFORE + dt.timedelta(hours=12, minutes=5)
 TDX_NONCE = bytes(range(0xF0, 0x100)) * 2  # 32 bytes
 SIM_NONCE = bytes.fromhex("c0ffee00") * 8  # 32 bytes
@@ -171,7 +182,11 @@ def make_sealed() -> None:
         seal_file(HERE / "sealed-single.sealed", SEALED_KEY, SINGLE_PAYLOAD, label="metrics")
     with fixed_random(MULTI_SALT):
         seal_file(
-            HERE / "sealed-multi.sealed", SEALED_KEY, MULTI_PAYLOAD, label="kat-multi", metadata=MULTI_META,
+            HERE / "sealed-multi.sealed",
+            SEALED_KEY,
+            MULTI_PAYLOAD,
+            label="kat-multi",
+            metadata=MULTI_META,
             chunk_size=MULTI_CHUNK,
         )
     with fixed_random(EMPTY_SALT):

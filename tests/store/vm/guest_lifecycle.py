@@ -26,8 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "src"))
 
-from tdxfl.errors import WrongKey  # noqa: E402
-from tdxfl.store.luks import (  # noqa: E402
+from tdxfl.errors import WrongKey
+from tdxfl.store.luks import (
     WRONG_KEY_MESSAGE,
     close_volume,
     create_volume,
@@ -60,7 +60,14 @@ def boot1(key: bytes, payload: bytes) -> None:
     create_volume(DEVICE, key, size, pbkdf="pbkdf2", pbkdf_iterations=1000)
     step(f"created LUKS2 volume with integrity on {DEVICE} ({size} bytes)")
     header = luks_dump(DEVICE)
-    print("\n".join("    " + line for line in header.splitlines() if line.strip().startswith(("Version", "cipher", "integrity", "Key:", "sector", "PBKDF"))), flush=True)
+    print(
+        "\n".join(
+            "    " + line
+            for line in header.splitlines()
+            if line.strip().startswith(("Version", "cipher", "integrity", "Key:", "sector", "PBKDF"))
+        ),
+        flush=True,
+    )
     open_volume(DEVICE, key, NAME, MOUNT)
     step(f"opened as {mapper_path(NAME)}, mounted on {MOUNT}")
     with open(MOUNT / FILE, "wb") as f:

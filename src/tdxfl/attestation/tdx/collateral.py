@@ -151,7 +151,7 @@ class PccsCollateral:
         if expiry <= now:
             raise AttestationError(
                 f"collateral from {self.url} expired at "
-                f"{dt.datetime.fromtimestamp(expiry, dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC; refusing it"
+                f"{dt.datetime.fromtimestamp(expiry, dt.UTC):%Y-%m-%d %H:%M:%S} UTC; refusing it"
             )
         self._write_cache(path, fresh)
         return fresh

@@ -40,7 +40,7 @@ _SGX_TYPES = [0, 1, 2]
 
 
 def _utc(now: int) -> str:
-    return dt.datetime.fromtimestamp(now, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def reporting_policy(now: int) -> dcap_qvl.QuotePolicy:
