@@ -109,13 +109,16 @@ class SoftmaxRegression(ModelAdapter):
         learning_rate: float,
         optimizer: str = "sgd",
         seed: int = 0,
+        *,
+        proximal_mu: float = 0.0,
     ) -> dict[str, float]:
         draw = batches(x, y, batch_size, seed=seed)
+        w0, b0 = self.w.copy(), self.b.copy()  # FedProx's anchor: the global model
         losses = []
         for _ in range(steps):
             (gw, gb), loss = self.compute_gradients(*next(draw))
-            self.w -= learning_rate * gw
-            self.b -= learning_rate * gb
+            self.w -= learning_rate * (gw + proximal_mu * (self.w - w0))
+            self.b -= learning_rate * (gb + proximal_mu * (self.b - b0))
             losses.append(loss)
         return {"loss": float(np.mean(losses)), "num_samples": len(x), "steps": steps}
 

@@ -73,11 +73,16 @@ class ModelAdapter(abc.ABC):
         learning_rate: float,
         optimizer: str = "sgd",
         seed: int = 0,
+        *,
+        proximal_mu: float = 0.0,
     ) -> dict[str, float]:
         """Run ``steps`` optimizer steps on shuffled minibatches, starting from current weights.
 
         The optimizer (``"sgd"`` or ``"adam"``) starts from a fresh state on every call (as in
         FedAvg, where each round begins from the global model). ``seed`` fixes the batch order.
+        With ``proximal_mu > 0`` (FedProx) the objective is the mean loss plus
+        ``proximal_mu / 2 * ||w - w0||^2`` over the trainable weights, ``w0`` their values at the
+        start of the call (the global model); the reported loss is the data loss alone.
 
         Returns:
             ``{"loss": mean training loss over the steps, "num_samples": len(x),

@@ -1,4 +1,9 @@
-"""Optimizers that the parameter server applies to the global weights (numpy, in place)."""
+"""Optimizers that the parameter server applies to the global weights (numpy, in place).
+
+``SGD`` and ``Adam`` step on averaged gradients (``sync-gradients``); in ``fedavg`` mode the same
+interface steps on the pseudo-gradient ``global - mean of the workers' weights``: ``SGD`` with
+momentum is FedAvgM, ``AdaptiveServerOptimizer`` is FedAdagrad, FedAdam and FedYogi.
+"""
 
 from __future__ import annotations
 
@@ -60,6 +65,68 @@ class Adam(Optimizer):
             v *= self.b2
             v += (1 - self.b2) * np.square(g)
             w -= (step * m / (np.sqrt(v) + self.eps)).astype(w.dtype, copy=False)
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
+_BLOCK = 1 << 16
+
+
+class AdaptiveServerOptimizer(Optimizer):
+    """The server update of Reddi et al. 2021, "Adaptive Federated Optimization", Algorithm 2.
+
+    With ``grads`` the pseudo-gradient ``g = x - mean of client weights`` (so the paper's
+    ``Delta = -g``) and ``rule`` one of ``"adagrad"``, ``"adam"``, ``"yogi"``, every step is::
+
+        m = beta1 * m + (1 - beta1) * g
+        v = v + g^2                                         (adagrad)
+        v = beta2 * v + (1 - beta2) * g^2                   (adam)
+        v = v - (1 - beta2) * g^2 * sign(v - g^2)           (yogi)
+        x = x - learning_rate * m / (sqrt(v) + tau)
+
+    (the paper's ``x + eta * m / (sqrt(v) + tau)`` with its ``m = -m``): no bias correction, as in
+    the paper; ``m`` starts at 0 and ``v`` at ``tau^2`` (the paper's ``v_{-1} >= tau^2``).
+
+    The state is float32; every step is computed in float64, block by block (no model-sized
+    float64 temporary), and ``m`` and ``v`` are clipped to float32's finite range when stored, so
+    a huge pseudo-gradient (whose square overflows float32) leaves the state finite and
+    ``sqrt(v)`` at most ~1.8e19.
+    """
+
+    RULES = ("adagrad", "adam", "yogi")
+
+    def __init__(
+        self, rule: str, learning_rate: float, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3
+    ) -> None:
+        if rule not in self.RULES:
+            raise ValueError(f"unknown adaptive rule {rule!r} (expected one of {', '.join(self.RULES)})")
+        self.rule, self.lr, self.b1, self.b2, self.tau = rule, learning_rate, beta1, beta2, tau
+        self._m: list[np.ndarray] = []
+        self._v: list[np.ndarray] = []
+
+    def apply(self, weights: Sequence[np.ndarray], grads: Sequence[np.ndarray]) -> None:
+        if not self._m:
+            self._m = [np.zeros(w.shape, np.float32) for w in weights]
+            self._v = [np.full(w.shape, self.tau**2, np.float32) for w in weights]
+        for w, g, m, v in zip(weights, grads, self._m, self._v):
+            if not w.flags.c_contiguous:
+                raise ValueError("the adaptive server optimizer updates C-contiguous weight arrays in place")
+            wf, gf, mf, vf = w.reshape(-1), np.asarray(g).reshape(-1), m.reshape(-1), v.reshape(-1)
+            for i in range(0, wf.size, _BLOCK):
+                sl = slice(i, i + _BLOCK)
+                g64 = gf[sl].astype(np.float64)
+                g2 = np.square(g64)
+                m64 = self.b1 * mf[sl].astype(np.float64) + (1 - self.b1) * g64
+                v64 = vf[sl].astype(np.float64)
+                if self.rule == "adagrad":
+                    v64 += g2
+                elif self.rule == "adam":
+                    v64 = self.b2 * v64 + (1 - self.b2) * g2
+                else:
+                    v64 -= (1 - self.b2) * g2 * np.sign(v64 - g2)
+                mf[sl] = np.clip(m64, -_F32_MAX, _F32_MAX)
+                vf[sl] = np.clip(v64, 0.0, _F32_MAX)
+                step = self.lr * mf[sl].astype(np.float64) / (np.sqrt(vf[sl].astype(np.float64)) + self.tau)
+                wf[sl] = wf[sl] - step
 
 
 def make_optimizer(name: str, learning_rate: float, momentum: float = 0.9) -> Optimizer:

@@ -15,10 +15,11 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Generic, TypeVar
 
+from tdxfl.engine.aggregators import Aggregator
 from tdxfl.engine.clock import Clock, MonotonicClock
 from tdxfl.engine.fleet import EventKind, EventSink, FleetEvent, StepResult, UpdateInfo
 from tdxfl.engine.records import TensorSet, TensorSpec
-from tdxfl.engine.strategy import RoundAccumulator, Strategy
+from tdxfl.engine.strategy import Strategy
 from tdxfl.errors import FederationError, RecordError
 
 __all__ = ["FINISHED", "RoundState", "log_event"]
@@ -63,7 +64,7 @@ class RoundState(Generic[P]):
         self._retired = False  # the current model may be changing: send nothing until the next publish
         self._in_flight: dict[object, Callable[[], None]] = {}
         self._done = False
-        self._acc: RoundAccumulator | None = None
+        self._acc: Aggregator | None = None
         self._contributors: list[str] = []
         self._rejected: dict[str, str] = {}
         self._metric_sums: dict[str, float] = {}
@@ -83,7 +84,7 @@ class RoundState(Generic[P]):
             self._model = model
             self._retired = False
             if self._acc is None:
-                self._acc = RoundAccumulator(self.specs)
+                self._acc = self.strategy.make_aggregator(self.specs)
             else:
                 self._acc.reset()
             self._contributors = []

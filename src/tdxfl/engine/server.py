@@ -49,6 +49,8 @@ class RoundMetrics:
     round_s: float
     contributors: int
     rejected: int
+    #: the differential-privacy epsilon spent so far (central DP only)
+    epsilon: float | None = None
 
 
 @dataclass(frozen=True)
@@ -80,9 +82,9 @@ def run_rounds(
     """Train ``weights`` in place for ``plan.rounds`` rounds (fewer once the target accuracy is
     reached) and return the outcome; FederationError when the fleet cannot go on.
 
-    Every round: ``strategy.steps_per_round`` steps of publish, collect, retire and
-    ``strategy.apply``; then ``evaluate(weights) -> (loss, accuracy)`` and ``on_round(metrics,
-    weights)``. The caller calls ``fleet.finish()`` (also when this raises).
+    Every round: ``strategy.steps_per_round`` steps of ``strategy.begin_step``, publish, collect,
+    retire and ``strategy.apply``; then ``evaluate(weights) -> (loss, accuracy)`` and
+    ``on_round(metrics, weights)`` (with the strategy's epsilon under differential privacy). The caller calls ``fleet.finish()`` (also when this raises).
     """
     clock = clock or MonotonicClock()
     started = clock.now()
@@ -97,6 +99,7 @@ def run_rounds(
         contributors = rejected = 0
         train_loss = 0.0
         for _ in range(steps):
+            strategy.begin_step(weights)
             fleet.publish(version, weights)  # may share weights' memory until retire
             step = fleet.collect(
                 plan.quorum,
@@ -122,6 +125,7 @@ def run_rounds(
             round_s=clock.now() - t0,
             contributors=contributors,
             rejected=rejected,
+            epsilon=strategy.epsilon(),
         )
         on_round(metrics, weights)
         if plan.target_accuracy and accuracy >= plan.target_accuracy:

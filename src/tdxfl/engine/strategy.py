@@ -1,8 +1,17 @@
 """Strategies: what workers send and how the parameter server turns their updates into a model.
 
 One ``Strategy`` interface (after Flower's) owns the update contract: what a worker sends
-(``make_update``), how an update is weighted, how the mean becomes the next model. Each accepted
-update is folded into a running weighted sum as soon as it arrives (``RoundAccumulator``), so the server never holds all updates of a round at once.
+(``make_update``), how an update is weighted, how a step's updates are aggregated
+(``make_aggregator``) and how the aggregate becomes the next model (``apply``). The averaging
+strategies fold each accepted update into a running weighted sum as soon as it arrives
+(``RoundAccumulator``), so the server never holds all updates of a round at once; the robust
+ones (:mod:`.aggregators`) buffer a step's updates, within a memory cap.
+
+Strategies here: ``SyncGradients`` (per-step gradients, the server's optimizer), ``FedAvg``
+(local training, the sample-weighted mean of weights; with ``LocalTraining.proximal_mu`` it is
+FedProx) and ``FedOpt`` (FedAvgM, FedAdagrad, FedAdam, FedYogi: a server optimizer on the
+pseudo-gradient). Central differential privacy wraps any averaging strategy
+(:mod:`.central_dp`).
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tdxfl.engine.aggregators import Aggregator, RobustAggregation
 from tdxfl.engine.data import LocalData
 from tdxfl.engine.fleet import Update, UpdateInfo
 from tdxfl.engine.kinds import UpdateKind
@@ -101,6 +111,8 @@ class Strategy(abc.ABC):
     update_kind: UpdateKind
     #: synchronous steps per round (the PS evaluates and checkpoints after each round)
     steps_per_round: int = 1
+    #: a robust rule instead of the weighted mean (None: the mean)
+    robust: RobustAggregation | None = None
 
     @abc.abstractmethod
     def make_update(self, model: ModelAdapter, data: LocalData, version: int) -> Update:
@@ -114,6 +126,26 @@ class Strategy(abc.ABC):
     def apply(self, global_weights: TensorSet, mean_update: list[np.ndarray]) -> None:
         """Update ``global_weights`` in place from the round's mean update."""
 
+    def make_aggregator(self, specs: Sequence[TensorSpec]) -> Aggregator:
+        """What the server folds a step's updates into: the weighted running sum, or the robust
+        rule's buffer (ConfigError when that would exceed its memory cap)."""
+        return self.robust.aggregator(specs) if self.robust else RoundAccumulator(specs)
+
+    def begin_step(self, global_weights: TensorSet) -> None:
+        """Called by the server's loop before it publishes ``global_weights`` for a step (they do
+        not change until the step's ``apply``); nothing by default."""
+        return None
+
+    def update_reference(self, global_weights: TensorSet) -> list[np.ndarray | None]:
+        """What each tensor of an update is relative to: its change is ``update - reference``,
+        None where the tensor is a change already (a gradient). By default every tensor is a
+        weight, relative to the global model."""
+        return list(global_weights.arrays)
+
+    def epsilon(self) -> float | None:
+        """The differential-privacy epsilon spent so far, None when the strategy adds no noise."""
+        return None
+
 
 class SyncGradients(Strategy):
     """Per-step synchronous data parallelism: average gradients, apply the server optimizer.
@@ -125,10 +157,18 @@ class SyncGradients(Strategy):
 
     update_kind = UpdateKind.GRADIENTS
 
-    def __init__(self, optimizer: Optimizer, trainable: Sequence[bool], steps_per_round: int = 1) -> None:
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        trainable: Sequence[bool],
+        steps_per_round: int = 1,
+        *,
+        robust: RobustAggregation | None = None,
+    ) -> None:
         self.optimizer = optimizer
         self.trainable = list(trainable)
         self.steps_per_round = steps_per_round
+        self.robust = robust
 
     def make_update(self, model: ModelAdapter, data: LocalData, version: int) -> Update:
         xb, yb = data.next_batch()
@@ -140,6 +180,10 @@ class SyncGradients(Strategy):
 
     def update_weight(self, info: UpdateInfo) -> float:
         return 1.0
+
+    def update_reference(self, global_weights: TensorSet) -> list[np.ndarray | None]:
+        """Gradients are changes already; the non-trainable state is relative to the global one."""
+        return [None if t else w for w, t in zip(global_weights.arrays, self.trainable)]
 
     def apply(self, global_weights: TensorSet, mean_update: list[np.ndarray]) -> None:
         weights = [w for w, t in zip(global_weights.arrays, self.trainable) if t]
@@ -158,21 +202,32 @@ class LocalTraining:
     learning_rate: float
     optimizer: str = "sgd"
     seed: int = 0  # the batch order of round ``version`` is seeded with ``seed + version``
+    #: FedProx (Li et al. 2020): add ``proximal_mu / 2 * ||w - w_global||^2`` to the local loss
+    proximal_mu: float = 0.0
 
 
 class FedAvg(Strategy):
-    """Federated averaging: workers train locally from the global model, the new model is the
-    sample-weighted mean of their weights."""
+    """Federated averaging (McMahan et al. 2017): workers train locally from the global model, the
+    new model is the sample-weighted mean of their weights (or a ``robust`` rule's aggregate).
+    With ``local.proximal_mu > 0`` the workers' local objective has FedProx's proximal term."""
 
     update_kind = UpdateKind.WEIGHTS
 
-    def __init__(self, local: LocalTraining) -> None:
+    def __init__(self, local: LocalTraining, *, robust: RobustAggregation | None = None) -> None:
         self.local = local
+        self.robust = robust
 
     def make_update(self, model: ModelAdapter, data: LocalData, version: int) -> Update:
         lt = self.local
         out = model.train_local(
-            data.x, data.y, lt.steps, data.batch_size, lt.learning_rate, lt.optimizer, seed=lt.seed + version
+            data.x,
+            data.y,
+            lt.steps,
+            data.batch_size,
+            lt.learning_rate,
+            lt.optimizer,
+            seed=lt.seed + version,
+            proximal_mu=lt.proximal_mu,
         )
         info = UpdateInfo(self.update_kind, version, len(data.x), {"loss": float(out["loss"])})
         return Update(info, TensorSet(model.specs(), model.get_weights()))
@@ -183,3 +238,28 @@ class FedAvg(Strategy):
     def apply(self, global_weights: TensorSet, mean_update: list[np.ndarray]) -> None:
         for w, m in zip(global_weights.arrays, mean_update):
             w[...] = m
+
+
+class FedOpt(FedAvg):
+    """FedAvg's workers with a server optimizer (Reddi et al. 2021's FedOpt; Hsu et al. 2019's
+    FedAvgM is ``optimizer = SGD(learning_rate, momentum)``).
+
+    The optimizer steps the trainable tensors on the pseudo-gradient ``global - mean``, the
+    sample-weighted mean of the workers' weights; non-trainable tensors (e.g. batch-norm
+    statistics) take the mean, as in FedAvg. ``SGD(1.0)`` without momentum is FedAvg.
+    """
+
+    def __init__(self, local: LocalTraining, optimizer: Optimizer, trainable: Sequence[bool]) -> None:
+        super().__init__(local)
+        self.optimizer = optimizer
+        self.trainable = list(trainable)
+
+    def apply(self, global_weights: TensorSet, mean_update: list[np.ndarray]) -> None:
+        weights, pseudo = [], []
+        for w, m, t in zip(global_weights.arrays, mean_update, self.trainable):
+            if t:
+                weights.append(w)
+                pseudo.append(np.subtract(w, m, dtype=np.float32 if w.dtype != np.float64 else np.float64))
+            else:
+                w[...] = m
+        self.optimizer.apply(weights, pseudo)

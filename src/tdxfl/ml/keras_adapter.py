@@ -92,6 +92,7 @@ class KerasAdapter(ModelAdapter):
         self._grad_fn = _compile(self._grad_step)
         self._eval_fn = _compile(self._eval_step)
         self._train_fns: dict[str, tuple[keras.optimizers.Optimizer, Any]] = {}
+        self._anchor: list[tf.Variable] = []  # FedProx's w0, made by the first proximal train_local
 
     # -- weights ---------------------------------------------------------------------------
 
@@ -157,20 +158,30 @@ class KerasAdapter(ModelAdapter):
         hits = tf.equal(tf.argmax(pred, axis=-1, output_type=tf.int32), tf.cast(y, tf.int32))
         return loss_sum, tf.reduce_sum(tf.cast(hits, tf.float32))
 
-    def _train_fn(self, optimizer: str) -> tuple[keras.optimizers.Optimizer, Any]:
+    def _train_fn(self, optimizer: str, proximal: bool) -> tuple[keras.optimizers.Optimizer, Any]:
+        """The optimizer and compiled ``step(x, y, mu)`` for ``optimizer``; with ``proximal`` the
+        step adds FedProx's ``mu * (w - w0)`` to every gradient, ``w0`` in ``self._anchor``."""
         if optimizer not in _OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {sorted(_OPTIMIZERS)}")
-        if optimizer not in self._train_fns:
+        if proximal and not self._anchor:
+            self._anchor = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False) for v in self._trainable]
+        key = f"{optimizer}+prox" if proximal else optimizer
+        if key not in self._train_fns:
             opt = _OPTIMIZERS[optimizer]()
             opt.build(self._trainable)
 
-            def step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+            def step(x: tf.Tensor, y: tf.Tensor, mu: tf.Tensor) -> tf.Tensor:
                 grads, loss = self._gradients(x, y)
+                if proximal:
+                    grads = [
+                        g + tf.cast(mu, g.dtype) * (tf.convert_to_tensor(v) - a)
+                        for g, v, a in zip(grads, self._trainable, self._anchor)
+                    ]
                 opt.apply(grads, self._trainable)
                 return loss
 
-            self._train_fns[optimizer] = (opt, _compile(step))
-        return self._train_fns[optimizer]
+            self._train_fns[key] = (opt, _compile(step))
+        return self._train_fns[key]
 
     # -- numpy-facing API ------------------------------------------------------------------
 
@@ -202,26 +213,36 @@ class KerasAdapter(ModelAdapter):
         learning_rate: float,
         optimizer: str = "sgd",
         seed: int = 0,
+        *,
+        proximal_mu: float = 0.0,
     ) -> dict[str, float]:
         """``steps`` optimizer steps on fixed-size shuffled minibatches from the current weights.
 
         The optimizer state (Adam moments, iteration count) is reset at the start of every call.
-        Returns ``{"loss": mean loss over the steps, "num_samples": len(x), "steps": steps}``.
+        With ``proximal_mu > 0`` (FedProx) every gradient gets ``proximal_mu * (w - w0)``, the
+        gradient of ``proximal_mu / 2 * ||w - w0||^2``, ``w0`` the trainable weights at the start
+        of the call (kept in variables of their own: one more copy of the trainable weights).
+        Returns ``{"loss": mean data loss over the steps, "num_samples": len(x), "steps": steps}``.
         """
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         if not (np.isfinite(learning_rate) and learning_rate > 0):
             raise ValueError(f"learning_rate must be positive, got {learning_rate}")
+        if not (np.isfinite(proximal_mu) and proximal_mu >= 0):
+            raise ValueError(f"proximal_mu must be >= 0, got {proximal_mu}")
         xa, ya = self._inputs(x, y)
-        opt, step = self._train_fn(optimizer)
+        opt, step = self._train_fn(optimizer, proximal=proximal_mu > 0)
         for v in opt.variables:
             v.assign(np.zeros(tuple(v.shape), dtype=np.dtype(v.dtype)))
         opt.learning_rate = float(learning_rate)
+        for a, v in zip(self._anchor if proximal_mu > 0 else [], self._trainable):
+            a.assign(v)
+        mu = tf.constant(proximal_mu, tf.float32)
         losses = []
         it = batches(xa, ya, batch_size, seed=seed)
         for _ in range(steps):
             bx, by = next(it)
-            losses.append(step(bx, by))
+            losses.append(step(bx, by, mu))
         mean_loss = float(np.mean([float(loss.numpy()) for loss in losses]))
         return {"loss": mean_loss, "num_samples": len(xa), "steps": steps}
 

@@ -76,8 +76,11 @@ class TorchAdapter(ModelAdapter):
         learning_rate: float,
         optimizer: str = "sgd",
         seed: int = 0,
+        *,
+        proximal_mu: float = 0.0,
     ) -> dict[str, float]:
         params = [p for p in self.model.parameters() if p.requires_grad]
+        anchor = [p.detach().clone() for p in params] if proximal_mu else []  # FedProx: the global model
         if optimizer == "sgd":
             opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=learning_rate)
         elif optimizer == "adam":
@@ -92,6 +95,10 @@ class TorchAdapter(ModelAdapter):
             opt.zero_grad(set_to_none=True)
             loss = self._loss(self.model(torch.from_numpy(xb)), torch.from_numpy(yb).long())
             loss.backward()
+            with torch.no_grad():  # the gradient of proximal_mu / 2 * ||w - w0||^2
+                for p, p0 in zip(params, anchor):
+                    if p.grad is not None:
+                        p.grad.add_(p - p0, alpha=proximal_mu)
             opt.step()
             total += float(loss.detach())
         return {"loss": total / max(1, steps), "num_samples": float(len(x)), "steps": float(steps)}
