@@ -28,6 +28,7 @@ ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "files": {"errors"},
     "engine": {"errors"},
+    "privacy": _CORE,
     "attestation": _BASE,
     "store": _CORE,
     "ml": _CORE,
@@ -35,8 +36,8 @@ ALLOWED: dict[str, set[str]] = {
     "server": _CORE | _TRUST | {"transport"},
     "client": _CORE | _TRUST | {"transport"},
     "keybroker": _CORE | _TRUST | {"transport", "store"},
-    "config": _CORE | _TRUST | {"ml", "transport"},
-    "wiring": _LOWER | {"config"},
+    "config": _CORE | _TRUST | {"ml", "transport", "privacy"},
+    "wiring": _LOWER | {"config", "privacy"},
     "cli": _LOWER | {"config", "wiring"},
     "__main__": {"cli"},
 }

@@ -120,6 +120,69 @@ class KeyBrokerRef:
     key: str = "model"
 
 
+class StrategyName(enum.StrEnum):
+    """``strategy.name``: how the parameter server aggregates (see README "Strategies")."""
+
+    FEDAVG = "fedavg"
+    FEDAVGM = "fedavgm"
+    FEDADAM = "fedadam"
+    FEDYOGI = "fedyogi"
+    FEDADAGRAD = "fedadagrad"
+    FEDPROX = "fedprox"
+    MEDIAN = "median"
+    TRIMMED_MEAN = "trimmed-mean"
+    KRUM = "krum"
+    MULTI_KRUM = "multi-krum"
+
+
+#: strategies that step a server optimizer on the pseudo-gradient, and their learning rate for 0
+SERVER_OPTIMIZED = {
+    StrategyName.FEDAVGM: 1.0,
+    StrategyName.FEDADAM: 0.01,
+    StrategyName.FEDYOGI: 0.01,
+    StrategyName.FEDADAGRAD: 0.1,
+}
+#: strategies that aggregate with a robust rule instead of the mean
+ROBUST = frozenset({StrategyName.MEDIAN, StrategyName.TRIMMED_MEAN, StrategyName.KRUM, StrategyName.MULTI_KRUM})
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """``[strategy]``: the aggregation strategy and its parameters (each used by some names only)."""
+
+    name: StrategyName = StrategyName.FEDAVG
+    server_learning_rate: float = 0.0  # 0: the strategy's default (SERVER_OPTIMIZED)
+    server_momentum: float = 0.9  # fedavgm
+    beta1: float = 0.9  # fedadam, fedyogi, fedadagrad
+    beta2: float = 0.99  # fedadam, fedyogi
+    tau: float = 1e-3  # fedadam, fedyogi, fedadagrad: adaptivity
+    proximal_mu: float = 0.01  # fedprox
+    trim_fraction: float = 0.1  # trimmed-mean: fraction dropped on each side
+    byzantine: int = 1  # krum, multi-krum: f
+    krum_select: int = 0  # multi-krum: updates averaged (0: n - f)
+    max_buffer_mib: int = 4096  # robust strategies: cap on the buffered updates of a step
+
+    @property
+    def effective_learning_rate(self) -> float:
+        """The server learning rate (its default for this strategy where the file says 0)."""
+        return self.server_learning_rate or SERVER_OPTIMIZED.get(self.name, 0.0)
+
+
+@dataclass(frozen=True)
+class Privacy:
+    """``[privacy]``: central differential privacy in the parameter server (off unless clip_norm > 0)."""
+
+    clip_norm: float = 0.0
+    noise_multiplier: float = 0.0
+    target_epsilon: float = 0.0  # instead of noise_multiplier: calibrate it to this epsilon
+    delta: float = 1e-5
+
+    @property
+    def enabled(self) -> bool:
+        """Whether updates are clipped and noised."""
+        return self.clip_norm > 0
+
+
 @dataclass(frozen=True)
 class Federation:
     """A whole federation file."""
@@ -132,6 +195,8 @@ class Federation:
     policies: Mapping[str, Policy]
     output: Output
     keybroker: KeyBrokerRef | None = None
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    privacy: Privacy = field(default_factory=Privacy)
 
     @property
     def ps(self) -> Party:
@@ -165,8 +230,14 @@ class Federation:
         return self.faults.quorum or len(self.workers)
 
     def training_digest(self) -> str:
-        """Hash of the training settings: PS and workers must agree on them."""
-        return hashlib.sha256(json.dumps(asdict(self.training), sort_keys=True).encode()).hexdigest()
+        """Hash of the training, strategy and privacy settings: PS and workers must agree on them
+        (a worker so also refuses a PS that would aggregate otherwise, e.g. without its noise)."""
+        settings = {
+            "training": asdict(self.training),
+            "strategy": asdict(self.strategy),
+            "privacy": asdict(self.privacy),
+        }
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
 def _build(cls: type, table: Any, where: str) -> Any:
@@ -229,6 +300,7 @@ def parse_attestation(table: Any) -> Attestation:
 def parse_federation(doc: Mapping[str, Any]) -> Federation:
     """Validate a parsed TOML document into a Federation."""
     allowed = {"federation", "party", "training", "faults", "attestation", "policy", "output", "keybroker"}
+    allowed |= {"strategy", "privacy"}  # parsed by parse_strategy and parse_privacy
     unknown = set(doc) - allowed
     _check(not unknown, f"unknown top-level keys: {', '.join(sorted(unknown))}")
     meta = doc.get("federation", {})
@@ -282,7 +354,87 @@ def parse_federation(doc: Mapping[str, Any]) -> Federation:
         except ConfigError as e:
             raise ConfigError(f"[policy.{role}]: {e}") from e
     output = _build(Output, doc.get("output", {}), "output")
-    return Federation(str(name), tuple(parties), training, faults, attestation, policies, output, keybroker)
+    quorum = faults.quorum or n_workers
+    strategy = parse_strategy(doc.get("strategy", {}), training.mode, quorum)
+    privacy = parse_privacy(doc.get("privacy", {}), strategy)
+    return Federation(
+        str(name),
+        tuple(parties),
+        training,
+        faults,
+        attestation,
+        policies,
+        output,
+        keybroker,
+        strategy=strategy,
+        privacy=privacy,
+    )
+
+
+def parse_strategy(table: Any, mode: Mode, quorum: int) -> StrategyConfig:
+    """Validate a ``[strategy]`` table for ``training.mode`` and the per-step ``quorum``."""
+    s: StrategyConfig = _build(StrategyConfig, table, "strategy")
+    name = s.name.value
+    if mode is Mode.SYNC_GRADIENTS:
+        _check(
+            s.name not in SERVER_OPTIMIZED,
+            f"strategy.name = {name!r} steps a server optimizer on the workers' weights: it needs training.mode = "
+            f"'fedavg' (in sync-gradients mode the server's optimizer is training.optimizer)",
+        )
+        _check(
+            s.name is not StrategyName.FEDPROX,
+            "strategy.name = 'fedprox' changes the workers' local training: it needs training.mode = 'fedavg'",
+        )
+    _check(s.server_learning_rate >= 0, "strategy.server_learning_rate must be >= 0 (0: the strategy's default)")
+    _check(0 <= s.server_momentum < 1, "strategy.server_momentum must be in [0, 1)")
+    _check(0 <= s.beta1 < 1 and 0 <= s.beta2 < 1, "strategy.beta1 and strategy.beta2 must be in [0, 1)")
+    _check(s.tau > 0, "strategy.tau must be positive")
+    _check(s.max_buffer_mib > 0, "strategy.max_buffer_mib must be positive")
+    if s.name is StrategyName.FEDPROX:
+        _check(s.proximal_mu > 0, "strategy.proximal_mu must be positive for fedprox (0 would be plain fedavg)")
+    if s.name is StrategyName.TRIMMED_MEAN:
+        _check(0 < s.trim_fraction < 0.5, "strategy.trim_fraction must be in (0, 0.5)")
+        _check(
+            int(s.trim_fraction * quorum) >= 1,
+            f"strategy.trim_fraction = {s.trim_fraction} trims nothing from {quorum} updates (the quorum): "
+            f"it needs at least {1 / quorum:.3g}, or more workers",
+        )
+    if s.name in (StrategyName.KRUM, StrategyName.MULTI_KRUM):
+        f = s.byzantine
+        _check(f >= 0, "strategy.byzantine must be >= 0")
+        _check(
+            quorum >= 2 * f + 3,
+            f"{name} with strategy.byzantine = {f} needs at least {2 * f + 3} updates per step (n > 2f + 2); "
+            f"the quorum is {quorum}",
+        )
+        if s.name is StrategyName.MULTI_KRUM:
+            _check(
+                0 <= s.krum_select <= quorum - f,
+                f"strategy.krum_select must be 0 (n - f) or at most {quorum - f} (the quorum minus byzantine)",
+            )
+    return s
+
+
+def parse_privacy(table: Any, strategy: StrategyConfig) -> Privacy:
+    """Validate a ``[privacy]`` table (which needs an averaging ``strategy``)."""
+    p: Privacy = _build(Privacy, table, "privacy")
+    _check(p.clip_norm >= 0, "privacy.clip_norm must be >= 0 (0: privacy off)")
+    if not p.enabled:
+        return p
+    _check(
+        strategy.name not in ROBUST,
+        f"privacy (central DP) calibrates noise to the mean: it cannot be combined with strategy.name = "
+        f"{strategy.name.value!r}",
+    )
+    _check(
+        p.noise_multiplier >= 0 and p.target_epsilon >= 0, "privacy.noise_multiplier and target_epsilon must be >= 0"
+    )
+    _check(
+        (p.noise_multiplier > 0) != (p.target_epsilon > 0),
+        "privacy.clip_norm > 0 needs exactly one of privacy.noise_multiplier and privacy.target_epsilon",
+    )
+    _check(0 < p.delta < 1, "privacy.delta must be in (0, 1)")
+    return p
 
 
 def _coerce(text: str) -> Any:

@@ -68,9 +68,10 @@ class MetricsRecorder:
             advance=1,
             status=f"acc {m.accuracy:.3f} loss {m.loss:.3f} in {m.bytes_in / 1e6:.1f} MB out {m.bytes_out / 1e6:.1f} MB",
         )
+        privacy = "" if m.epsilon is None else f"  epsilon {m.epsilon:.3f}"
         self._progress.console.print(
             f"round {m.round:3d}: accuracy {m.accuracy:.4f}  loss {m.loss:.4f}  train-loss {m.train_loss:.4f}  "
-            f"updates {m.contributors} (rejected {m.rejected})  {m.round_s:.2f}s"
+            f"updates {m.contributors} (rejected {m.rejected})  {m.round_s:.2f}s{privacy}"
         )
 
     def plot(self, path: Path) -> None:

@@ -4,19 +4,23 @@ fleet, and the engine's round loop with metrics and checkpoints."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tdxfl.config import Federation, Training
+from tdxfl.config import Federation
+from tdxfl.config.federation import SERVER_OPTIMIZED, StrategyName
+from tdxfl.engine.aggregators import CoordinateMedian, Krum, RobustAggregation, RobustRule, TrimmedMean
+from tdxfl.engine.central_dp import CentralDP
 from tdxfl.engine.kinds import Mode
-from tdxfl.engine.optimizers import make_optimizer
+from tdxfl.engine.optimizers import SGD, AdaptiveServerOptimizer, Optimizer, make_optimizer
 from tdxfl.engine.records import TensorSet, TensorSpec
 from tdxfl.engine.server import RoundMetrics, RoundPlan, run_rounds
-from tdxfl.engine.strategy import FedAvg, LocalTraining, Strategy, SyncGradients
+from tdxfl.engine.strategy import FedAvg, FedOpt, LocalTraining, Strategy, SyncGradients
 from tdxfl.ml.data import load_dataset
 from tdxfl.ml.factory import make_adapter
+from tdxfl.privacy.accounting import GaussianAccountant, calibrate_noise_multiplier
 from tdxfl.server.fleet import AttestedFleet, PsAddresses
 from tdxfl.server.metrics import MetricsRecorder
 from tdxfl.store.model_store import SealedFileStore
@@ -48,12 +52,46 @@ class PsResult:
     wall_s: float
 
 
-def make_strategy(training: Training, trainable: Sequence[bool]) -> Strategy:
-    """The strategy for ``training.mode`` (both sides build the same one)."""
-    t = training
+def _robust(federation: Federation) -> RobustAggregation | None:
+    s = federation.strategy
+    rules: dict[StrategyName, Callable[[], RobustRule]] = {
+        StrategyName.MEDIAN: CoordinateMedian,
+        StrategyName.TRIMMED_MEAN: lambda: TrimmedMean(s.trim_fraction),
+        StrategyName.KRUM: lambda: Krum(s.byzantine),
+        StrategyName.MULTI_KRUM: lambda: Krum(s.byzantine, s.krum_select),
+    }
+    if s.name not in rules:
+        return None
+    return RobustAggregation(rules[s.name](), len(federation.workers), s.max_buffer_mib * 2**20)
+
+
+def _server_optimizer(federation: Federation) -> Optimizer:
+    s = federation.strategy
+    if s.name is StrategyName.FEDAVGM:
+        return SGD(s.effective_learning_rate, s.server_momentum)
+    rule = {StrategyName.FEDADAM: "adam", StrategyName.FEDYOGI: "yogi", StrategyName.FEDADAGRAD: "adagrad"}[s.name]
+    return AdaptiveServerOptimizer(rule, s.effective_learning_rate, s.beta1, s.beta2, s.tau)
+
+
+def make_strategy(federation: Federation, trainable: Sequence[bool]) -> Strategy:
+    """The strategy for ``[training]``, ``[strategy]`` and ``[privacy]`` (both sides build the
+    same one; the PS's aggregates, the workers' make updates)."""
+    t, s, p = federation.training, federation.strategy, federation.privacy
+    strategy: Strategy
     if t.mode is Mode.FEDAVG:
-        return FedAvg(LocalTraining(t.steps_per_round, t.learning_rate, t.optimizer, seed=t.seed))
-    return SyncGradients(make_optimizer(t.optimizer, t.learning_rate, t.momentum), trainable, t.steps_per_round)
+        mu = s.proximal_mu if s.name is StrategyName.FEDPROX else 0.0
+        local = LocalTraining(t.steps_per_round, t.learning_rate, t.optimizer, seed=t.seed, proximal_mu=mu)
+        if s.name in SERVER_OPTIMIZED:
+            strategy = FedOpt(local, _server_optimizer(federation), trainable)
+        else:
+            strategy = FedAvg(local, robust=_robust(federation))
+    else:
+        optimizer = make_optimizer(t.optimizer, t.learning_rate, t.momentum)
+        strategy = SyncGradients(optimizer, trainable, t.steps_per_round, robust=_robust(federation))
+    if not p.enabled:
+        return strategy
+    z = p.noise_multiplier or calibrate_noise_multiplier(p.target_epsilon, p.delta, t.rounds * strategy.steps_per_round)
+    return CentralDP(strategy, p.clip_norm, z, GaussianAccountant(z, p.delta))
 
 
 def round_plan(federation: Federation) -> RoundPlan:
@@ -107,7 +145,7 @@ class ParameterServer:
         self.data = load_dataset(t.dataset, t.data_path or None, seed=t.seed)
         self.adapter = make_adapter(t.framework, t.model, self.data.input_shape, self.data.num_classes, seed=t.seed)
         self.weights = self.adapter.get_tensor_set()
-        self.strategy = make_strategy(t, self.adapter.trainable_mask())
+        self.strategy = make_strategy(federation, self.adapter.trainable_mask())
         self.fleet = attested_fleet(federation, ctx, self.weights.specs, self.strategy)
 
     @property

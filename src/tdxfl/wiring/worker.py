@@ -33,7 +33,7 @@ def run_worker(federation: Federation, ctx: PartyContext) -> WorkerResult:
     local = LocalData(data.x_train[shard], data.y_train[shard], t.batch_size, seed=t.seed + index)
     log.info("worker %s: %d local samples (shard %d)", ctx.name, len(local.x), index)
     adapter = make_adapter(t.framework, t.model, data.input_shape, data.num_classes, seed=t.seed)
-    strategy = make_strategy(t, adapter.trainable_mask())
+    strategy = make_strategy(federation, adapter.trainable_mask())
     ps = federation.ps
     endpoint = PsEndpoint(ps.name, ps.address, ps.enroll_address, ps.data_address)
     verifier = ctx.peer_verifier(federation.policy_for("ps"))
