@@ -114,7 +114,7 @@ def test_target_epsilon_calibrates_the_noise_for_every_release(tmp_path: Path) -
         ({"strategy": {"name": "fedavgm", "server_momentum": 1.0}}, r"server_momentum must be in \[0, 1\)"),
         ({"strategy": {"name": "fedadam", "tau": 0.0}}, "tau must be positive"),
         ({"strategy": {"name": "krum"}}, "krum with strategy.byzantine = 1 needs at least 5 updates per step"),
-        ({"strategy": {"name": "trimmed-mean"}}, "trims nothing from 2 updates"),
+        ({"strategy": {"name": "trimmed-mean"}}, "trimmed-mean needs a quorum of at least 3 updates per step, got 2"),
         ({"strategy": {"name": "trimmed-mean", "trim_fraction": 0.5}}, r"trim_fraction must be in \(0, 0.5\)"),
         ({"strategy": {"name": "median"}, "privacy": {"clip_norm": 1.0, "noise_multiplier": 1.0}}, "'median'"),
         ({"privacy": {"clip_norm": 1.0}}, "exactly one of privacy.noise_multiplier and privacy.target_epsilon"),
@@ -126,6 +126,14 @@ def test_target_epsilon_calibrates_the_noise_for_every_release(tmp_path: Path) -
 def test_invalid_combinations_are_named(tmp_path: Path, sections: dict[str, Any], needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
         parse_federation(federation_doc(tmp_path, **{"training": {"mode": "fedavg"}, **sections}))
+
+
+def test_trimmed_mean_must_trim_at_the_quorum(tmp_path: Path) -> None:
+    assert (
+        fed(tmp_path, workers=5, strategy={"name": "trimmed-mean", "trim_fraction": 0.2}).strategy.trim_fraction == 0.2
+    )
+    with pytest.raises(ConfigError, match="trim_fraction = 0.1 trims nothing from 5 updates .* at least 0.2"):
+        fed(tmp_path, workers=5, strategy={"name": "trimmed-mean"})
 
 
 def test_krum_and_multi_krum_follow_the_quorum(tmp_path: Path) -> None:

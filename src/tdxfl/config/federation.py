@@ -394,10 +394,11 @@ def parse_strategy(table: Any, mode: Mode, quorum: int) -> StrategyConfig:
         _check(s.proximal_mu > 0, "strategy.proximal_mu must be positive for fedprox (0 would be plain fedavg)")
     if s.name is StrategyName.TRIMMED_MEAN:
         _check(0 < s.trim_fraction < 0.5, "strategy.trim_fraction must be in (0, 0.5)")
+        _check(quorum >= 3, f"trimmed-mean needs a quorum of at least 3 updates per step, got {quorum}")
         _check(
             int(s.trim_fraction * quorum) >= 1,
             f"strategy.trim_fraction = {s.trim_fraction} trims nothing from {quorum} updates (the quorum): "
-            f"it needs at least {1 / quorum:.3g}, or more workers",
+            f"it needs at least {1 / quorum:.3g}",
         )
     if s.name in (StrategyName.KRUM, StrategyName.MULTI_KRUM):
         f = s.byzantine
