@@ -22,6 +22,7 @@ from tdxfl.engine.records import TensorSet
 
 __all__ = [
     "EventKind",
+    "EventSink",
     "Fleet",
     "FleetEvent",
     "JoinInfo",

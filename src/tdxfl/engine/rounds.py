@@ -21,7 +21,7 @@ from tdxfl.engine.records import TensorSet, TensorSpec
 from tdxfl.engine.strategy import RoundAccumulator, Strategy
 from tdxfl.errors import FederationError, RecordError
 
-__all__ = ["FINISHED", "RoundState", "log_event"]
+__all__ = ["FINISHED", "RoundState", "RoundStateFleet", "log_event"]
 
 log = logging.getLogger(__name__)
 P = TypeVar("P")
@@ -272,3 +272,30 @@ class RoundState(Generic[P]):
         self._rejected[party] = reason
         self._cond.notify_all()
         self._on_event(FleetEvent(EventKind.REFUSED, party, reason))
+
+
+class RoundStateFleet(Generic[P]):
+    """The ``Fleet`` methods every fleet delegates to its ``RoundState``; a fleet adds
+    ``publish`` (what it hands out for a version) and how workers reach ``state``."""
+
+    state: RoundState[P]
+
+    def wait_for_workers(self, count: int, timeout: float) -> None:
+        self.state.wait_for_workers(count, timeout)
+
+    def collect(self, quorum: int, timeout: float, *, fail_on_timeout: bool, grace: float) -> StepResult:
+        return self.state.collect(quorum, timeout, fail_on_timeout=fail_on_timeout, grace=grace)
+
+    def retire(self, timeout: float) -> None:
+        self.state.retire(timeout)
+
+    def finish(self) -> None:
+        self.state.finish()
+
+    @property
+    def bytes_in(self) -> int:
+        return self.state.bytes_in
+
+    @property
+    def bytes_out(self) -> int:
+        return self.state.bytes_out
