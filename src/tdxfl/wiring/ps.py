@@ -15,13 +15,12 @@ from tdxfl.engine.optimizers import make_optimizer
 from tdxfl.engine.records import TensorSet, TensorSpec
 from tdxfl.engine.server import RoundMetrics, RoundPlan, run_rounds
 from tdxfl.engine.strategy import FedAvg, LocalTraining, Strategy, SyncGradients
-from tdxfl.ml.data import load_dataset
-from tdxfl.ml.factory import make_adapter
 from tdxfl.server.fleet import AttestedFleet, PsAddresses
 from tdxfl.server.metrics import MetricsRecorder
 from tdxfl.store.model_store import SealedFileStore
 from tdxfl.store.sealed import seal_file
 from tdxfl.wiring.party import PartyContext, model_key
+from tdxfl.wiring.tasks import checkpoint_meta, local_data, resolve_task
 
 __all__ = [
     "FINAL_MODEL",
@@ -100,14 +99,16 @@ class ParameterServer:
     with port 0 resolved); ``run`` serves the federation to completion."""
 
     def __init__(self, federation: Federation, ctx: PartyContext, *, live: bool = True) -> None:
-        t = federation.training
         self.federation, self.ctx, self.live = federation, ctx, live
+        # the task's code and data first: their faults show before any key is fetched
+        task = resolve_task(federation, ctx.name)
+        self.data = local_data(federation, task, ctx.name)
+        self.adapter = task.build_adapter(self.data.x)
+        self.model_meta = checkpoint_meta(task, self.adapter, self.data)
+        self.weights = self.adapter.get_tensor_set()
+        self.strategy = make_strategy(federation.training, self.adapter.trainable_mask())
         self._key = model_key(federation, ctx)
         self.store = SealedFileStore(ctx.workdir / "checkpoints", self._key, label="checkpoint")
-        self.data = load_dataset(t.dataset, t.data_path or None, seed=t.seed)
-        self.adapter = make_adapter(t.framework, t.model, self.data.input_shape, self.data.num_classes, seed=t.seed)
-        self.weights = self.adapter.get_tensor_set()
-        self.strategy = make_strategy(t, self.adapter.trainable_mask())
         self.fleet = attested_fleet(federation, ctx, self.weights.specs, self.strategy)
 
     @property
@@ -117,20 +118,10 @@ class ParameterServer:
 
     def _evaluate(self, w: TensorSet) -> tuple[float, float]:
         self.adapter.set_weights(w.arrays)
-        return self.adapter.evaluate(self.data.x_test, self.data.y_test)
+        return self.adapter.evaluate(*self.data.evaluation())
 
     def _meta(self, round_: int, version: int, accuracy: float, loss: float) -> dict[str, Any]:
-        t = self.federation.training
-        return {
-            "round": round_,
-            "version": version,
-            "accuracy": accuracy,
-            "loss": loss,
-            "model": t.model,
-            "framework": str(t.framework),
-            "input_shape": list(self.data.input_shape),
-            "num_classes": self.data.num_classes,
-        }
+        return {"round": round_, "version": version, "accuracy": accuracy, "loss": loss, **self.model_meta}
 
     def _seal_metrics(self, path: Path, data: bytes) -> None:
         seal_file(path, self._key, data, label="metrics")
