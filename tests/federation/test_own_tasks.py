@@ -49,7 +49,7 @@ def run_parties(fed: Path, *extra: str) -> dict[str, subprocess.CompletedProcess
             text=True,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        )
         for name, args in cmds.items()
     }
     out = {}
