@@ -136,7 +136,8 @@ class Task:
         except TaskError:
             raise
         except Exception as e:
-            raise TaskError(f"{self._who()}: {function}() failed: {type(e).__name__}: {e}") from e
+            shown = ", ".join(repr(a) for a in args)
+            raise TaskError(f"{self._who()}: {function}({shown}) failed: {type(e).__name__}: {e}") from e
 
     def for_party(self, party: str) -> Task:
         """The same task, naming ``party`` in its errors."""
