@@ -15,6 +15,7 @@ from tdxfl.attestation.interfaces import Attester
 from tdxfl.attestation.ratls import PeerVerifier
 from tdxfl.client.model_link import ModelLink
 from tdxfl.engine.fleet import JoinInfo, Model, PushResult, Update
+from tdxfl.engine.rounds import MAX_REASON_CHARS
 from tdxfl.errors import FederationError, LinkError
 from tdxfl.transport.attested import AttestedChannel, connect
 from tdxfl.transport.proto import tdxfl_pb2 as pb
@@ -78,6 +79,12 @@ class AttestedConnection:
             wire_dtype=self._wire_dtype,
         )
         return PushResult(reply.accepted, reply.reason)
+
+    def leave(self, reason: str) -> None:
+        try:
+            self._link.link.send(pb.LinkRequest(leave=pb.Leave(reason=reason[:MAX_REASON_CHARS])))
+        except LinkError:
+            pass  # the PS is gone already: nobody to tell
 
     def close(self) -> None:
         self._link.close()

@@ -105,5 +105,9 @@ class InMemoryConnection:
             return PushResult(False, str(e))
         return PushResult(True)
 
+    def leave(self, reason: str) -> None:
+        self._check_open()
+        self._state.leave(self.party, reason)
+
     def close(self) -> None:
         self.closed = True

@@ -29,7 +29,7 @@ def run_worker(federation: Federation, ctx: PartyContext) -> WorkerResult:
     # the task's code and data first: their faults show before any key is fetched
     task = resolve_task(federation, ctx.name)
     samples = local_data(federation, task, ctx.name)
-    local = LocalData(samples.x, samples.y, t.batch_size, seed=t.seed + index)
+    local = LocalData(samples.x, samples.y, t.batch_size, t.seed + index, samples.x_val, samples.y_val)
     log.info("worker %s: %d local samples", ctx.name, len(local.x))
     adapter = task.build_adapter(samples.x)
     strategy = make_strategy(t, adapter.trainable_mask())
