@@ -10,11 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fedtools import free_port
+from tdxfl.ml.task import load_task
 from tdxfl.store.keys import derive_store_key
 from tdxfl.store.model_store import SealedFileStore
+from tdxfl.wiring.unseal import unseal_model
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SECRET = "test-only development secret"
@@ -80,3 +83,20 @@ def test_own_task_trains_each_site_on_its_own_file(example: str, tmp_path: Path)
     assert result["rounds"] == 5 and result["accuracy"] >= 0.9
     assert worker_samples(fed, "site-a", example) == 240  # site-a.csv, and only it
     assert worker_samples(fed, "site-b", example) == 160
+    # the model owner rebuilds the task's own model from the sealed result, at the PS's accuracy
+    task = load_task("task.py", fed.parent)
+    key = derive_store_key(SECRET, f"{example}/model-store")
+    written = unseal_model(Path(result["checkpoint"]), key, tmp_path / "unsealed", task=task)
+    x, y = task.load_data(str(fed.parent / "evaluation.csv"), "ps").evaluation()
+    if "keras" in written:
+        import keras
+
+        scores = np.asarray(keras.saving.load_model(written["keras"])(x))
+    else:
+        import torch
+
+        model = task.build_model()
+        model.load_state_dict(torch.load(written["torch"]))
+        model.eval()
+        scores = model(torch.from_numpy(x)).detach().numpy()
+    assert float((scores.argmax(axis=1) == y).mean()) == pytest.approx(result["accuracy"])

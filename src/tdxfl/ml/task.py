@@ -160,6 +160,10 @@ class Task:
         x, y = _as_arrays(out, what)
         return LocalSamples(x, y)
 
+    def build_model(self) -> Any:
+        """What the task's ``build_model()`` returns (TaskError naming the fault)."""
+        return self._call("build_model")
+
     def build_adapter(self, sample: np.ndarray) -> ModelAdapter:
         """The task's model as a :class:`ModelAdapter`, the framework inferred from its type.
 
@@ -167,7 +171,7 @@ class Task:
         inputs), or detected there when not declared: a Keras model without a compiled or task
         loss then trains with cross-entropy on logits or on probabilities, as it outputs.
         """
-        model = self._call("build_model")
+        model = self.build_model()
         if isinstance(model, ModelAdapter):
             return model
         loss = self._call("loss") if callable(getattr(self.module, "loss", None)) else None

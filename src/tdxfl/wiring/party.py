@@ -82,7 +82,7 @@ class PartyContext:
 def party_context(federation: Federation, name: str, workdir: Path | None = None) -> PartyContext:
     """Set up party ``name``: working directory, attester and decision log."""
     party = federation.party(name)
-    wd = workdir or Path(federation.output.dir) / name
+    wd = workdir or federation.base_dir / federation.output.dir / name  # relative to the federation file
     wd.mkdir(parents=True, exist_ok=True)
     return PartyContext(
         name=name,
