@@ -11,7 +11,9 @@ from click.testing import CliRunner, Result
 
 from tdxfl.attestation.code_identity import digest_task
 from tdxfl.attestation.eventlog import extend
+from tdxfl.attestation.insecure_simulated import SimulatedAttester
 from tdxfl.attestation.policy import Policy
+from tdxfl.attestation.ratls import TlsIdentity
 from tdxfl.attestation.report import parse_quote
 from tdxfl.attestation.tdx.rtmr import SysfsRtmr3
 from tdxfl.cli import main
@@ -76,3 +78,22 @@ def test_attest_tdx_on_an_old_kernel_pins_the_task_by_claim(
     policy = Policy.from_dict(tomllib.loads(result.output))
     assert policy.task == frozenset({digest_task(task)})
     assert policy.rtmr3 == frozenset({parse_quote(tdx_quote).report.rtmrs[3]})  # as quoted: nothing extends it
+
+
+def test_verify_quote_shows_and_judges_the_task_of_a_certificate(tmp_path: Path, task: Path) -> None:
+    digest, other = digest_task(task), bytes(48)
+    attester = SimulatedAttester()
+    attester.extend_rtmr3(digest)
+    cert = tmp_path / "cert.pem"
+    cert.write_bytes(TlsIdentity.create(attester, "alice", task_digest=digest).cert_pem)
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'tee = ["simulated"]\nmrtd = "any"\ntask = ["{digest.hex()}"]\n')
+    result = run("verify-quote", str(cert), "--policy", str(policy))
+    assert result.exit_code == 0, result.output
+    assert f"task:        {digest.hex()} (RTMR3 event log of 1 event(s) replayed)" in result.output
+    json_out = run("verify-quote", str(cert), "--policy", str(policy), "--json").output
+    assert '"rtmr3_log": [\n' in json_out and f'"task": "{digest.hex()}"' in json_out
+    policy.write_text(f'tee = ["simulated"]\nmrtd = "any"\ntask = ["{other.hex()}"]\n')
+    result = run("verify-quote", str(cert), "--policy", str(policy))
+    assert result.exit_code == 3
+    assert f"REFUSED: TASK {digest.hex()} is not allowed (policy allows: {other.hex()})" in result.output

@@ -4,7 +4,8 @@
 them (paste it into the peers' configuration); with ``--task PATH`` it also prints the task
 code's digest, pins it (``task = [...]``) and pins RTMR3 as it will be once the party has
 measured that task into it. It never extends RTMR3 itself. ``verify-quote`` verifies a raw quote file or
-an RA-TLS certificate against DCAP collateral and a policy and prints the decision; its exit
+an RA-TLS certificate against DCAP collateral and a policy and prints the decision (with the task
+digest a certificate's evidence claims, its RTMR3 event log replayed); its exit
 status is 0 when accepted and 3 (:mod:`tdxfl.cli.exits`) when refused.
 """
 
@@ -142,6 +143,8 @@ def _evidence_summary(ev: VerifiedEvidence) -> dict[str, Any]:
             "smt_enabled": ev.platform.smt_enabled,
         },
         "report": ev.report.to_dict(),
+        "task": ev.task.hex() if ev.task is not None else None,
+        "rtmr3_log": [e.hex() for e in ev.rtmr3_log] if ev.rtmr3_log is not None else None,
     }
 
 
@@ -226,6 +229,13 @@ def verify_quote(
             click.echo(f"platform:    dynamic={p.dynamic_platform} cached_keys={p.cached_keys} smt={p.smt_enabled}")
             click.echo(f"mrtd:        {r.mrtd.hex()}")
             click.echo(f"attributes:  {', '.join(r.attribute_names()) or 'none'}")
+            if verified.task is not None:
+                replayed = (
+                    ""
+                    if verified.rtmr3_log is None
+                    else f" (RTMR3 event log of {len(verified.rtmr3_log)} event(s) replayed)"
+                )
+                click.echo(f"task:        {verified.task.hex()}{replayed}")
         if accepted:
             click.echo("ACCEPTED")
         else:
