@@ -315,7 +315,8 @@ class PeerVerifier:
         tee = mrtd = task = ""
         try:
             genuine = self.verify_certificate(certificate, evidence=evidence, nonce=nonce)
-            tee, mrtd, task = genuine.tee, genuine.report.mrtd.hex(), genuine.task.hex() if genuine.task else ""
+            tee, mrtd = genuine.tee, genuine.report.mrtd.hex()
+            task = genuine.task.hex() if genuine.task is not None else ""
             self.check_policy(genuine)
             verified = genuine
             what = "fresh evidence" if evidence is not None or nonce is not None else "certificate evidence"

@@ -3,10 +3,10 @@
 ``attest`` quotes zero REPORTDATA and prints the measurements with a policy block that pins
 them (paste it into the peers' configuration); with ``--task PATH`` it also prints the task
 code's digest, pins it (``task = [...]``) and pins RTMR3 as it will be once the party has
-measured that task into it. It never extends RTMR3 itself. ``verify-quote`` verifies a raw quote file or
-an RA-TLS certificate against DCAP collateral and a policy and prints the decision (with the task
-digest a certificate's evidence claims, its RTMR3 event log replayed); its exit
-status is 0 when accepted and 3 (:mod:`tdxfl.cli.exits`) when refused.
+measured that task into it. It never extends RTMR3 itself. ``verify-quote`` verifies a raw quote
+file or an RA-TLS certificate against DCAP collateral and a policy and prints the decision (with
+the task digest a certificate's evidence claims, its RTMR3 event log replayed); its exit status
+is 0 when accepted and 3 (:mod:`tdxfl.cli.exits`) when refused.
 """
 
 from __future__ import annotations
