@@ -69,6 +69,13 @@ def test_pycache_timestamps_and_permissions_do_not_count(tmp_path: Path) -> None
     assert digest_task(pkg).hex() == PACKAGE_DIGEST
 
 
+def test_how_the_path_is_spelled_does_not_matter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(tmp_path, PACKAGE)
+    monkeypatch.chdir(tmp_path / "mytask")
+    assert digest_task(Path(".")).hex() == PACKAGE_DIGEST
+    assert digest_task(Path("../mytask/")).hex() == PACKAGE_DIGEST
+
+
 def test_order_of_the_given_files_does_not_matter() -> None:
     files = [TaskFile(name, Path("/nowhere"), content) for name, content in PACKAGE.items()]
     assert task_digest(reversed(files)).hex() == PACKAGE_DIGEST

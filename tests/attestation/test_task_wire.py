@@ -23,7 +23,7 @@ from tdxfl.config import Federation
 from tdxfl.config.broker import parse_broker_config
 from tdxfl.engine.records import TensorSet
 from tdxfl.engine.strategy import FedAvg, LocalTraining
-from tdxfl.errors import AttestationRefused, KeyRefused
+from tdxfl.errors import AttestationRefused, ConfigError, KeyRefused
 from tdxfl.keybroker.keystore import Keystore
 from tdxfl.transport.attested import AttestedServer, connect, role_table
 from tdxfl.transport.proto import tdxfl_pb2 as pb
@@ -207,3 +207,8 @@ def test_key_broker_releases_the_model_key_only_to_approved_code(
             broker_key(fed, party_context(fed, "worker-2", task_digest=ROGUE), "model")
     finally:
         broker.stop(grace=None)
+
+
+def test_a_task_digest_must_be_48_bytes(make_federation: Callable[..., Federation]) -> None:
+    with pytest.raises(ConfigError, match="a task digest is 48 bytes, got 32"):
+        party_context(make_federation(), "worker-1", task_digest=bytes(32))

@@ -21,6 +21,7 @@ The 14-byte prefix separates this digest from every other SHA-384 in a TD's meas
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -52,9 +53,11 @@ def task_files(path: Path) -> list[TaskFile]:
     """The files of the task at ``path`` (a ``.py`` file or a package directory), read once and
     sorted in digest order.
 
-    Raises ConfigError when ``path`` does not exist, is a file that is not ``.py``, is a directory
-    without any ``.py`` file, or a file cannot be read.
+    ``path`` is made absolute lexically first (``os.path.abspath``, symbolic links kept), so
+    ``.`` inside a package names the package. Raises ConfigError when ``path`` does not exist, is
+    a file that is not ``.py``, is a directory without any ``.py`` file, or a file cannot be read.
     """
+    path = Path(os.path.abspath(path))
     if path.is_file():
         if path.suffix != ".py":
             raise ConfigError(f"task {path} is neither a .py file nor a package directory")
