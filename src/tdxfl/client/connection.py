@@ -101,13 +101,16 @@ def connect_to_ps(
     wire_dtype: str | None,
     retries: int,
     backoff_s: float,
+    task_digest: bytes | None = None,
 ) -> AttestedConnection:
-    """Attest the PS, enroll, open the tensor link; an unreachable PS is retried with exponential
-    backoff (Unavailable after ``retries``), a refusal by either side is final
-    (AttestationRefused)."""
+    """Attest the PS, enroll (our evidence claiming ``task_digest`` when given), open the tensor
+    link; an unreachable PS is retried with exponential backoff (Unavailable after ``retries``), a
+    refusal by either side is final (AttestationRefused)."""
 
     def attempt() -> AttestedConnection:
-        channel = connect(party, "worker", attester, verifier, ps.name, ps.address, ps.enroll_address)
+        channel = connect(
+            party, "worker", attester, verifier, ps.name, ps.address, ps.enroll_address, task_digest=task_digest
+        )
         try:
             link = ModelLink(channel.open_link(ps.data_address))
         except BaseException:

@@ -89,9 +89,11 @@ class SimulatedTdConfig:
 
 @dataclass(frozen=True)
 class TdxConfig:
-    """Where the real TDX backend finds configfs-tsm and DCAP collateral."""
+    """Where the real TDX backend finds configfs-tsm, the RTMR3 measurement file and DCAP
+    collateral."""
 
     configfs_path: str = "/sys/kernel/config/tsm/report"
+    rtmr3_path: str = "/sys/class/misc/tdx_guest/measurements/rtmr3:sha384"
     collateral_file: str = ""
     pccs_url: str = ""
     cache_dir: str = ""

@@ -61,8 +61,10 @@ class AttestedFleet(RoundStateFleet[WireTensors]):
         transfer_timeout: float,
         max_handshakes: int = 64,
         on_event: EventSink = log_event,
+        task_digest: bytes | None = None,
     ) -> None:
-        """``max_handshakes`` bounds the tensor link's concurrent TLS handshakes."""
+        """``max_handshakes`` bounds the tensor link's concurrent TLS handshakes; the PS's
+        evidence claims ``task_digest`` when given."""
         self.state: RoundState[WireTensors] = RoundState(specs, strategy, on_event=on_event)
         self.server = AttestedServer(
             name,
@@ -71,6 +73,7 @@ class AttestedFleet(RoundStateFleet[WireTensors]):
             addresses.address,
             addresses.enroll_address,
             roles=role_table([(w, "worker") for w in workers]),
+            task_digest=task_digest,
         )
         self.service = ParameterServerService(
             self.server,

@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from tdxfl.attestation.code_identity import TASK_DIGEST_SIZE
 from tdxfl.attestation.decisions import DecisionLog
 from tdxfl.attestation.insecure_simulated import SimulatedAttester, SimulatedTd, SimulatedVerifier, code_measurement
 from tdxfl.attestation.interfaces import Attester, Verifier
@@ -48,7 +49,7 @@ def make_attester(cfg: Attestation) -> Attester:
             debug=s.debug,
         )
         return SimulatedAttester(td)
-    return TdxAttester(cfg.tdx.configfs_path)
+    return TdxAttester(cfg.tdx.configfs_path, rtmr3_path=cfg.tdx.rtmr3_path)
 
 
 def verifiers_for(policy: Policy, cfg: Attestation) -> list[Verifier]:
@@ -65,7 +66,12 @@ def verifiers_for(policy: Policy, cfg: Attestation) -> list[Verifier]:
 
 @dataclass
 class PartyContext:
-    """A party's attestation set-up and its working directory."""
+    """A party's attestation set-up and its working directory.
+
+    ``task_digest`` (:func:`tdxfl.attestation.code_identity.task_digest`) is the task code this
+    party runs: every identity it makes claims it, and constructing the context with it measures
+    it into the TD's RTMR3 (``Attester.extend_rtmr3``), so set it here, not later.
+    """
 
     name: str
     role: str
@@ -73,14 +79,25 @@ class PartyContext:
     attester: Attester
     attestation: Attestation
     decisions: DecisionLog
+    task_digest: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if self.task_digest is not None:
+            if len(self.task_digest) != TASK_DIGEST_SIZE:
+                raise ConfigError(f"a task digest is {TASK_DIGEST_SIZE} bytes, got {len(self.task_digest)}")
+            self.attester.extend_rtmr3(self.task_digest)
+            log.info("party %s runs task code %s", self.name, self.task_digest.hex())
 
     def peer_verifier(self, policy: Policy) -> PeerVerifier:
         """A verifier appraising peers against ``policy``, with the backends it needs."""
         return PeerVerifier(self.name, policy, verifiers_for(policy, self.attestation), self.decisions)
 
 
-def party_context(federation: Federation, name: str, workdir: Path | None = None) -> PartyContext:
-    """Set up party ``name``: working directory, attester and decision log."""
+def party_context(
+    federation: Federation, name: str, workdir: Path | None = None, *, task_digest: bytes | None = None
+) -> PartyContext:
+    """Set up party ``name``: working directory, attester and decision log; with ``task_digest``,
+    the task code it runs (see ``PartyContext``)."""
     party = federation.party(name)
     wd = workdir or federation.base_dir / federation.output.dir / name  # relative to the federation file
     wd.mkdir(parents=True, exist_ok=True)
@@ -91,6 +108,7 @@ def party_context(federation: Federation, name: str, workdir: Path | None = None
         attester=make_attester(federation.attestation),
         attestation=federation.attestation,
         decisions=DecisionLog(wd / "attestation.jsonl"),
+        task_digest=task_digest,
     )
 
 
@@ -111,6 +129,7 @@ def broker_key(federation: Federation, ctx: PartyContext, key_name: str) -> byte
         broker_party=broker.name,
         retries=federation.faults.connect_retries,
         backoff_s=federation.faults.connect_backoff_s,
+        task_digest=ctx.task_digest,
     )
 
 

@@ -90,6 +90,7 @@ def attested_fleet(
         max_concurrent_updates=f.max_concurrent_updates,
         transfer_timeout=f.step_timeout_s,
         max_handshakes=max_handshakes,
+        task_digest=ctx.task_digest,
     )
 
 

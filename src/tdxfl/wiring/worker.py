@@ -49,6 +49,7 @@ def run_worker(federation: Federation, ctx: PartyContext) -> WorkerResult:
             wire_dtype=wire,
             retries=f.connect_retries,
             backoff_s=f.connect_backoff_s,
+            task_digest=ctx.task_digest,
         )
 
     result = run_worker_loop(ctx.name, connect, adapter, strategy, local, max_reconnects=f.connect_retries)
