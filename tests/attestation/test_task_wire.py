@@ -80,7 +80,8 @@ def served(make_federation: Callable[..., Federation]) -> Iterator[tuple[Federat
 
 
 def dial(fed: Federation, name: str, task: bytes | None) -> grpc.Channel:
-    ctx = party_context(fed, name, task_digest=task)
+    """Attest the PS as worker ``name`` claiming ``task`` (None: software that claims no task)."""
+    ctx = replace(party_context(fed, name), task_digest=task)
     return connect(
         name,
         "worker",

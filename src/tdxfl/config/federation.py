@@ -174,11 +174,13 @@ class Federation:
         """Minimum updates per step (0 in the file means: all workers)."""
         return self.faults.quorum or len(self.workers)
 
-    def training_digest(self) -> str:
-        """Hash of the training settings: PS and workers must agree on them. Where each party's
-        data lies (``data_path``, ``[[party]] data``) is not part of it."""
-        settings = asdict(self.training)
+    def training_digest(self, task_digest: bytes | None = None) -> str:
+        """Hash of the training settings and the task's code identity (``task_digest``): PS and
+        workers must agree on them. Where each party's data lies (``data_path``, ``[[party]]
+        data``) is not part of it."""
+        settings: dict[str, Any] = asdict(self.training)
         del settings["data_path"]
+        settings["task_digest"] = task_digest.hex() if task_digest else ""
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
     def party_data(self, name: str) -> str:

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tdxfl.attestation.code_identity import TASK_DIGEST_SIZE
+from tdxfl.attestation.code_identity import TASK_DIGEST_SIZE, digest_task
 from tdxfl.attestation.decisions import DecisionLog
 from tdxfl.attestation.insecure_simulated import SimulatedAttester, SimulatedTd, SimulatedVerifier, code_measurement
 from tdxfl.attestation.interfaces import Attester, Verifier
@@ -21,6 +21,7 @@ from tdxfl.config import Attestation, Federation
 from tdxfl.errors import ConfigError
 from tdxfl.keybroker.client import fetch_key
 from tdxfl.store.keys import derive_store_key
+from tdxfl.wiring.tasks import task_location
 
 __all__ = ["PartyContext", "broker_key", "make_attester", "model_key", "party_context", "verifiers_for"]
 
@@ -96,9 +97,11 @@ class PartyContext:
 def party_context(
     federation: Federation, name: str, workdir: Path | None = None, *, task_digest: bytes | None = None
 ) -> PartyContext:
-    """Set up party ``name``: working directory, attester and decision log; with ``task_digest``,
-    the task code it runs (see ``PartyContext``)."""
+    """Set up party ``name``: working directory, attester and decision log, and the code identity
+    of the task it runs (``task_digest``: by default the federation's task, see ``PartyContext``)."""
     party = federation.party(name)
+    if task_digest is None:
+        task_digest = digest_task(task_location(federation))
     wd = workdir or federation.base_dir / federation.output.dir / name  # relative to the federation file
     wd.mkdir(parents=True, exist_ok=True)
     return PartyContext(

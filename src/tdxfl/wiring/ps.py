@@ -86,7 +86,7 @@ def attested_fleet(
         [w.name for w in federation.workers],
         specs,
         strategy,
-        digest=federation.training_digest(),
+        digest=federation.training_digest(ctx.task_digest),
         max_concurrent_updates=f.max_concurrent_updates,
         transfer_timeout=f.step_timeout_s,
         max_handshakes=max_handshakes,

@@ -2,21 +2,46 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
 from typing import Any
 
 from tdxfl.config import Federation
 from tdxfl.engine.model import ModelAdapter
+from tdxfl.errors import ConfigError
 from tdxfl.ml.task import LocalSamples, Shard, Task, builtin_task, load_task
 
-__all__ = ["checkpoint_meta", "local_data", "resolve_task"]
+__all__ = ["checkpoint_meta", "local_data", "resolve_task", "task_location"]
+
+
+def _task_spec(federation: Federation) -> str:
+    t = federation.training
+    return t.task or builtin_task(t.model, t.dataset, t.framework)
 
 
 def resolve_task(federation: Federation, party: str) -> Task:
     """The federation's task (``training.task``, or the built-in one for ``model`` / ``dataset``
     / ``framework``), naming ``party`` in its errors."""
-    t = federation.training
-    spec = t.task or builtin_task(t.model, t.dataset, t.framework)
-    return load_task(spec, federation.base_dir).for_party(party)
+    return load_task(_task_spec(federation), federation.base_dir).for_party(party)
+
+
+def task_location(federation: Federation) -> Path:
+    """Where the task's code is (a ``.py`` file, or a package's folder), found without running
+    it: what its code identity is computed over. ConfigError when there is no such task."""
+    spec = _task_spec(federation)
+    if spec.endswith(".py") or "/" in spec:
+        path = Path(spec) if Path(spec).is_absolute() else federation.base_dir / spec
+        if not path.is_file():
+            raise ConfigError(f"training.task: no file {path}")
+        return path.resolve()
+    try:
+        found = importlib.util.find_spec(spec)
+    except (ImportError, ValueError):
+        found = None
+    if found is None or not found.origin:
+        raise ConfigError(f"training.task: no module named {spec!r}")
+    origin = Path(found.origin)
+    return origin.parent if origin.name == "__init__.py" else origin
 
 
 def local_data(federation: Federation, task: Task, party: str) -> LocalSamples:

@@ -45,7 +45,7 @@ def run_worker(federation: Federation, ctx: PartyContext) -> WorkerResult:
             ctx.attester,
             verifier,
             endpoint,
-            digest=federation.training_digest(),
+            digest=federation.training_digest(ctx.task_digest),
             wire_dtype=wire,
             retries=f.connect_retries,
             backoff_s=f.connect_backoff_s,
