@@ -32,6 +32,7 @@ _EXPORTS: dict[str, str] = {
     "LinkError": "tdxfl.errors",
     "RecordError": "tdxfl.errors",
     "SealedFileError": "tdxfl.errors",
+    "TaskError": "tdxfl.errors",
     "TdxflError": "tdxfl.errors",
     "Unavailable": "tdxfl.errors",
     "WrongKey": "tdxfl.errors",

@@ -19,6 +19,7 @@ __all__ = [
     "LinkError",
     "RecordError",
     "SealedFileError",
+    "TaskError",
     "TdxflError",
     "Unavailable",
     "WrongKey",
@@ -73,6 +74,11 @@ class LinkError(TdxflError):
 class RecordError(TdxflError):
     """A tensor set does not match what was expected (names, dtypes, shapes or values): an update
     that is refused, or a model that does not fit."""
+
+
+class TaskError(TdxflError):
+    """The user's task code failed or broke the task contract; the message names the party, the
+    task and the function."""
 
 
 class FederationError(TdxflError):

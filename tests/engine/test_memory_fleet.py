@@ -241,3 +241,93 @@ def test_unknown_worker_cannot_join() -> None:
     fleet = InMemoryFleet([], SyncGradients(SGD(1.0), []), ["w1"])
     with pytest.raises(FederationError, match="not a worker"):
         fleet.connect("mallory").join()
+
+
+def test_workers_evaluate_each_round_on_their_own_data_weighted_by_samples() -> None:
+    x, y = blobs(400, seed=1)
+    vals = [blobs(30, seed=5), blobs(90, seed=6)]
+    server_model = SoftmaxRegression(4, 3)
+    strategy = FedAvg(LocalTraining(steps=5, learning_rate=0.5))
+    fleet = InMemoryFleet(server_model.specs(), strategy, WORKERS)
+    published: list[list[np.ndarray]] = []
+    fleet.on_publish(lambda m: published.append([a.copy() for a in m.tensors.arrays]))
+
+    def worker(i: int) -> None:
+        data = LocalData(x[i::2], y[i::2], 16, i, *vals[i])
+        run_worker_loop(
+            WORKERS[i], lambda: fleet.connect(WORKERS[i]), SoftmaxRegression(4, 3), strategy, data, max_reconnects=0
+        )
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    seen: list[RoundMetrics] = []
+    weights = TensorSet(server_model.specs(), server_model.get_weights())
+    try:
+        run_rounds(
+            fleet, strategy, weights, plan(3), evaluate=lambda w: (0.0, 0.0), on_round=lambda m, w: seen.append(m)
+        )
+    finally:
+        fleet.finish()
+        for t in threads:
+            t.join(60)
+    probe = SoftmaxRegression(4, 3)
+    for m, start in zip(seen, published):
+        probe.set_weights(start)  # the model the round started from
+        accs = [probe.evaluate(*v)[1] for v in vals]
+        assert m.worker_val_samples == 120
+        assert m.worker_val_accuracy == pytest.approx((30 * accs[0] + 90 * accs[1]) / 120)
+
+
+class FailingModel(SoftmaxRegression):
+    """The user's model code breaks on its third batch."""
+
+    calls = 0
+
+    def compute_gradients(self, x: np.ndarray, y: np.ndarray) -> tuple[list[np.ndarray], float]:
+        FailingModel.calls += 1
+        if FailingModel.calls == 3:
+            raise FloatingPointError("loss diverged")
+        return super().compute_gradients(x, y)
+
+
+def test_a_worker_whose_training_fails_tells_the_ps_why_and_is_not_waited_for() -> None:
+    x, y = blobs(200, seed=1)
+    events: list[FleetEvent] = []
+    strategy = SyncGradients(SGD(0.1), [True, True, False], steps_per_round=5)
+    fleet = InMemoryFleet(SoftmaxRegression(4, 3).specs(), strategy, WORKERS, on_event=events.append)
+    errors: list[BaseException] = []
+
+    def worker(i: int, model: SoftmaxRegression) -> None:
+        try:
+            run_worker_loop(
+                WORKERS[i], lambda: fleet.connect(WORKERS[i]), model, strategy, LocalData(x, y, 16, i), max_reconnects=0
+            )
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [
+        threading.Thread(target=worker, args=(0, SoftmaxRegression(4, 3))),
+        threading.Thread(target=worker, args=(1, FailingModel(4, 3))),
+    ]
+    for t in threads:
+        t.start()
+    weights = TensorSet(SoftmaxRegression(4, 3).specs(), SoftmaxRegression(4, 3).get_weights())
+    try:
+        # a step timeout far beyond the test's: only the leave lets the steps go on without w2
+        result = run_rounds(
+            fleet,
+            strategy,
+            weights,
+            plan(2, quorum=1, step_timeout_s=3600.0),
+            evaluate=lambda w: (0.0, 0.0),
+            on_round=lambda m, w: None,
+        )
+    finally:
+        fleet.finish()
+        for t in threads:
+            t.join(60)
+    assert result.rounds == 2
+    (left,) = [e for e in events if e.kind is EventKind.LEFT]
+    assert left.party == "w2" and "training failed: FloatingPointError: loss diverged" in left.reason
+    assert len(errors) == 1 and "w2: training failed" in str(errors[0])

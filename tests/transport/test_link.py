@@ -327,3 +327,16 @@ def test_a_party_has_one_link_and_handshakes_are_bounded(make_federation: Callab
         channel.close()
     finally:
         ps.fleet.stop(linger=0)
+
+
+def test_a_leaving_worker_is_no_longer_waited_for_and_its_reason_logged(
+    ps: Ps, caplog: pytest.LogCaptureFixture
+) -> None:
+    channel = enroll(ps, "worker-1")
+    link = channel.open_link(ps.fed.ps.data_address)
+    ps.rounds.join("worker-1")
+    link.send(pb.LinkRequest(leave=pb.Leave(reason="worker-1: training failed: boom\nforged line")))
+    assert eventually(lambda: "worker-1" not in ps.rounds.active, timeout=10)
+    assert any("worker-1: training failed: boom\\nforged line" in r.getMessage() for r in caplog.records)  # escaped
+    link.close()
+    channel.close()

@@ -1,4 +1,8 @@
-"""The record of every attestation decision: who judged whom, on what, with what result."""
+"""The record of every attestation decision: who judged whom, on what, with what result.
+
+Peers choose some of what a decision holds (their party name, text in a refusal reason), so the
+log line escapes every non-printable character; the JSON-lines file escapes them as JSON does.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,12 @@ from pathlib import Path
 log = logging.getLogger("tdxfl.attestation")
 
 
+def escaped(text: str) -> str:
+    """``text`` with every non-printable character (line breaks, terminal escapes) written as a
+    Python escape sequence, so a peer cannot forge or hide log lines."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 @dataclass(frozen=True)
 class Decision:
     """One verifier's verdict on one peer's evidence."""
@@ -22,6 +32,8 @@ class Decision:
     reason: str
     tee: str = ""
     mrtd: str = ""
+    #: hex digest of the task code the peer's verified evidence claims ("" when none)
+    task: str = ""
     time: float = 0.0
 
     @property
@@ -45,13 +57,14 @@ class DecisionLog:
         level = logging.INFO if decision.accepted else logging.WARNING
         log.log(
             level,
-            "attestation %s: %s judged %s (tee=%s mrtd=%s): %s",
-            decision.result,
-            decision.verifier,
-            decision.peer,
-            decision.tee or "?",
-            decision.mrtd[:16] or "?",
-            decision.reason,
+            "attestation %s: %s judged %s (tee=%s mrtd=%s task=%s): %s",
+            escaped(decision.result),
+            escaped(decision.verifier),
+            escaped(decision.peer),
+            escaped(decision.tee) or "?",
+            escaped(decision.mrtd[:16]) or "?",
+            escaped(decision.task[:16]) or "-",
+            escaped(decision.reason),
         )
         with self._lock:
             self.decisions.append(decision)

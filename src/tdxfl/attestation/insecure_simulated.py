@@ -5,6 +5,9 @@ same parser and the same policy apply, followed by an Ed25519 signature made wit
 from a *public* constant. Anyone can forge it: it exists to exercise the protocol, never as a
 trust anchor. It travels under its own CBOR tag, so a policy that requires ``tdx`` refuses it
 before anything else is looked at, and a TDX verifier never accepts it.
+
+The simulated TD models RTMR3 extension in memory (``extend_rtmr3``), by the same rule and with
+the same event log as a real TD, so the verifier's replay runs end to end without TDX.
 """
 
 from __future__ import annotations
@@ -12,12 +15,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tdxfl.attestation.eventlog import plan_extension
 from tdxfl.attestation.evidence import SIMULATED_EVIDENCE_TAG
 from tdxfl.attestation.interfaces import Attester, VerifiedEvidence, Verifier, check_report_data
 from tdxfl.attestation.report import HEADER_SIZE, TD_REPORT10_SIZE, TDX_TEE_TYPE, TdAttribute, parse_quote
@@ -83,7 +87,32 @@ class SimulatedAttester(Attester):
 
     def __init__(self, td: SimulatedTd | None = None) -> None:
         self.td = td or SimulatedTd()
+        self._rtmr3_log: tuple[bytes, ...] | None = None
         log.warning(WARNING)
+
+    @property
+    def can_extend_rtmr3(self) -> bool:
+        """Always: the simulated RTMR3 lives in this object."""
+        return True
+
+    def extend_rtmr3(self, digest: bytes) -> None:
+        """Measure ``digest`` into the simulated RTMR3 by the rule of a real TD
+        (:func:`tdxfl.attestation.eventlog.plan_extension`); later quotes report the result."""
+        plan = plan_extension(self.td.rtmrs[3], digest)
+        if plan.log is None:
+            log.warning(
+                "simulated RTMR3 starts at %s, not zero: not extending it, and carrying no RTMR3 event log",
+                plan.result.hex(),
+            )
+        rtmrs = self.td.rtmrs
+        self.td = replace(self.td, rtmrs=(rtmrs[0], rtmrs[1], rtmrs[2], plan.result))
+        self._rtmr3_log = plan.log
+
+    @property
+    def rtmr3_log(self) -> tuple[bytes, ...] | None:
+        """The events extended into the simulated RTMR3 (None before any, or when it started
+        at a value other than zero)."""
+        return self._rtmr3_log
 
     def quote(self, report_data: bytes) -> bytes:
         """A TDX-v4-shaped quote over ``report_data``, signed by the public simulation key."""

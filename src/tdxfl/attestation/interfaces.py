@@ -10,10 +10,13 @@ certificate's evidence extension.
 from __future__ import annotations
 
 import abc
+import logging
 from dataclasses import dataclass, field
 
 from tdxfl.attestation.report import TdReport
 from tdxfl.errors import AttestationError
+
+log = logging.getLogger(__name__)
 
 REPORT_DATA_SIZE = 64
 
@@ -36,6 +39,11 @@ class VerifiedEvidence:
     tcb_status: str
     advisory_ids: tuple[str, ...] = ()
     platform: PlatformFlags = field(default_factory=PlatformFlags)
+    #: the task code digest the evidence's claims carry, bound to the quote through REPORTDATA
+    #: (None: no task claimed); ``PeerVerifier`` sets it, a bare quote carries none
+    task: bytes | None = None
+    #: the RTMR3 event log the claims carry, replayed to the quoted RTMR3 (None: no log)
+    rtmr3_log: tuple[bytes, ...] | None = None
 
 
 class Attester(abc.ABC):
@@ -49,6 +57,27 @@ class Attester(abc.ABC):
     @abc.abstractmethod
     def quote(self, report_data: bytes) -> bytes:
         """Return evidence binding exactly these 64 bytes of REPORTDATA."""
+
+    @property
+    def can_extend_rtmr3(self) -> bool:
+        """True when ``extend_rtmr3`` can measure into this TD's RTMR3 (default: it cannot)."""
+        return False
+
+    def extend_rtmr3(self, digest: bytes) -> None:
+        """Measure the 48-byte ``digest`` into RTMR3 by the rule of
+        :func:`tdxfl.attestation.eventlog.plan_extension`, so that ``rtmr3_log`` accounts for it.
+        The default, for attesters whose TD has no extensible RTMR3, only warns that it cannot."""
+        log.warning(
+            "%s evidence has no extensible RTMR3: digest %s is carried in the evidence claims only",
+            self.tee,
+            digest.hex(),
+        )
+
+    @property
+    def rtmr3_log(self) -> tuple[bytes, ...] | None:
+        """The events extended into RTMR3 since boot, in order, or None when this attester cannot
+        account for RTMR3's value (default: None)."""
+        return None
 
 
 class Verifier(abc.ABC):

@@ -3,7 +3,9 @@
 A policy is written in the federation's TOML (one table per direction) and judged against a
 ``VerifiedEvidence``. Every refusal names the failing field, the peer's value and the allowed
 values. Defaults are strict: real TDX only, DEBUG forbidden, TCB ``UpToDate`` only, no cloud
-platform flags, and MRTD must be listed (or explicitly ``"any"``).
+platform flags, and MRTD must be listed (or explicitly ``"any"``). ``task`` pins the task code's
+digest that a peer's evidence claims (:mod:`tdxfl.attestation.code_identity`); it is ``"any"``
+unless listed.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from tdxfl.attestation.code_identity import TASK_DIGEST_SIZE
 from tdxfl.attestation.interfaces import VerifiedEvidence
 from tdxfl.errors import ConfigError
 
 ANY = "any"
 _MEASUREMENT_SIZES = {"mrtd": 48, "rtmr0": 48, "rtmr1": 48, "rtmr2": 48, "rtmr3": 48, "mrconfigid": 48, "mrowner": 48}
+_DIGEST_SIZES = {**_MEASUREMENT_SIZES, "task": TASK_DIGEST_SIZE}
 
 
 MeasurementRule = frozenset[bytes] | None  # None means "any"
@@ -39,8 +43,8 @@ def _parse_rule(key: str, raw: object) -> MeasurementRule:
             b = bytes.fromhex(v)
         except ValueError as e:
             raise ConfigError(f"policy key {key!r}: {v!r} is not hex") from e
-        if len(b) != _MEASUREMENT_SIZES[key]:
-            raise ConfigError(f"policy key {key!r}: {v!r} is {len(b)} bytes, expected {_MEASUREMENT_SIZES[key]}")
+        if len(b) != _DIGEST_SIZES[key]:
+            raise ConfigError(f"policy key {key!r}: {v!r} is {len(b)} bytes, expected {_DIGEST_SIZES[key]}")
         out.add(b)
     return frozenset(out)
 
@@ -57,6 +61,8 @@ class Policy:
     rtmr3: MeasurementRule = None
     mrconfigid: MeasurementRule = None
     mrowner: MeasurementRule = None
+    #: task code digests a peer may claim to run (None: any task, or none)
+    task: MeasurementRule = None
     allow_debug: bool = False
     tcb_statuses: frozenset[str] = frozenset({"UpToDate"})
     accepted_advisories: frozenset[str] = frozenset()
@@ -76,7 +82,7 @@ class Policy:
             raise ConfigError(f"unknown policy keys: {', '.join(sorted(unknown))}")
         kwargs: dict[str, Any] = {}
         for key, raw in table.items():
-            if key in _MEASUREMENT_SIZES:
+            if key in _DIGEST_SIZES:
                 kwargs[key] = _parse_rule(key, raw)
             elif key in ("tee", "tcb_statuses", "accepted_advisories"):
                 items = [raw] if isinstance(raw, str) else raw
@@ -92,11 +98,15 @@ class Policy:
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
-        """The TOML-ready form of this policy (inverse of ``from_dict``)."""
+        """The TOML-ready form of this policy (inverse of ``from_dict``). ``task`` appears only
+        when pinned, so a policy that pins none writes the same bytes as before the key existed
+        (keystores re-seal their policies unchanged)."""
         out: dict[str, Any] = {"tee": sorted(self.tee)}
         for key in _MEASUREMENT_SIZES:
             rule: MeasurementRule = getattr(self, key)
             out[key] = ANY if rule is None else sorted(v.hex() for v in rule)
+        if self.task is not None:
+            out["task"] = sorted(v.hex() for v in self.task)
         out["allow_debug"] = self.allow_debug
         out["tcb_statuses"] = sorted(self.tcb_statuses)
         out["accepted_advisories"] = sorted(self.accepted_advisories)
@@ -138,6 +148,12 @@ class Policy:
             if rule is not None and value not in rule:
                 allowed = ", ".join(_short(v) for v in sorted(rule)) or "nothing (policy lists none)"
                 reasons.append(f"{key.upper()} {_short(value)} is not allowed (policy allows: {allowed})")
+        if self.task is not None:
+            allowed = ", ".join(v.hex() for v in sorted(self.task)) or "nothing (policy lists none)"
+            if ev.task is None:
+                reasons.append(f"TASK: the evidence claims no task digest (policy allows: {allowed})")
+            elif ev.task not in self.task:
+                reasons.append(f"TASK {ev.task.hex()} is not allowed (policy allows: {allowed})")
         if r.debug and not self.allow_debug:
             reasons.append("TD attribute DEBUG is set (policy forbids debug TDs: the host can read their memory)")
         if ev.tcb_status not in self.tcb_statuses:

@@ -1,10 +1,11 @@
 """RA-TLS: in-memory TLS identities whose certificates carry evidence bound to their key.
 
 ``TlsIdentity.create`` makes an ECDSA P-384 key in memory, asks the attester for evidence
-whose REPORTDATA commits to the key's SubjectPublicKeyInfo (and a verifier's nonce), and wraps
-both in a short-lived self-signed certificate. ``PeerVerifier`` checks such certificates (or
-fresh evidence for a known key) against a policy, at the time of its clock, and records every
-decision. Nothing here writes to disk.
+whose REPORTDATA commits to the key's SubjectPublicKeyInfo (and a verifier's nonce, the task
+code's digest and the attester's RTMR3 event log), and wraps both in a short-lived self-signed
+certificate. ``PeerVerifier`` checks such certificates (or fresh evidence for a known key) against
+a policy, at the time of its clock, replays any RTMR3 event log, and records every decision.
+Nothing here writes to disk.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import hashlib
 import os
 import ssl
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -22,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tdxfl.attestation.decisions import Decision, DecisionLog
+from tdxfl.attestation.eventlog import check_rtmr3_log
 from tdxfl.attestation.evidence import (
     SIMULATED_EVIDENCE_TAG,
     TAGGED_EVIDENCE_OID,
@@ -46,9 +48,12 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def make_evidence(attester: Attester, spki_der: bytes, nonce: bytes | None = None) -> TaggedEvidence:
-    """Evidence from ``attester`` bound to ``spki_der`` (and ``nonce``)."""
-    claims = Claims.for_public_key(spki_der, nonce).encode()
+def make_evidence(
+    attester: Attester, spki_der: bytes, nonce: bytes | None = None, task_digest: bytes | None = None
+) -> TaggedEvidence:
+    """Evidence from ``attester`` bound to ``spki_der`` (and ``nonce``, ``task_digest``, and the
+    attester's RTMR3 event log when it keeps one)."""
+    claims = Claims.for_public_key(spki_der, nonce, task=task_digest, rtmr3_log=attester.rtmr3_log).encode()
     quote = attester.quote(report_data_for(claims))
     return TaggedEvidence(tag=attester.evidence_tag, quote=quote, claims=claims)
 
@@ -60,11 +65,18 @@ def tls_name(party: str) -> str:
 
 
 class TlsIdentity:
-    """A party's TLS key and RA-TLS certificate, held in memory only."""
+    """A party's TLS key and RA-TLS certificate, held in memory only; ``task_digest`` is the task
+    code digest its evidence claims (None: none)."""
 
-    def __init__(self, private_key: ec.EllipticCurvePrivateKey, certificate: x509.Certificate) -> None:
+    def __init__(
+        self,
+        private_key: ec.EllipticCurvePrivateKey,
+        certificate: x509.Certificate,
+        task_digest: bytes | None = None,
+    ) -> None:
         self._private_key = private_key
         self.certificate = certificate
+        self.task_digest = task_digest
 
     @classmethod
     def create(
@@ -73,14 +85,16 @@ class TlsIdentity:
         party: str,
         *,
         nonce: bytes | None = None,
+        task_digest: bytes | None = None,
         validity: dt.timedelta = DEFAULT_VALIDITY,
     ) -> TlsIdentity:
-        """Generate a fresh P-384 key and a self-signed certificate carrying bound evidence."""
+        """Generate a fresh P-384 key and a self-signed certificate carrying bound evidence; the
+        evidence (and all ``fresh_evidence`` for it) claims ``task_digest`` when given."""
         key = ec.generate_private_key(ec.SECP384R1())
         spki = key.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-        evidence = make_evidence(attester, spki, nonce)
+        evidence = make_evidence(attester, spki, nonce, task_digest)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, tls_name(party))])
         now = utc_now()
         cert = (
@@ -96,7 +110,7 @@ class TlsIdentity:
             .add_extension(x509.UnrecognizedExtension(TAGGED_EVIDENCE_OID, evidence.encode()), critical=False)
             .sign(key, hashes.SHA384())
         )
-        return cls(key, cert)
+        return cls(key, cert, task_digest)
 
     @property
     def cert_pem(self) -> bytes:
@@ -143,8 +157,9 @@ class TlsIdentity:
         return ctx
 
     def fresh_evidence(self, attester: Attester, nonce: bytes) -> bytes:
-        """Encoded evidence for this key and a verifier's ``nonce`` (a freshness challenge)."""
-        return make_evidence(attester, self.spki_der, nonce).encode()
+        """Encoded evidence for this key, a verifier's ``nonce`` (a freshness challenge) and this
+        identity's task digest."""
+        return make_evidence(attester, self.spki_der, nonce, self.task_digest).encode()
 
 
 def load_certificate(cert: bytes) -> x509.Certificate:
@@ -239,10 +254,13 @@ class PeerVerifier:
             raise AttestationRefused("; ".join(reasons))
 
     def verify_genuine(self, evidence: TaggedEvidence, spki_der: bytes, nonce: bytes | None = None) -> VerifiedEvidence:
-        """Check the evidence kind is acceptable, the quote genuine and bound to the key and nonce.
+        """Check the evidence kind is acceptable, the quote genuine and bound to the key and nonce,
+        and any RTMR3 event log in the claims replayed to the quoted RTMR3 (ending with the claimed
+        task digest, if any). The result carries the claimed task digest and the replayed log.
 
         Raises AttestationRefused when the policy does not accept the evidence kind, and
-        AttestationError when the evidence is not genuine or not bound to the key and nonce.
+        AttestationError when the evidence is not genuine, not bound to the key and nonce, or its
+        event log does not replay.
         """
         verifier = self._verifiers.get(evidence.tag)
         kind = verifier.tee if verifier else _KIND_OF_TAG.get(evidence.tag, f"tag {evidence.tag}")
@@ -259,7 +277,9 @@ class PeerVerifier:
         verified = verifier.verify(evidence.quote)
         if not report_data_matches(verified.report.report_data, evidence.claims):
             raise AttestationError("quote REPORTDATA does not commit to the claims: quote not bound to this key")
-        return verified
+        if claims.rtmr3_log is not None:
+            check_rtmr3_log(claims.rtmr3_log, verified.report.rtmrs[3], claims.task)
+        return replace(verified, task=claims.task, rtmr3_log=claims.rtmr3_log)
 
     def verify_certificate(
         self,
@@ -292,15 +312,16 @@ class PeerVerifier:
         Never raises for a refusal: the returned decision says what happened and why.
         """
         verified: VerifiedEvidence | None = None
-        tee = mrtd = ""
+        tee = mrtd = task = ""
         try:
             genuine = self.verify_certificate(certificate, evidence=evidence, nonce=nonce)
             tee, mrtd = genuine.tee, genuine.report.mrtd.hex()
+            task = genuine.task.hex() if genuine.task is not None else ""
             self.check_policy(genuine)
             verified = genuine
             what = "fresh evidence" if evidence is not None or nonce is not None else "certificate evidence"
-            decision = Decision(self.me, peer, "accepted", f"{what} verified and meets policy", tee, mrtd)
+            decision = Decision(self.me, peer, "accepted", f"{what} verified and meets policy", tee, mrtd, task=task)
         except AttestationError as e:
-            decision = Decision(self.me, peer, "refused", str(e), tee, mrtd)
+            decision = Decision(self.me, peer, "refused", str(e), tee, mrtd, task=task)
             verified = None
         return Appraisal(verified, self.decisions.record(decision))

@@ -1,9 +1,12 @@
 """``tdxfl attest`` and ``tdxfl verify-quote``: this TD's measurements, and checking evidence.
 
 ``attest`` quotes zero REPORTDATA and prints the measurements with a policy block that pins
-them (paste it into the peers' configuration). ``verify-quote`` verifies a raw quote file or
-an RA-TLS certificate against DCAP collateral and a policy and prints the decision; its exit
-status is 0 when accepted and 3 (:mod:`tdxfl.cli.exits`) when refused.
+them (paste it into the peers' configuration); with ``--task PATH`` it also prints the task
+code's digest, pins it (``task = [...]``) and pins RTMR3 as it will be once the party has
+measured that task into it. It never extends RTMR3 itself. ``verify-quote`` verifies a raw quote
+file or an RA-TLS certificate against DCAP collateral and a policy and prints the decision (with
+the task digest a certificate's evidence claims, its RTMR3 event log replayed); its exit status
+is 0 when accepted and 3 (:mod:`tdxfl.cli.exits`) when refused.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from typing import Any
 
 import click
 
+from tdxfl.attestation.code_identity import digest_task
+from tdxfl.attestation.eventlog import plan_extension
 from tdxfl.attestation.interfaces import REPORT_DATA_SIZE, Attester, VerifiedEvidence
 from tdxfl.attestation.policy import Policy
 from tdxfl.attestation.report import parse_quote
@@ -55,8 +60,14 @@ def _attester(configfs: str | None, simulated: bool) -> Attester:
 @click.command("attest")
 @click.option("--configfs", type=click.Path(file_okay=False), help="configfs-tsm report directory.")
 @click.option("--simulated", is_flag=True, help="Use the simulated TD (development only; proves nothing).")
+@click.option(
+    "--task",
+    "task_path",
+    type=click.Path(exists=True, path_type=Path),
+    help="Task code (a .py file or a package directory): print its digest and pin it.",
+)
 @handle_errors("tdxfl attest")
-def attest(configfs: str | None, simulated: bool) -> None:
+def attest(configfs: str | None, simulated: bool, task_path: Path | None) -> None:
     """Print this TD's measurements and a TOML policy block that pins them."""
     attester = _attester(configfs, simulated)
     report = parse_quote(attester.quote(bytes(REPORT_DATA_SIZE))).report
@@ -65,13 +76,26 @@ def attest(configfs: str | None, simulated: bool) -> None:
         if key != "report_data":
             shown = ", ".join(value) or "none" if isinstance(value, list) else value
             click.echo(f"# {key:<18} {shown}")
+    rtmr3 = report.rtmrs[3]
+    task = None
+    if task_path is not None:
+        task = digest_task(task_path)
+        click.echo(f"# {'task':<18} {task.hex()}")
+        if not attester.can_extend_rtmr3:
+            click.echo("# RTMR3 is not extensible here (needs Linux >= 6.16): the task is pinned by its claim only.")
+        elif (plan := plan_extension(rtmr3, task)).log is None:
+            click.echo("# RTMR3 holds events of other software: the party will not extend it with the task.")
+        else:
+            rtmr3 = plan.result
+            click.echo(f"# {'rtmr3 with task':<18} {rtmr3.hex()}")
     policy = Policy(
         tee=frozenset({attester.tee}),
         mrtd=frozenset({report.mrtd}),
         rtmr0=frozenset({report.rtmrs[0]}),
         rtmr1=frozenset({report.rtmrs[1]}),
         rtmr2=frozenset({report.rtmrs[2]}),
-        rtmr3=frozenset({report.rtmrs[3]}),
+        rtmr3=frozenset({rtmr3}),
+        task=None if task is None else frozenset({task}),
     )
     click.echo("# Policy admitting exactly this TD; paste it into the peers' policy table.")
     if attester.tee == "tdx":
@@ -119,6 +143,8 @@ def _evidence_summary(ev: VerifiedEvidence) -> dict[str, Any]:
             "smt_enabled": ev.platform.smt_enabled,
         },
         "report": ev.report.to_dict(),
+        "task": ev.task.hex() if ev.task is not None else None,
+        "rtmr3_log": [e.hex() for e in ev.rtmr3_log] if ev.rtmr3_log is not None else None,
     }
 
 
@@ -203,6 +229,13 @@ def verify_quote(
             click.echo(f"platform:    dynamic={p.dynamic_platform} cached_keys={p.cached_keys} smt={p.smt_enabled}")
             click.echo(f"mrtd:        {r.mrtd.hex()}")
             click.echo(f"attributes:  {', '.join(r.attribute_names()) or 'none'}")
+            if verified.task is not None:
+                replayed = (
+                    ""
+                    if verified.rtmr3_log is None
+                    else f" (RTMR3 event log of {len(verified.rtmr3_log)} event(s) replayed)"
+                )
+                click.echo(f"task:        {verified.task.hex()}{replayed}")
         if accepted:
             click.echo("ACCEPTED")
         else:

@@ -21,6 +21,13 @@ _federation_option = click.option(
     type=click.Path(dir_okay=False, path_type=Path),
     help="The federation file (TOML).",
 )
+_data_option = click.option(
+    "--data",
+    "data",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="This party's own data (overrides its [[party]] data): handed to the task's load_data.",
+)
 _set_option = click.option(
     "--set",
     "overrides",
@@ -64,8 +71,14 @@ def _before_exit() -> None:
     help="Where this party writes (default: OUTPUT.DIR/NAME).",
 )
 @click.option("--no-live", is_flag=True, help="No live progress display.")
+@_data_option
 def ps(
-    federation_file: Path, overrides: tuple[str, ...], name: str | None, workdir: Path | None, no_live: bool
+    federation_file: Path,
+    overrides: tuple[str, ...],
+    name: str | None,
+    workdir: Path | None,
+    no_live: bool,
+    data: Path | None,
 ) -> None:
     """Run the parameter server."""
     from tdxfl.wiring.party import party_context
@@ -73,7 +86,10 @@ def ps(
 
     with handle_errors("tdxfl ps"):
         fed = load_federation(federation_file, overrides)
-        ctx = party_context(fed, name or fed.ps.name, workdir)
+        name = name or fed.ps.name
+        if data is not None:
+            fed = fed.with_party_data(name, str(data.resolve()))
+        ctx = party_context(fed, name, workdir)
         _preload_training_stack(fed)
         result = run_parameter_server(fed, ctx, live=not no_live)
     (ctx.workdir / "result.json").write_text(json.dumps(result.__dict__, indent=2))
@@ -86,13 +102,18 @@ def ps(
 @_set_option
 @click.option("--name", required=True, help="This worker's party name.")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None)
-def worker(federation_file: Path, overrides: tuple[str, ...], name: str, workdir: Path | None) -> None:
+@_data_option
+def worker(
+    federation_file: Path, overrides: tuple[str, ...], name: str, workdir: Path | None, data: Path | None
+) -> None:
     """Run a worker."""
     from tdxfl.wiring.party import party_context
     from tdxfl.wiring.worker import run_worker
 
     with handle_errors(f"tdxfl worker {name}"):
         fed = load_federation(federation_file, overrides)
+        if data is not None:
+            fed = fed.with_party_data(name, str(data.resolve()))
         ctx = party_context(fed, name, workdir)
         _preload_training_stack(fed)
         result = run_worker(fed, ctx)

@@ -63,6 +63,9 @@ def _with_keystore_opts(f: Any) -> Any:
 @click.option("--num-classes", type=int, default=None, help="Number of classes (default: from the checkpoint).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--npz-only", is_flag=True, help="Write only model.npz (no Keras rebuild).")
+@click.option(
+    "--task", "task_spec", default=None, help="The user task (module or .py file) whose build_model() the weights fit."
+)
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 @handle_errors("tdxfl unseal")
 def unseal(
@@ -78,10 +81,14 @@ def unseal(
     out_dir: Path,
     npz_only: bool,
     force: bool,
+    task_spec: str | None,
 ) -> None:
-    """Unseal a sealed checkpoint SEALED into OUT/model.npz and OUT/model.keras."""
+    """Unseal a sealed checkpoint SEALED into OUT/model.npz and OUT/model.keras (a torch task's
+    model: OUT/model.pt)."""
+    from tdxfl.ml.task import load_task
     from tdxfl.wiring.unseal import unseal_model
 
+    task = load_task(task_spec, Path.cwd()) if task_spec else None
     key = _key_from_keystore(keystore, key_name, key_file, passphrase_env)
     written = unseal_model(
         sealed,
@@ -93,6 +100,7 @@ def unseal(
         label=label,
         write_keras=not npz_only,
         force=force,
+        task=task,
     )
     for path in written.values():
         click.echo(f"wrote {path}")

@@ -15,6 +15,7 @@ from tdxfl.attestation.interfaces import Attester
 from tdxfl.attestation.ratls import PeerVerifier
 from tdxfl.client.model_link import ModelLink
 from tdxfl.engine.fleet import JoinInfo, Model, PushResult, Update
+from tdxfl.engine.rounds import MAX_REASON_CHARS
 from tdxfl.errors import FederationError, LinkError
 from tdxfl.transport.attested import AttestedChannel, connect
 from tdxfl.transport.proto import tdxfl_pb2 as pb
@@ -79,6 +80,12 @@ class AttestedConnection:
         )
         return PushResult(reply.accepted, reply.reason)
 
+    def leave(self, reason: str) -> None:
+        try:
+            self._link.link.send(pb.LinkRequest(leave=pb.Leave(reason=reason[:MAX_REASON_CHARS])))
+        except LinkError:
+            pass  # the PS is gone already: nobody to tell
+
     def close(self) -> None:
         self._link.close()
         self._channel.close()
@@ -94,13 +101,16 @@ def connect_to_ps(
     wire_dtype: str | None,
     retries: int,
     backoff_s: float,
+    task_digest: bytes | None = None,
 ) -> AttestedConnection:
-    """Attest the PS, enroll, open the tensor link; an unreachable PS is retried with exponential
-    backoff (Unavailable after ``retries``), a refusal by either side is final
-    (AttestationRefused)."""
+    """Attest the PS, enroll (our evidence claiming ``task_digest`` when given), open the tensor
+    link; an unreachable PS is retried with exponential backoff (Unavailable after ``retries``), a
+    refusal by either side is final (AttestationRefused)."""
 
     def attempt() -> AttestedConnection:
-        channel = connect(party, "worker", attester, verifier, ps.name, ps.address, ps.enroll_address)
+        channel = connect(
+            party, "worker", attester, verifier, ps.name, ps.address, ps.enroll_address, task_digest=task_digest
+        )
         try:
             link = ModelLink(channel.open_link(ps.data_address))
         except BaseException:

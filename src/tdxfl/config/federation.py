@@ -25,19 +25,25 @@ from tdxfl.ml.factory import Framework
 
 @dataclass(frozen=True)
 class Party:
-    """One participant: its unique name, role (``ps`` or ``worker``) and listening addresses."""
+    """One participant: its unique name, role (``ps`` or ``worker``), listening addresses, and
+    where its own data is (``data``: handed to the task's ``load_data``; not part of the
+    training settings every party must share)."""
 
     name: str
     role: str
     address: str = ""
     enroll_address: str = ""
     data_address: str = ""
+    data: str = ""
 
 
 @dataclass(frozen=True)
 class Training:
-    """What is trained and how."""
+    """What is trained and how. ``task`` names the training code (a module or a ``.py`` file
+    relative to the federation file); without it, the built-in task for ``model`` / ``dataset`` /
+    ``framework``. ``data_path`` is the default data location of parties without ``data``."""
 
+    task: str = ""
     mode: Mode = Mode.SYNC_GRADIENTS
     framework: Framework = Framework.KERAS
     model: str = "small_cnn"
@@ -83,9 +89,11 @@ class SimulatedTdConfig:
 
 @dataclass(frozen=True)
 class TdxConfig:
-    """Where the real TDX backend finds configfs-tsm and DCAP collateral."""
+    """Where the real TDX backend finds configfs-tsm, the RTMR3 measurement file and DCAP
+    collateral."""
 
     configfs_path: str = "/sys/kernel/config/tsm/report"
+    rtmr3_path: str = "/sys/class/misc/tdx_guest/measurements/rtmr3:sha384"
     collateral_file: str = ""
     pccs_url: str = ""
     cache_dir: str = ""
@@ -195,6 +203,8 @@ class Federation:
     policies: Mapping[str, Policy]
     output: Output
     keybroker: KeyBrokerRef | None = None
+    #: the federation file's folder: relative task and data paths are taken from it
+    base_dir: Path = Path(".")
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     privacy: Privacy = field(default_factory=Privacy)
 
@@ -229,15 +239,27 @@ class Federation:
         """Minimum updates per step (0 in the file means: all workers)."""
         return self.faults.quorum or len(self.workers)
 
-    def training_digest(self) -> str:
-        """Hash of the training, strategy and privacy settings: PS and workers must agree on them
-        (a worker so also refuses a PS that would aggregate otherwise, e.g. without its noise)."""
-        settings = {
-            "training": asdict(self.training),
-            "strategy": asdict(self.strategy),
-            "privacy": asdict(self.privacy),
-        }
+    def training_digest(self, task_digest: bytes | None = None) -> str:
+        """Hash of the training, strategy and privacy settings and the task's code identity
+        (``task_digest``): PS and workers must agree on them (a worker so also refuses a PS that
+        would aggregate otherwise, e.g. without its noise). Where each party's data lies
+        (``data_path``, ``[[party]] data``) is not part of it."""
+        settings: dict[str, Any] = asdict(self.training)
+        del settings["data_path"]
+        settings["task_digest"] = task_digest.hex() if task_digest else ""
+        settings["strategy"], settings["privacy"] = asdict(self.strategy), asdict(self.privacy)
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+    def party_data(self, name: str) -> str:
+        """Where party ``name``'s data is: its ``data``, else ``training.data_path``, relative
+        paths taken from the federation file's folder."""
+        data = self.party(name).data or self.training.data_path
+        return str(self.base_dir / data) if data and not Path(data).is_absolute() else data
+
+    def with_party_data(self, name: str, data: str) -> Federation:
+        """This federation with party ``name``'s data at ``data`` (e.g. ``--data``, made absolute)."""
+        changed = replace(self.party(name), data=data)
+        return replace(self, parties=tuple(changed if p.name == name else p for p in self.parties))
 
 
 def _build(cls: type, table: Any, where: str) -> Any:
@@ -297,7 +319,7 @@ def parse_attestation(table: Any) -> Attestation:
     return attestation
 
 
-def parse_federation(doc: Mapping[str, Any]) -> Federation:
+def parse_federation(doc: Mapping[str, Any], base_dir: Path = Path(".")) -> Federation:
     """Validate a parsed TOML document into a Federation."""
     allowed = {"federation", "party", "training", "faults", "attestation", "policy", "output", "keybroker"}
     allowed |= {"strategy", "privacy"}  # parsed by parse_strategy and parse_privacy
@@ -366,6 +388,7 @@ def parse_federation(doc: Mapping[str, Any]) -> Federation:
         policies,
         output,
         keybroker,
+        base_dir,
         strategy=strategy,
         privacy=privacy,
     )
@@ -467,4 +490,4 @@ def load_federation(path: str | os.PathLike[str], overrides: Sequence[str] = ())
         raise ConfigError(f"federation file {path} not found") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"federation file {path} is not valid TOML: {e}") from e
-    return parse_federation(apply_overrides(doc, overrides))
+    return parse_federation(apply_overrides(doc, overrides), Path(path).resolve().parent)

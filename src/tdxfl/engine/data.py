@@ -35,12 +35,15 @@ def batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int = 0) -> Ite
 
 @dataclass
 class LocalData:
-    """This worker's samples, its batch size and the seed of its batch order."""
+    """This worker's samples, its batch size, the seed of its batch order, and its own validation
+    samples (if any: the worker then evaluates every round's global model on them)."""
 
     x: np.ndarray
     y: np.ndarray
     batch_size: int
     seed: int = 0
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
     _batches: Iterator[tuple[np.ndarray, np.ndarray]] | None = field(default=None, init=False, repr=False)
 
     def next_batch(self) -> tuple[np.ndarray, np.ndarray]:

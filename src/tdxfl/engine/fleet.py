@@ -21,7 +21,11 @@ from tdxfl.engine.kinds import UpdateKind
 from tdxfl.engine.records import TensorSet
 
 __all__ = [
+    "VAL_ACCURACY",
+    "VAL_LOSS",
+    "VAL_SAMPLES",
     "EventKind",
+    "EventSink",
     "Fleet",
     "FleetEvent",
     "JoinInfo",
@@ -32,6 +36,11 @@ __all__ = [
     "Update",
     "UpdateInfo",
 ]
+
+
+#: metrics a worker reports with its first update of a round: its evaluation of the model it
+#: received, on its own validation data (the PS averages them weighted by ``VAL_SAMPLES``)
+VAL_LOSS, VAL_ACCURACY, VAL_SAMPLES = "val_loss", "val_accuracy", "val_samples"
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,7 @@ class EventKind(enum.Enum):
     JOINED = "joined"
     DROPPED = "dropped"  # silent past the step timeout
     REFUSED = "refused"  # an update was refused
+    LEFT = "left"  # the worker said it stops, and why
 
 
 @dataclass(frozen=True)
@@ -158,6 +168,10 @@ class ServerConnection(Protocol):
 
     def push(self, update: Update) -> PushResult:
         """Send one update; the answer says whether it was accepted and, if not, why."""
+        ...
+
+    def leave(self, reason: str) -> None:
+        """Tell the PS that this worker stops, and why (e.g. its training code failed)."""
         ...
 
     def close(self) -> None:

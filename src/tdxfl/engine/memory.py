@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from tdxfl.engine.clock import Clock
-from tdxfl.engine.fleet import EventSink, JoinInfo, Model, PushResult, StepResult, Update
+from tdxfl.engine.fleet import EventSink, JoinInfo, Model, PushResult, Update
 from tdxfl.engine.records import TensorSet, TensorSpec
-from tdxfl.engine.rounds import FINISHED, RoundState, log_event
+from tdxfl.engine.rounds import FINISHED, RoundState, RoundStateFleet, log_event
 from tdxfl.engine.strategy import Strategy
 from tdxfl.errors import FederationError, LinkError, RecordError
 
@@ -23,7 +23,7 @@ __all__ = ["InMemoryConnection", "InMemoryFleet"]
 _PULL_WAIT_S = 30.0
 
 
-class InMemoryFleet:
+class InMemoryFleet(RoundStateFleet[Model]):
     """Workers in this process, by name; implements ``Fleet``."""
 
     def __init__(
@@ -47,32 +47,12 @@ class InMemoryFleet:
         """A new connection for worker ``party``."""
         return InMemoryConnection(self, party)
 
-    # -- Fleet ------------------------------------------------------------------------------
-    def wait_for_workers(self, count: int, timeout: float) -> None:
-        self.state.wait_for_workers(count, timeout)
-
+    # -- Fleet (the rest is RoundStateFleet's) ------------------------------------------------
     def publish(self, version: int, weights: TensorSet) -> None:
         model = Model(version, weights)
         self.state.publish(version, model)
         for callback in self._subscribers:
             callback(model)
-
-    def collect(self, quorum: int, timeout: float, *, fail_on_timeout: bool, grace: float) -> StepResult:
-        return self.state.collect(quorum, timeout, fail_on_timeout=fail_on_timeout, grace=grace)
-
-    def retire(self, timeout: float) -> None:
-        self.state.retire(timeout)
-
-    def finish(self) -> None:
-        self.state.finish()
-
-    @property
-    def bytes_in(self) -> int:
-        return self.state.bytes_in
-
-    @property
-    def bytes_out(self) -> int:
-        return self.state.bytes_out
 
 
 class InMemoryConnection:
@@ -124,6 +104,10 @@ class InMemoryConnection:
         except RecordError as e:  # stale, duplicate, wrong kind (not counted), or NaN (recorded by submit)
             return PushResult(False, str(e))
         return PushResult(True)
+
+    def leave(self, reason: str) -> None:
+        self._check_open()
+        self._state.leave(self.party, reason)
 
     def close(self) -> None:
         self.closed = True

@@ -12,17 +12,26 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Generic, TypeVar
 
 from tdxfl.engine.aggregators import Aggregator
 from tdxfl.engine.clock import Clock, MonotonicClock
-from tdxfl.engine.fleet import EventKind, EventSink, FleetEvent, StepResult, UpdateInfo
+from tdxfl.engine.fleet import (
+    VAL_ACCURACY,
+    VAL_LOSS,
+    VAL_SAMPLES,
+    EventKind,
+    EventSink,
+    FleetEvent,
+    StepResult,
+    UpdateInfo,
+)
 from tdxfl.engine.records import TensorSet, TensorSpec
 from tdxfl.engine.strategy import Strategy
 from tdxfl.errors import FederationError, RecordError
 
-__all__ = ["FINISHED", "RoundState", "log_event"]
+__all__ = ["FINISHED", "RoundState", "RoundStateFleet", "log_event", "printable"]
 
 log = logging.getLogger(__name__)
 P = TypeVar("P")
@@ -37,9 +46,22 @@ class _Finished:
 FINISHED = _Finished()
 
 
+#: the longest peer-given reason that is logged
+MAX_REASON_CHARS = 500
+
+
+def printable(text: str) -> str:
+    """``text`` (e.g. a reason a peer sent) as one bounded, escaped line, safe to log."""
+    return text[:MAX_REASON_CHARS].encode("unicode_escape").decode("ascii") + (
+        "..." if len(text) > MAX_REASON_CHARS else ""
+    )
+
+
 def log_event(event: FleetEvent) -> None:
-    """The default event sink: one INFO log line per join, drop or refusal."""
-    log.info("%s %s%s", event.party, event.kind.value, f": {event.reason}" if event.reason else "")
+    """The default event sink: one log line per join (INFO), refusal, drop or leave (WARNING)."""
+    level = logging.INFO if event.kind is EventKind.JOINED else logging.WARNING
+    reason = f": {printable(event.reason)}" if event.reason else ""
+    log.log(level, "worker %s %s%s", printable(event.party), event.kind.value, reason)
 
 
 class RoundState(Generic[P]):
@@ -68,6 +90,8 @@ class RoundState(Generic[P]):
         self._contributors: list[str] = []
         self._rejected: dict[str, str] = {}
         self._metric_sums: dict[str, float] = {}
+        self._val_sums: dict[str, float] = {}
+        self._val_samples = 0
         self.active: set[str] = set()
         self.bytes_in = 0
         self.bytes_out = 0
@@ -90,6 +114,8 @@ class RoundState(Generic[P]):
             self._contributors = []
             self._rejected = {}
             self._metric_sums = {}
+            self._val_sums = {}
+            self._val_samples = 0
             self._cond.notify_all()
 
     def retire(self, timeout: float) -> int:
@@ -169,13 +195,17 @@ class RoundState(Generic[P]):
                     self._clock.wait(self._cond, timeout - elapsed)
             assert self._acc is not None
             n = max(1, len(self._contributors))
+            metrics = {k: v / n for k, v in self._metric_sums.items()}
+            if self._val_samples:
+                metrics.update({k: v / self._val_samples for k, v in self._val_sums.items()})
+                metrics[VAL_SAMPLES] = float(self._val_samples)
             return StepResult(
                 version=self.version,
                 contributors=list(self._contributors),
                 missing=sorted(self.active - set(self._contributors)),
                 rejected=dict(self._rejected),
                 mean=self._acc.mean(),
-                metrics={k: v / n for k, v in self._metric_sums.items()},
+                metrics=metrics,
             )
 
     # -- receiving side -------------------------------------------------------------------
@@ -259,10 +289,29 @@ class RoundState(Generic[P]):
             self._contributors.append(party)
             self._rejected.pop(party, None)
             self.active.add(party)
-            for k, v in info.metrics.items():
-                self._metric_sums[k] = self._metric_sums.get(k, 0.0) + float(v)
+            self._add_metrics(info.metrics)
             self.bytes_in += update.nbytes if wire_bytes is None else wire_bytes
             self._cond.notify_all()
+
+    def _add_metrics(self, metrics: Mapping[str, float]) -> None:
+        """Sum an update's metrics: training metrics count per update, a worker's evaluation
+        (``VAL_*``) by its validation samples."""
+        val_n = int(metrics.get(VAL_SAMPLES, 0))
+        for k, v in metrics.items():
+            if k in (VAL_LOSS, VAL_ACCURACY):
+                if val_n > 0:
+                    self._val_sums[k] = self._val_sums.get(k, 0.0) + float(v) * val_n
+            elif k != VAL_SAMPLES:
+                self._metric_sums[k] = self._metric_sums.get(k, 0.0) + float(v)
+        self._val_samples += max(0, val_n)
+
+    def leave(self, party: str, reason: str) -> None:
+        """``party`` stopped, for ``reason``: the next steps no longer wait for it (it rejoins by
+        pulling again)."""
+        with self._cond:
+            self.active.discard(party)
+            self._cond.notify_all()
+        self._on_event(FleetEvent(EventKind.LEFT, party, reason))
 
     def reject(self, party: str, reason: str) -> None:
         """Record that ``party``'s update for the current step was refused before submission."""
@@ -273,3 +322,30 @@ class RoundState(Generic[P]):
         self._rejected[party] = reason
         self._cond.notify_all()
         self._on_event(FleetEvent(EventKind.REFUSED, party, reason))
+
+
+class RoundStateFleet(Generic[P]):
+    """The ``Fleet`` methods every fleet delegates to its ``RoundState``; a fleet adds
+    ``publish`` (what it hands out for a version) and how workers reach ``state``."""
+
+    state: RoundState[P]
+
+    def wait_for_workers(self, count: int, timeout: float) -> None:
+        self.state.wait_for_workers(count, timeout)
+
+    def collect(self, quorum: int, timeout: float, *, fail_on_timeout: bool, grace: float) -> StepResult:
+        return self.state.collect(quorum, timeout, fail_on_timeout=fail_on_timeout, grace=grace)
+
+    def retire(self, timeout: float) -> None:
+        self.state.retire(timeout)
+
+    def finish(self) -> None:
+        self.state.finish()
+
+    @property
+    def bytes_in(self) -> int:
+        return self.state.bytes_in
+
+    @property
+    def bytes_out(self) -> int:
+        return self.state.bytes_out

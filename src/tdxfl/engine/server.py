@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tdxfl.engine.clock import Clock, MonotonicClock
-from tdxfl.engine.fleet import Fleet
+from tdxfl.engine.fleet import VAL_ACCURACY, VAL_LOSS, VAL_SAMPLES, Fleet
 from tdxfl.engine.kinds import OnTimeout
 from tdxfl.engine.records import TensorSet
 from tdxfl.engine.strategy import Strategy
@@ -49,6 +49,11 @@ class RoundMetrics:
     round_s: float
     contributors: int
     rejected: int
+    #: the workers' evaluation, on their own validation data, of the model this round started
+    #: from, weighted by their validation samples (NaN and 0 when no worker has validation data)
+    worker_val_loss: float = float("nan")
+    worker_val_accuracy: float = float("nan")
+    worker_val_samples: int = 0
     #: the differential-privacy epsilon spent so far (central DP only)
     epsilon: float | None = None
 
@@ -98,6 +103,7 @@ def run_rounds(
         t0, in0, out0 = clock.now(), fleet.bytes_in, fleet.bytes_out
         contributors = rejected = 0
         train_loss = 0.0
+        evaluation: dict[str, float] = {}
         for _ in range(steps):
             strategy.begin_step(weights)
             fleet.publish(version, weights)  # may share weights' memory until retire
@@ -113,6 +119,9 @@ def run_rounds(
             contributors += len(step.contributors)
             rejected += len(step.rejected)
             train_loss += step.metrics.get("loss", float("nan"))
+            evaluation = evaluation or {
+                k: v for k, v in step.metrics.items() if k in (VAL_LOSS, VAL_ACCURACY, VAL_SAMPLES)
+            }
         loss, accuracy = evaluate(weights)
         metrics = RoundMetrics(
             round=r,
@@ -125,6 +134,9 @@ def run_rounds(
             round_s=clock.now() - t0,
             contributors=contributors,
             rejected=rejected,
+            worker_val_loss=evaluation.get(VAL_LOSS, float("nan")),
+            worker_val_accuracy=evaluation.get(VAL_ACCURACY, float("nan")),
+            worker_val_samples=int(evaluation.get(VAL_SAMPLES, 0)),
             epsilon=strategy.epsilon(),
         )
         on_round(metrics, weights)

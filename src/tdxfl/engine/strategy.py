@@ -218,16 +218,12 @@ class FedAvg(Strategy):
         self.robust = robust
 
     def make_update(self, model: ModelAdapter, data: LocalData, version: int) -> Update:
+        """Train ``model`` locally and send its weights; ``proximal_mu`` is passed only when set,
+        so a task's own adapter written before FedProx still serves plain FedAvg."""
         lt = self.local
+        prox = {"proximal_mu": lt.proximal_mu} if lt.proximal_mu else {}
         out = model.train_local(
-            data.x,
-            data.y,
-            lt.steps,
-            data.batch_size,
-            lt.learning_rate,
-            lt.optimizer,
-            seed=lt.seed + version,
-            proximal_mu=lt.proximal_mu,
+            data.x, data.y, lt.steps, data.batch_size, lt.learning_rate, lt.optimizer, seed=lt.seed + version, **prox
         )
         info = UpdateInfo(self.update_kind, version, len(data.x), {"loss": float(out["loss"])})
         return Update(info, TensorSet(model.specs(), model.get_weights()))

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tdxfl.engine.data import LocalData
-from tdxfl.engine.fleet import ServerConnection
+from tdxfl.engine.fleet import VAL_ACCURACY, VAL_LOSS, VAL_SAMPLES, ServerConnection
 from tdxfl.engine.model import ModelAdapter
 from tdxfl.engine.strategy import Strategy
-from tdxfl.errors import LinkError, Unavailable
+from tdxfl.errors import LinkError, TaskError, TdxflError, Unavailable
 
 __all__ = ["WorkerResult", "run_worker_loop"]
 
@@ -62,7 +62,20 @@ def run_worker_loop(
                     return result
                 model.set_weights(received.tensors.cast_to(specs).arrays)
                 version = received.version
-                update = strategy.make_update(model, data, version)
+                try:
+                    evaluation = _evaluate(model, data, version, strategy)  # the global model, before training
+                    update = strategy.make_update(model, data, version)
+                    if evaluation:
+                        update = replace(
+                            update, info=replace(update.info, metrics={**update.info.metrics, **evaluation})
+                        )
+                except TdxflError as e:
+                    conn.leave(str(e))
+                    raise
+                except Exception as e:  # the model's own code failed: tell the PS why, then stop
+                    reason = f"{name}: training failed: {type(e).__name__}: {e}"
+                    conn.leave(reason)
+                    raise TaskError(reason) from e
                 answer = conn.push(update)
                 result.steps += 1
                 result.losses.append(float(update.info.metrics.get("loss", float("nan"))))
@@ -76,3 +89,12 @@ def run_worker_loop(
             log.warning("%s: connection lost (%s); reconnecting", name, e)
         finally:
             conn.close()
+
+
+def _evaluate(model: ModelAdapter, data: LocalData, version: int, strategy: Strategy) -> dict[str, float]:
+    """This worker's evaluation of the global model it holds, on its own validation data, when
+    that model starts a round (and there is validation data); else nothing."""
+    if data.x_val is None or data.y_val is None or version % strategy.steps_per_round:
+        return {}
+    loss, accuracy = model.evaluate(data.x_val, data.y_val)
+    return {VAL_LOSS: loss, VAL_ACCURACY: accuracy, VAL_SAMPLES: float(len(data.y_val))}

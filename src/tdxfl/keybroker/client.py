@@ -37,8 +37,19 @@ def _fetch_once(
     enroll_address: str,
     broker_party: str,
     timeout: float,
+    task_digest: bytes | None,
 ) -> bytes:
-    channel = connect(party, role, attester, verifier, broker_party, broker_address, enroll_address, timeout=timeout)
+    channel = connect(
+        party,
+        role,
+        attester,
+        verifier,
+        broker_party,
+        broker_address,
+        enroll_address,
+        timeout=timeout,
+        task_digest=task_digest,
+    )
     try:
         reply = kb_grpc.KeyBrokerStub(channel.channel).ReleaseKey(
             kb.ReleaseKeyRequest(key_name=key_name), timeout=timeout
@@ -66,21 +77,31 @@ def fetch_key(
     backoff_s: float = 0.5,
     max_backoff_s: float = 10.0,
     timeout: float = 30.0,
+    task_digest: bytes | None = None,
 ) -> bytes:
     """Fetch the 32-byte key ``key_name`` from the broker; it is returned in memory only.
 
     ``verifier`` holds the policy *we* demand of the broker's TD. ``party``/``role`` are how we
     enroll (the broker's enrollment table must list them); ``broker_party`` is the broker's name
-    (its certificate's TLS name). Unreachable broker: up to ``retries`` further attempts, sleeping
-    ``backoff_s`` doubling up to ``max_backoff_s``; then Unavailable. Raises KeyRefused when the
-    broker refuses the key, ``tdxfl.errors.AttestationRefused`` when either side
-    refuses attestation.
+    (its certificate's TLS name); our evidence claims ``task_digest`` when given. Unreachable
+    broker: up to ``retries`` further attempts, sleeping ``backoff_s`` doubling up to
+    ``max_backoff_s``; then Unavailable. Raises KeyRefused when the broker refuses the key,
+    ``tdxfl.errors.AttestationRefused`` when either side refuses attestation.
     """
 
     def attempt() -> bytes:
         try:
             return _fetch_once(
-                party, role, attester, verifier, key_name, broker_address, enroll_address, broker_party, timeout
+                party,
+                role,
+                attester,
+                verifier,
+                key_name,
+                broker_address,
+                enroll_address,
+                broker_party,
+                timeout,
+                task_digest,
             )
         except grpc.RpcError as e:
             if is_transient(e):

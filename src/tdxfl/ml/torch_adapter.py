@@ -6,7 +6,7 @@ trainable, buffers (e.g. batch-norm running statistics) are not.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -20,9 +20,12 @@ __all__ = ["TorchAdapter"]
 
 
 class TorchAdapter(ModelAdapter):
-    """Wrap an ``nn.Module`` that maps a float32 batch to class logits."""
+    """Wrap an ``nn.Module`` that maps a float32 batch to class logits; ``loss(logits, labels)``
+    defaults to cross-entropy."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(
+        self, model: nn.Module, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    ) -> None:
         self.model = model
         self._tensors = dict(model.state_dict(keep_vars=True))
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -32,7 +35,7 @@ class TorchAdapter(ModelAdapter):
             TensorSpec(n, str(t.dtype).removeprefix("torch."), tuple(int(d) for d in t.shape))
             for n, t in self._tensors.items()
         ]
-        self._loss = nn.CrossEntropyLoss()
+        self._loss = loss if loss is not None else nn.CrossEntropyLoss()
 
     def specs(self) -> list[TensorSpec]:
         return list(self._specs)
@@ -47,7 +50,8 @@ class TorchAdapter(ModelAdapter):
             for (name, t), w in zip(self._tensors.items(), weights):
                 if tuple(w.shape) != tuple(t.shape):
                     raise ValueError(f"{name}: shape {tuple(w.shape)} != {tuple(t.shape)}")
-                t.copy_(torch.from_numpy(np.ascontiguousarray(w)))
+                # np.asarray keeps 0-d tensors 0-d (BatchNorm's num_batches_tracked): ascontiguousarray would not
+                t.copy_(torch.from_numpy(np.asarray(w, order="C")))
 
     def trainable_mask(self) -> list[bool]:
         return list(self._mask)

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from tdxfl.attestation.interfaces import Attester
 from tdxfl.attestation.ratls import PeerVerifier
-from tdxfl.engine.fleet import EventSink, StepResult
+from tdxfl.engine.fleet import EventSink
 from tdxfl.engine.records import TensorSet, TensorSpec
-from tdxfl.engine.rounds import RoundState, log_event
+from tdxfl.engine.rounds import RoundState, RoundStateFleet, log_event
 from tdxfl.engine.strategy import Strategy
 from tdxfl.server.service import ParameterServerService
 from tdxfl.transport.attested import AttestedServer, role_table, split_address
@@ -39,7 +39,7 @@ class PsAddresses:
     data_address: str
 
 
-class AttestedFleet:
+class AttestedFleet(RoundStateFleet[WireTensors]):
     """The workers behind the PS's three attested ports; implements ``Fleet``.
 
     Binds its ports on construction; ``start`` serves them, ``stop`` ends training for every
@@ -61,8 +61,10 @@ class AttestedFleet:
         transfer_timeout: float,
         max_handshakes: int = 64,
         on_event: EventSink = log_event,
+        task_digest: bytes | None = None,
     ) -> None:
-        """``max_handshakes`` bounds the tensor link's concurrent TLS handshakes."""
+        """``max_handshakes`` bounds the tensor link's concurrent TLS handshakes; the PS's
+        evidence claims ``task_digest`` when given."""
         self.state: RoundState[WireTensors] = RoundState(specs, strategy, on_event=on_event)
         self.server = AttestedServer(
             name,
@@ -71,6 +73,7 @@ class AttestedFleet:
             addresses.address,
             addresses.enroll_address,
             roles=role_table([(w, "worker") for w in workers]),
+            task_digest=task_digest,
         )
         self.service = ParameterServerService(
             self.server,
@@ -114,26 +117,6 @@ class AttestedFleet:
         self.links.stop()
         self.server.stop(grace=2.0)
 
-    # -- Fleet ------------------------------------------------------------------------------
-    def wait_for_workers(self, count: int, timeout: float) -> None:
-        self.state.wait_for_workers(count, timeout)
-
+    # -- Fleet (the rest is RoundStateFleet's) ------------------------------------------------
     def publish(self, version: int, weights: TensorSet) -> None:
         self.state.publish(version, to_wire(pb.TENSOR_KIND_MODEL, version, weights))  # shares weights' memory
-
-    def collect(self, quorum: int, timeout: float, *, fail_on_timeout: bool, grace: float) -> StepResult:
-        return self.state.collect(quorum, timeout, fail_on_timeout=fail_on_timeout, grace=grace)
-
-    def retire(self, timeout: float) -> None:
-        self.state.retire(timeout)
-
-    def finish(self) -> None:
-        self.state.finish()
-
-    @property
-    def bytes_in(self) -> int:
-        return self.state.bytes_in
-
-    @property
-    def bytes_out(self) -> int:
-        return self.state.bytes_out

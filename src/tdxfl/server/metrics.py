@@ -68,10 +68,15 @@ class MetricsRecorder:
             advance=1,
             status=f"acc {m.accuracy:.3f} loss {m.loss:.3f} in {m.bytes_in / 1e6:.1f} MB out {m.bytes_out / 1e6:.1f} MB",
         )
+        workers = (
+            f"  workers' validation accuracy {m.worker_val_accuracy:.4f} ({m.worker_val_samples} samples)"
+            if m.worker_val_samples
+            else ""
+        )
         privacy = "" if m.epsilon is None else f"  epsilon {m.epsilon:.3f}"
         self._progress.console.print(
             f"round {m.round:3d}: accuracy {m.accuracy:.4f}  loss {m.loss:.4f}  train-loss {m.train_loss:.4f}  "
-            f"updates {m.contributors} (rejected {m.rejected})  {m.round_s:.2f}s{privacy}"
+            f"updates {m.contributors} (rejected {m.rejected})  {m.round_s:.2f}s{workers}{privacy}"
         )
 
     def plot(self, path: Path) -> None:
@@ -83,8 +88,13 @@ class MetricsRecorder:
 
         rounds = [m.round for m in self.rounds]
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-        ax1.plot(rounds, [m.accuracy for m in self.rounds], marker="o")
-        ax1.set(xlabel="round", ylabel="held-out accuracy", title="Accuracy", ylim=(0, 1))
+        ax1.plot(rounds, [m.accuracy for m in self.rounds], marker="o", label="PS held-out")
+        if any(m.worker_val_samples for m in self.rounds):
+            # the workers evaluate the model a round starts from: plot it at the round that made it
+            made = [(m.round - 1, m.worker_val_accuracy) for m in self.rounds if m.worker_val_samples and m.round > 1]
+            ax1.plot([r for r, _ in made], [a for _, a in made], marker=".", label="workers' validation")
+            ax1.legend()
+        ax1.set(xlabel="round", ylabel="accuracy", title="Accuracy", ylim=(0, 1))
         ax2.plot(rounds, [m.loss for m in self.rounds], marker="o", label="held-out")
         ax2.plot(rounds, [m.train_loss for m in self.rounds], marker=".", label="training")
         ax2.set(xlabel="round", ylabel="loss", title="Loss")

@@ -115,6 +115,8 @@ class ParameterServerService(pb_grpc.ParameterServerServicer):
                 self._send_model(party, link, request.pull.after_version)
             elif op == "push":
                 self._receive_update(party, link, request.push)
+            elif op == "leave":
+                self._rounds.leave(party, request.leave.reason)
             else:
                 raise LinkError(f"{party} sent a request naming no operation")
 

@@ -90,13 +90,15 @@ class AttestedServer:
         *,
         roles: Callable[[str], str | None],
         max_workers: int = 32,
+        task_digest: bytes | None = None,
     ) -> None:
-        """``roles(party)`` names the role a client party may enroll as, or None if unknown."""
+        """``roles(party)`` names the role a client party may enroll as, or None if unknown; our
+        evidence (certificate and fresh) claims ``task_digest`` when given."""
         self.party = party
         self._attester = attester
         self._verifier = verifier
         self._roles = roles
-        self.identity = TlsIdentity.create(attester, party)
+        self.identity = TlsIdentity.create(attester, party, task_digest=task_digest)
         self._lock = threading.Lock()
         self._nonces: dict[bytes, float] = {}
         self._enrolled: dict[str, EnrolledPeer] = {}  # certificate fingerprint -> peer
@@ -305,8 +307,10 @@ def connect(
     enroll_address: str,
     *,
     timeout: float = 30.0,
+    task_digest: bytes | None = None,
 ) -> AttestedChannel:
-    """Attest ``server_party`` (fresh evidence for our nonce), enroll ourselves, open mutual TLS.
+    """Attest ``server_party`` (fresh evidence for our nonce), enroll ourselves (evidence claiming
+    ``task_digest`` when given), open mutual TLS.
 
     Raises AttestationRefused when either side refuses, grpc.RpcError / OSError when the
     server cannot be reached.
@@ -326,7 +330,7 @@ def connect(
         if not appraisal.decision.accepted:
             raise AttestationRefused(f"we refused {server_party}: {appraisal.decision.reason}")
         their_nonce = attested.challenge
-        identity = TlsIdentity.create(attester, party, nonce=their_nonce)
+        identity = TlsIdentity.create(attester, party, nonce=their_nonce, task_digest=task_digest)
         reply = stub.Enroll(
             pb.EnrollRequest(party=party, role=role, certificate_pem=identity.cert_pem), timeout=timeout
         )

@@ -51,8 +51,10 @@ def start_keybroker(
     *,
     attester: Attester | None = None,
     verifiers: list[Verifier] | None = None,
+    task_digest: bytes | None = None,
 ) -> KeyBroker:
-    """Start serving ``keystore`` per ``config``; ``attester``/``verifiers`` default from ``[attestation]``."""
+    """Start serving ``keystore`` per ``config``; ``attester``/``verifiers`` default from ``[attestation]``;
+    the broker's evidence claims ``task_digest`` when given."""
     attester = attester or make_attester(config.attestation)
     verifiers = verifiers if verifiers is not None else verifiers_for(config.policy, config.attestation)
     config.decisions_log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -66,6 +68,7 @@ def start_keybroker(
         config.address,
         config.enroll_address,
         roles=enroll.get,
+        task_digest=task_digest,
     )
     service = KeyBrokerService(server, keystore, audit, verifiers, decisions)
     kb_grpc.add_KeyBrokerServicer_to_server(service, server.main)

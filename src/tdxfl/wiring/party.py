@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from tdxfl.attestation.code_identity import TASK_DIGEST_SIZE, digest_task
 from tdxfl.attestation.decisions import DecisionLog
 from tdxfl.attestation.insecure_simulated import SimulatedAttester, SimulatedTd, SimulatedVerifier, code_measurement
 from tdxfl.attestation.interfaces import Attester, Verifier
@@ -20,6 +21,7 @@ from tdxfl.config import Attestation, Federation
 from tdxfl.errors import ConfigError
 from tdxfl.keybroker.client import fetch_key
 from tdxfl.store.keys import derive_store_key
+from tdxfl.wiring.tasks import task_location
 
 __all__ = ["PartyContext", "broker_key", "make_attester", "model_key", "party_context", "verifiers_for"]
 
@@ -48,7 +50,7 @@ def make_attester(cfg: Attestation) -> Attester:
             debug=s.debug,
         )
         return SimulatedAttester(td)
-    return TdxAttester(cfg.tdx.configfs_path)
+    return TdxAttester(cfg.tdx.configfs_path, rtmr3_path=cfg.tdx.rtmr3_path)
 
 
 def verifiers_for(policy: Policy, cfg: Attestation) -> list[Verifier]:
@@ -65,7 +67,12 @@ def verifiers_for(policy: Policy, cfg: Attestation) -> list[Verifier]:
 
 @dataclass
 class PartyContext:
-    """A party's attestation set-up and its working directory."""
+    """A party's attestation set-up and its working directory.
+
+    ``task_digest`` (:func:`tdxfl.attestation.code_identity.task_digest`) is the task code this
+    party runs: every identity it makes claims it, and constructing the context with it measures
+    it into the TD's RTMR3 (``Attester.extend_rtmr3``), so set it here, not later.
+    """
 
     name: str
     role: str
@@ -73,16 +80,29 @@ class PartyContext:
     attester: Attester
     attestation: Attestation
     decisions: DecisionLog
+    task_digest: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if self.task_digest is not None:
+            if len(self.task_digest) != TASK_DIGEST_SIZE:
+                raise ConfigError(f"a task digest is {TASK_DIGEST_SIZE} bytes, got {len(self.task_digest)}")
+            self.attester.extend_rtmr3(self.task_digest)
+            log.info("party %s runs task code %s", self.name, self.task_digest.hex())
 
     def peer_verifier(self, policy: Policy) -> PeerVerifier:
         """A verifier appraising peers against ``policy``, with the backends it needs."""
         return PeerVerifier(self.name, policy, verifiers_for(policy, self.attestation), self.decisions)
 
 
-def party_context(federation: Federation, name: str, workdir: Path | None = None) -> PartyContext:
-    """Set up party ``name``: working directory, attester and decision log."""
+def party_context(
+    federation: Federation, name: str, workdir: Path | None = None, *, task_digest: bytes | None = None
+) -> PartyContext:
+    """Set up party ``name``: working directory, attester and decision log, and the code identity
+    of the task it runs (``task_digest``: by default the federation's task, see ``PartyContext``)."""
     party = federation.party(name)
-    wd = workdir or Path(federation.output.dir) / name
+    if task_digest is None:
+        task_digest = digest_task(task_location(federation))
+    wd = workdir or federation.base_dir / federation.output.dir / name  # relative to the federation file
     wd.mkdir(parents=True, exist_ok=True)
     return PartyContext(
         name=name,
@@ -91,6 +111,7 @@ def party_context(federation: Federation, name: str, workdir: Path | None = None
         attester=make_attester(federation.attestation),
         attestation=federation.attestation,
         decisions=DecisionLog(wd / "attestation.jsonl"),
+        task_digest=task_digest,
     )
 
 
@@ -111,6 +132,7 @@ def broker_key(federation: Federation, ctx: PartyContext, key_name: str) -> byte
         broker_party=broker.name,
         retries=federation.faults.connect_retries,
         backoff_s=federation.faults.connect_backoff_s,
+        task_digest=ctx.task_digest,
     )
 
 

@@ -18,14 +18,13 @@ from tdxfl.engine.optimizers import SGD, AdaptiveServerOptimizer, Optimizer, mak
 from tdxfl.engine.records import TensorSet, TensorSpec
 from tdxfl.engine.server import RoundMetrics, RoundPlan, run_rounds
 from tdxfl.engine.strategy import FedAvg, FedOpt, LocalTraining, Strategy, SyncGradients
-from tdxfl.ml.data import load_dataset
-from tdxfl.ml.factory import make_adapter
 from tdxfl.privacy.accounting import GaussianAccountant, calibrate_noise_multiplier
 from tdxfl.server.fleet import AttestedFleet, PsAddresses
 from tdxfl.server.metrics import MetricsRecorder
 from tdxfl.store.model_store import SealedFileStore
 from tdxfl.store.sealed import seal_file
 from tdxfl.wiring.party import PartyContext, model_key
+from tdxfl.wiring.tasks import checkpoint_meta, local_data, resolve_task
 
 __all__ = [
     "FINAL_MODEL",
@@ -125,10 +124,11 @@ def attested_fleet(
         [w.name for w in federation.workers],
         specs,
         strategy,
-        digest=federation.training_digest(),
+        digest=federation.training_digest(ctx.task_digest),
         max_concurrent_updates=f.max_concurrent_updates,
         transfer_timeout=f.step_timeout_s,
         max_handshakes=max_handshakes,
+        task_digest=ctx.task_digest,
     )
 
 
@@ -138,14 +138,16 @@ class ParameterServer:
     with port 0 resolved); ``run`` serves the federation to completion."""
 
     def __init__(self, federation: Federation, ctx: PartyContext, *, live: bool = True) -> None:
-        t = federation.training
         self.federation, self.ctx, self.live = federation, ctx, live
-        self._key = model_key(federation, ctx)
-        self.store = SealedFileStore(ctx.workdir / "checkpoints", self._key, label="checkpoint")
-        self.data = load_dataset(t.dataset, t.data_path or None, seed=t.seed)
-        self.adapter = make_adapter(t.framework, t.model, self.data.input_shape, self.data.num_classes, seed=t.seed)
+        # the task's code and data first: their faults show before any key is fetched
+        task = resolve_task(federation, ctx.name)
+        self.data = local_data(federation, task, ctx.name)
+        self.adapter = task.build_adapter(self.data.x)
+        self.model_meta = checkpoint_meta(task, self.adapter, self.data)
         self.weights = self.adapter.get_tensor_set()
         self.strategy = make_strategy(federation, self.adapter.trainable_mask())
+        self._key = model_key(federation, ctx)
+        self.store = SealedFileStore(ctx.workdir / "checkpoints", self._key, label="checkpoint")
         self.fleet = attested_fleet(federation, ctx, self.weights.specs, self.strategy)
 
     @property
@@ -155,20 +157,10 @@ class ParameterServer:
 
     def _evaluate(self, w: TensorSet) -> tuple[float, float]:
         self.adapter.set_weights(w.arrays)
-        return self.adapter.evaluate(self.data.x_test, self.data.y_test)
+        return self.adapter.evaluate(*self.data.evaluation())
 
     def _meta(self, round_: int, version: int, accuracy: float, loss: float) -> dict[str, Any]:
-        t = self.federation.training
-        return {
-            "round": round_,
-            "version": version,
-            "accuracy": accuracy,
-            "loss": loss,
-            "model": t.model,
-            "framework": str(t.framework),
-            "input_shape": list(self.data.input_shape),
-            "num_classes": self.data.num_classes,
-        }
+        return {"round": round_, "version": version, "accuracy": accuracy, "loss": loss, **self.model_meta}
 
     def _seal_metrics(self, path: Path, data: bytes) -> None:
         seal_file(path, self._key, data, label="metrics")

@@ -19,6 +19,7 @@ import numpy as np
 from tdxfl.engine.records import TensorSet
 from tdxfl.errors import ConfigError, RecordError, SealedFileError, WrongKey
 from tdxfl.files import atomic_write
+from tdxfl.ml.task import Task
 from tdxfl.store.model_store import SEALED_SUFFIX, SealedFileStore
 
 __all__ = ["export_model", "load_sealed", "unseal_model"]
@@ -87,16 +88,22 @@ def unseal_model(
     label: str = "checkpoint",
     write_keras: bool = True,
     force: bool = False,
+    task: Task | None = None,
 ) -> dict[str, Path]:
     """Unseal ``sealed`` into ``out_dir``/model.npz (and model.keras); return the written paths.
 
-    The model architecture comes from the checkpoint metadata (``model``, ``input_shape``,
-    ``num_classes``) where present, else from the arguments (which take precedence). Nothing is
+    With ``task`` (a user's task, :func:`tdxfl.ml.task.load_task`), its ``build_model()`` is the
+    architecture: a Keras model is written as model.keras, a torch module's weights as model.pt
+    (its ``state_dict``). Otherwise the built-in model comes from the checkpoint metadata
+    (``model``, ``input_shape``, ``num_classes``) where present, else from the arguments (which
+    take precedence). Nothing is
     written unless the file authenticates completely and the weights fit the rebuilt model.
     Raises what :func:`load_sealed` raises, ConfigError for missing or unusable model parameters
     or outputs in the way, RecordError when the weights do not fit the model.
     """
     tensors, meta = load_sealed(sealed, key, label)
+    if task is not None and write_keras:
+        return _unseal_task_model(tensors, task, out_dir, force=force)
     out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     targets = {"npz": out_dir / "model.npz"}
     if write_keras:
@@ -133,6 +140,52 @@ def unseal_model(
         np.savez(f, **arrays)  # type: ignore[arg-type]
     if keras_model is not None:
         _write_keras(keras_model, targets["keras"])
+    return targets
+
+
+def _fit(adapter: Any, tensors: TensorSet, what: str) -> None:
+    want = [(s.name, tuple(s.shape)) for s in adapter.specs()]
+    got = [(s.name, tuple(s.shape)) for s in tensors.specs]
+    if want != got:
+        diff = next(((w, g) for w, g in zip(want, got) if w != g), None)
+        raise RecordError(
+            f"checkpoint weights do not fit {what} ({len(got)} tensors vs {len(want)} expected; first difference: {diff})"
+        )
+    adapter.set_weights(tensors.arrays)
+
+
+def _unseal_task_model(tensors: TensorSet, task: Task, out_dir: Path, *, force: bool) -> dict[str, Path]:
+    """Write the task's model with the unsealed weights (model.keras or model.pt) and model.npz."""
+    built = task.build_model()
+    targets = {"npz": out_dir / "model.npz"}
+    roots = {c.__module__.split(".")[0] for c in type(built).__mro__}
+    if "keras" in roots:
+        targets["keras"] = out_dir / "model.keras"
+    elif "torch" in roots:
+        targets["torch"] = out_dir / "model.pt"
+    else:
+        raise ConfigError(f"task {task.name}: build_model() gave neither a Keras nor a torch model; use --npz-only")
+    existing = [str(p) for p in targets.values() if p.exists()]
+    if existing and not force:
+        raise ConfigError(f"refusing to overwrite {', '.join(existing)} (use --force)")
+    if "keras" in targets:
+        from tdxfl.ml.keras_adapter import KerasAdapter
+
+        _fit(KerasAdapter(built), tensors, f"task {task.name}'s model")
+    else:
+        import torch
+
+        from tdxfl.ml.torch_adapter import TorchAdapter
+
+        _fit(TorchAdapter(built), tensors, f"task {task.name}'s model")
+    out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with atomic_write(targets["npz"]) as f:
+        np.savez(f, **{spec.name: array for spec, array in zip(tensors.specs, tensors.arrays)})  # type: ignore[arg-type]
+    if "keras" in targets:
+        _write_keras(built, targets["keras"])
+    else:
+        with atomic_write(targets["torch"]) as f:
+            torch.save(built.state_dict(), f)
     return targets
 
 

@@ -12,11 +12,10 @@ from tdxfl.config import Federation
 from tdxfl.engine.data import LocalData
 from tdxfl.engine.records import TensorSet
 from tdxfl.engine.worker import WorkerResult, run_worker_loop
-from tdxfl.ml.data import load_dataset, partition
-from tdxfl.ml.factory import make_adapter
 from tdxfl.store.model_store import SealedFileStore
 from tdxfl.wiring.party import PartyContext, model_key
 from tdxfl.wiring.ps import make_strategy
+from tdxfl.wiring.tasks import local_data, resolve_task
 
 __all__ = ["run_worker"]
 
@@ -26,14 +25,15 @@ log = logging.getLogger(__name__)
 def run_worker(federation: Federation, ctx: PartyContext) -> WorkerResult:
     """Train until the parameter server finishes; raises on refusal or when the PS is gone."""
     t, f = federation.training, federation.faults
-    store = SealedFileStore(ctx.workdir / "sealed", model_key(federation, ctx), label="worker-state")
     index = [w.name for w in federation.workers].index(ctx.name)
-    data = load_dataset(t.dataset, t.data_path or None, seed=t.seed)
-    shard = partition(data.y_train, len(federation.workers), t.partition, t.dirichlet_alpha, t.seed)[index]
-    local = LocalData(data.x_train[shard], data.y_train[shard], t.batch_size, seed=t.seed + index)
-    log.info("worker %s: %d local samples (shard %d)", ctx.name, len(local.x), index)
-    adapter = make_adapter(t.framework, t.model, data.input_shape, data.num_classes, seed=t.seed)
+    # the task's code and data first: their faults show before any key is fetched
+    task = resolve_task(federation, ctx.name)
+    samples = local_data(federation, task, ctx.name)
+    local = LocalData(samples.x, samples.y, t.batch_size, t.seed + index, samples.x_val, samples.y_val)
+    log.info("worker %s: %d local samples", ctx.name, len(local.x))
+    adapter = task.build_adapter(samples.x)
     strategy = make_strategy(federation, adapter.trainable_mask())
+    store = SealedFileStore(ctx.workdir / "sealed", model_key(federation, ctx), label="worker-state")
     ps = federation.ps
     endpoint = PsEndpoint(ps.name, ps.address, ps.enroll_address, ps.data_address)
     verifier = ctx.peer_verifier(federation.policy_for("ps"))
@@ -45,10 +45,11 @@ def run_worker(federation: Federation, ctx: PartyContext) -> WorkerResult:
             ctx.attester,
             verifier,
             endpoint,
-            digest=federation.training_digest(),
+            digest=federation.training_digest(ctx.task_digest),
             wire_dtype=wire,
             retries=f.connect_retries,
             backoff_s=f.connect_backoff_s,
+            task_digest=ctx.task_digest,
         )
 
     result = run_worker_loop(ctx.name, connect, adapter, strategy, local, max_reconnects=f.connect_retries)

@@ -6,6 +6,9 @@ the quote from ``outblob``. Its ``generation`` counter increments on every write
 so reading it before the write and after the read detects a concurrent writer to the same
 entry (the quote could then be for someone else's REPORTDATA); tdxfl uses a fresh uniquely
 named entry per quote, checks the counter, and also checks the quote's REPORTDATA.
+
+The attester also measures into RTMR3 (``extend_rtmr3``) through the TDX guest driver's sysfs
+file (:mod:`tdxfl.attestation.tdx.rtmr`, Linux >= 6.16) and reports the event log it keeps.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 from tdxfl.attestation.evidence import TDX_EVIDENCE_TAG
 from tdxfl.attestation.interfaces import Attester, check_report_data
 from tdxfl.attestation.report import parse_quote
+from tdxfl.attestation.tdx.rtmr import DEFAULT_RTMR3_PATH, SysfsRtmr3
 from tdxfl.errors import AttestationError
 
 log = logging.getLogger(__name__)
@@ -37,14 +41,36 @@ class _GenerationRace(Exception):
 
 
 class TdxAttester(Attester):
-    """Makes Intel TDX quotes with configfs-tsm (``root`` is the ``tsm/report`` directory)."""
+    """Makes Intel TDX quotes with configfs-tsm (``root`` is the ``tsm/report`` directory) and
+    extends RTMR3 through the sysfs file ``rtmr3_path``."""
 
     tee = "tdx"
     evidence_tag = TDX_EVIDENCE_TAG
 
-    def __init__(self, root: str | os.PathLike[str] = DEFAULT_ROOT, *, attempts: int = 3) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str] = DEFAULT_ROOT,
+        *,
+        attempts: int = 3,
+        rtmr3_path: str | os.PathLike[str] = DEFAULT_RTMR3_PATH,
+    ) -> None:
         self.root = Path(root)
         self.attempts = max(1, attempts)
+        self.rtmr3 = SysfsRtmr3(rtmr3_path)
+
+    @property
+    def can_extend_rtmr3(self) -> bool:
+        """True when the kernel exposes RTMR3 for extension (Linux >= 6.16)."""
+        return self.rtmr3.available
+
+    def extend_rtmr3(self, digest: bytes) -> None:
+        """Measure ``digest`` into RTMR3 through sysfs (:meth:`SysfsRtmr3.extend`)."""
+        self.rtmr3.extend(digest)
+
+    @property
+    def rtmr3_log(self) -> tuple[bytes, ...] | None:
+        """The RTMR3 events since boot that this attester accounts for (None: none known)."""
+        return self.rtmr3.log
 
     def quote(self, report_data: bytes) -> bytes:
         """A TDX quote whose REPORTDATA is exactly ``report_data`` (64 bytes)."""

@@ -53,12 +53,20 @@ class AttestReply(_message.Message):
     def __init__(self, evidence: _Optional[bytes] = ..., challenge: _Optional[bytes] = ...) -> None: ...
 
 class LinkRequest(_message.Message):
-    __slots__ = ("pull", "push")
+    __slots__ = ("pull", "push", "leave")
     PULL_FIELD_NUMBER: _ClassVar[int]
     PUSH_FIELD_NUMBER: _ClassVar[int]
+    LEAVE_FIELD_NUMBER: _ClassVar[int]
     pull: PullRequest
     push: TensorHeader
-    def __init__(self, pull: _Optional[_Union[PullRequest, _Mapping]] = ..., push: _Optional[_Union[TensorHeader, _Mapping]] = ...) -> None: ...
+    leave: Leave
+    def __init__(self, pull: _Optional[_Union[PullRequest, _Mapping]] = ..., push: _Optional[_Union[TensorHeader, _Mapping]] = ..., leave: _Optional[_Union[Leave, _Mapping]] = ...) -> None: ...
+
+class Leave(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class PushGrant(_message.Message):
     __slots__ = ("granted", "reason")
