@@ -159,3 +159,18 @@ def test_retire_cancels_a_stalled_send_and_holds_new_pulls() -> None:
     with s.sending("b", 0, 60, lambda: None, nbytes) as got:
         # the retired version 1 was not handed out (its weights may be changing): b got 2
         assert isinstance(got, Model) and got.version == 2 and clock.now() == 27.0
+
+
+def test_worker_reported_metrics_count_only_when_plausible() -> None:
+    """Workers choose their metrics: a NaN loss, a claimed 10^12 validation samples or an
+    accuracy above 1 must not distort what the PS records."""
+    s = state("a", "b", "c", "d")
+    s.submit("a", info(0, loss=2.0, val_loss=1.0, val_accuracy=0.5, val_samples=10), update(1))
+    s.submit("b", info(0, loss=float("nan"), val_loss=0.0, val_accuracy=1.0, val_samples=1e12), update(1))
+    s.submit("c", info(0, loss=4.0, val_loss=0.0, val_accuracy=7.0, val_samples=10), update(1))
+    s.submit("d", info(0, loss=-1.0, val_loss=3.0, val_accuracy=1.0, val_samples=30), update(1))
+    r = s.collect(4, 10, fail_on_timeout=True, grace=0)
+    assert r.metrics["loss"] == 3.0  # a and c: the NaN and the negative loss are ignored
+    assert r.metrics["val_samples"] == 40  # a and d
+    assert r.metrics["val_accuracy"] == (10 * 0.5 + 30 * 1.0) / 40
+    assert r.metrics["val_loss"] == (10 * 1.0 + 30 * 3.0) / 40

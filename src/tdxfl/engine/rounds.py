@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Generic, TypeVar
@@ -46,6 +47,10 @@ class _Finished:
 FINISHED = _Finished()
 
 
+#: the training loss a worker reports with each update
+TRAIN_LOSS = "loss"
+#: the most validation samples one worker's evaluation may count for
+MAX_VAL_SAMPLES = 1_000_000_000
 #: the longest peer-given reason that is logged
 MAX_REASON_CHARS = 500
 
@@ -90,6 +95,7 @@ class RoundState(Generic[P]):
         self._contributors: list[str] = []
         self._rejected: dict[str, str] = {}
         self._metric_sums: dict[str, float] = {}
+        self._loss_reports = 0
         self._val_sums: dict[str, float] = {}
         self._val_samples = 0
         self.active: set[str] = set()
@@ -114,6 +120,7 @@ class RoundState(Generic[P]):
             self._contributors = []
             self._rejected = {}
             self._metric_sums = {}
+            self._loss_reports = 0
             self._val_sums = {}
             self._val_samples = 0
             self._cond.notify_all()
@@ -194,8 +201,7 @@ class RoundState(Generic[P]):
                 else:
                     self._clock.wait(self._cond, timeout - elapsed)
             assert self._acc is not None
-            n = max(1, len(self._contributors))
-            metrics = {k: v / n for k, v in self._metric_sums.items()}
+            metrics = {k: v / max(1, self._loss_reports) for k, v in self._metric_sums.items()}
             if self._val_samples:
                 metrics.update({k: v / self._val_samples for k, v in self._val_sums.items()})
                 metrics[VAL_SAMPLES] = float(self._val_samples)
@@ -294,16 +300,24 @@ class RoundState(Generic[P]):
             self._cond.notify_all()
 
     def _add_metrics(self, metrics: Mapping[str, float]) -> None:
-        """Sum an update's metrics: training metrics count per update, a worker's evaluation
-        (``VAL_*``) by its validation samples."""
-        val_n = int(metrics.get(VAL_SAMPLES, 0))
-        for k, v in metrics.items():
-            if k in (VAL_LOSS, VAL_ACCURACY):
-                if val_n > 0:
-                    self._val_sums[k] = self._val_sums.get(k, 0.0) + float(v) * val_n
-            elif k != VAL_SAMPLES:
-                self._metric_sums[k] = self._metric_sums.get(k, 0.0) + float(v)
-        self._val_samples += max(0, val_n)
+        """Sum the metrics a worker reported with its update: its training loss per update, its
+        evaluation (``VAL_*``) weighted by its validation samples. Workers choose these numbers:
+        only the known keys with finite, plausible values count (a loss >= 0, an accuracy in
+        [0, 1], 1 to ``MAX_VAL_SAMPLES`` samples); anything else is ignored."""
+        loss = metrics.get(TRAIN_LOSS)
+        if loss is not None and math.isfinite(loss) and loss >= 0:
+            self._metric_sums[TRAIN_LOSS] = self._metric_sums.get(TRAIN_LOSS, 0.0) + float(loss)
+            self._loss_reports += 1
+        n, v_loss, v_acc = metrics.get(VAL_SAMPLES), metrics.get(VAL_LOSS), metrics.get(VAL_ACCURACY)
+        if n is None or v_loss is None or v_acc is None:
+            return
+        if not (
+            n == int(n) and 1 <= n <= MAX_VAL_SAMPLES and math.isfinite(v_loss) and v_loss >= 0 and 0 <= v_acc <= 1
+        ):
+            return
+        self._val_sums[VAL_LOSS] = self._val_sums.get(VAL_LOSS, 0.0) + float(v_loss) * n
+        self._val_sums[VAL_ACCURACY] = self._val_sums.get(VAL_ACCURACY, 0.0) + float(v_acc) * n
+        self._val_samples += int(n)
 
     def leave(self, party: str, reason: str) -> None:
         """``party`` stopped, for ``reason``: the next steps no longer wait for it (it rejoins by
