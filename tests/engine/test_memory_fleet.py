@@ -169,12 +169,13 @@ def test_crashed_worker_is_dropped_and_training_goes_on() -> None:
     np.testing.assert_allclose(weights.arrays[0], -3.0)  # three SGD steps on a's gradient of 1
 
 
-def test_stalled_worker_is_dropped_then_rejoins_by_pulling() -> None:
+def test_stalled_worker_is_dropped_then_rejoins() -> None:
     fleet, clock, sims, events = sim_fleet(("a", 1.0, 1.0), ("b", 31.0, 3.0))  # b answers just after the timeout
     fleet.on_publish(lambda m: m.version == 1 and setattr(sims["b"], "delay", 2.0))  # then b recovers
 
     def rejoin(model: Model) -> None:
-        if model.version == 2:  # b pulls the new version: it is waited for again
+        if model.version == 2:  # b joins again and pulls the new version: it is waited for again
+            sims["b"].conn.join()
             assert sims["b"].conn.pull(1) is not None
 
     fleet.on_publish(rejoin)

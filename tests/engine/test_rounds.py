@@ -66,17 +66,21 @@ def test_silent_worker_dropped_after_timeout_when_quorum_met() -> None:
     assert FleetEvent(EventKind.DROPPED, "b", "no update within 30s") in events
 
 
-def test_dropped_worker_rejoins_by_pulling_and_is_waited_for_again() -> None:
+def test_dropped_worker_is_waited_for_again_only_once_it_rejoins() -> None:
     clock = ManualClock()
     s = state("a", "b", clock=clock)
     s.submit("a", info(0), update(1))
     s.collect(1, 30, fail_on_timeout=False, grace=0)  # b dropped
     s.publish(1, Model(1, update(0.0)))
-    with s.sending("b", 0, 5, lambda: None, nbytes) as got:  # b comes back for version 1
+    with s.sending("b", 0, 5, lambda: None, nbytes) as got:  # b pulls version 1 ...
         assert isinstance(got, Model) and got.version == 1
-    assert "b" in s.active
+    assert "b" not in s.active  # ... which alone does not make every step wait for it again
     s.submit("a", info(1), update(1))
-    clock.call_later(4.0, lambda: s.submit("b", info(1), update(3)))
+    assert s.collect(1, 30, fail_on_timeout=False, grace=0).contributors == ["a"] and clock.now() == 30.0
+    s.publish(2, Model(2, update(0.0)))
+    s.join("b")  # b joins again: it is waited for
+    s.submit("a", info(2), update(1))
+    clock.call_later(4.0, lambda: s.submit("b", info(2), update(3)))
     r = s.collect(1, 30, fail_on_timeout=False, grace=0)
     assert sorted(r.contributors) == ["a", "b"] and clock.now() == 34.0
 

@@ -166,8 +166,9 @@ class RoundState(Generic[P]):
         """Wait for the current version's updates and return their weighted mean.
 
         Returns as soon as every active worker contributed. At ``timeout`` it goes on with at
-        least ``quorum`` contributions, dropping the silent workers from the active set (they
-        rejoin by pulling again) — or raises FederationError when ``fail_on_timeout``. Below the
+        least ``quorum`` contributions, dropping the silent workers from the active set (a dropped
+        worker is waited for again once it pushes an accepted update or joins again; pulling
+        alone does not bring it back) — or raises FederationError when ``fail_on_timeout``. Below the
         quorum it waits up to ``grace`` more seconds for workers to (re)join, then raises.
         """
         with self._cond:
@@ -233,7 +234,6 @@ class RoundState(Generic[P]):
         model: P | _Finished
         with self._cond:
             deadline = self._clock.now() + timeout
-            self.active.add(party)
             while not self._done and (self.version <= after_version or self._retired):
                 left = deadline - self._clock.now()
                 if left <= 0:
@@ -320,8 +320,8 @@ class RoundState(Generic[P]):
         self._val_samples += int(n)
 
     def leave(self, party: str, reason: str) -> None:
-        """``party`` stopped, for ``reason``: the next steps no longer wait for it (it rejoins by
-        pulling again)."""
+        """``party`` stopped, for ``reason``: the next steps no longer wait for it (until it joins
+        again or pushes an accepted update)."""
         with self._cond:
             self.active.discard(party)
             self._cond.notify_all()
