@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from fedtools import SoftmaxRegression, blobs
+from fedtools import SoftmaxRegression, blobs, federate_in_memory
 from tdxfl.engine.clock import ManualClock
 from tdxfl.engine.data import LocalData
 from tdxfl.engine.fleet import EventKind, FleetEvent, Model, Update, UpdateInfo
@@ -43,44 +43,14 @@ def federate(
 ) -> tuple[TrainingResult, list[WorkerResult], list[RoundMetrics]]:
     """A PS and two workers on disjoint halves of a blob data set, in threads."""
     x, y = blobs(600, seed=1)
-    x_test, y_test = blobs(300, seed=2)
     server_model = SoftmaxRegression(4, 3)
-    strategy = strategy_for(server_model)
-    fleet = InMemoryFleet(server_model.specs(), strategy, WORKERS)
-    results: list[WorkerResult] = []
-    errors: list[BaseException] = []
-
-    def worker(i: int) -> None:
+    workers = []
+    for i, name in enumerate(WORKERS):
         model = SoftmaxRegression(4, 3)
-        data = LocalData(x[i::2], y[i::2], batch_size=32, seed=i)
-        try:
-            results.append(
-                run_worker_loop(
-                    WORKERS[i], lambda: fleet.connect(WORKERS[i]), model, strategy_for(model), data, max_reconnects=0
-                )
-            )
-        except BaseException as e:
-            errors.append(e)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    rounds_seen: list[RoundMetrics] = []
-
-    def evaluate(w: TensorSet) -> tuple[float, float]:
-        server_model.set_weights(w.arrays)
-        return server_model.evaluate(x_test, y_test)
-
-    weights = TensorSet(server_model.specs(), server_model.get_weights())
-    try:
-        result = run_rounds(
-            fleet, strategy, weights, plan(rounds), evaluate=evaluate, on_round=lambda m, w: rounds_seen.append(m)
-        )
-    finally:
-        fleet.finish()
-        for t in threads:
-            t.join(60)
-    assert not errors, errors
+        workers.append((name, model, strategy_for(model), LocalData(x[i::2], y[i::2], batch_size=32, seed=i)))
+    result, rounds_seen, results = federate_in_memory(
+        server_model, strategy_for(server_model), plan(rounds), workers, blobs(300, seed=2)
+    )
     return result, results, rounds_seen
 
 

@@ -5,20 +5,16 @@ among five that the plain mean does not survive."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from fedtools import SoftmaxRegression, blobs, federation_doc
+from fedtools import SoftmaxRegression, blobs, federate_in_memory, federation_doc
 from tdxfl.config import Federation, parse_federation
 from tdxfl.engine.data import LocalData
-from tdxfl.engine.memory import InMemoryFleet
-from tdxfl.engine.records import TensorSet
-from tdxfl.engine.server import RoundMetrics, TrainingResult, run_rounds
-from tdxfl.engine.worker import run_worker_loop
+from tdxfl.engine.server import RoundMetrics, TrainingResult
 from tdxfl.wiring.ps import make_strategy, round_plan
 
 
@@ -50,46 +46,14 @@ def federate(fed: Federation, byzantine: int = 0) -> tuple[TrainingResult, list[
     """The PS and ``fed``'s workers (the last ``byzantine`` of them Byzantine), in threads."""
     names = [w.name for w in fed.workers]
     x, y = blobs(200 * len(names), seed=1)
-    x_test, y_test = blobs(300, seed=2)
     server_model = SoftmaxRegression(4, 3)
-    strategy = make_strategy(fed, server_model.trainable_mask())
-    fleet = InMemoryFleet(server_model.specs(), strategy, names)
-    errors: list[BaseException] = []
-
-    def worker(i: int) -> None:
+    workers = []
+    for i, name in enumerate(names):
         model = Byzantine(4, 3) if i >= len(names) - byzantine else SoftmaxRegression(4, 3)
         data = LocalData(x[i :: len(names)], y[i :: len(names)], batch_size=32, seed=i)
-        try:
-            run_worker_loop(
-                names[i],
-                lambda: fleet.connect(names[i]),
-                model,
-                make_strategy(fed, model.trainable_mask()),
-                data,
-                max_reconnects=0,
-            )
-        except BaseException as e:
-            errors.append(e)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(names))]
-    for t in threads:
-        t.start()
-
-    def evaluate(w: TensorSet) -> tuple[float, float]:
-        server_model.set_weights(w.arrays)
-        return server_model.evaluate(x_test, y_test)
-
-    seen: list[RoundMetrics] = []
-    weights = TensorSet(server_model.specs(), server_model.get_weights())
-    try:
-        result = run_rounds(
-            fleet, strategy, weights, round_plan(fed), evaluate=evaluate, on_round=lambda m, w: seen.append(m)
-        )
-    finally:
-        fleet.finish()
-        for t in threads:
-            t.join(60)
-    assert not errors, errors
+        workers.append((name, model, make_strategy(fed, model.trainable_mask()), data))
+    strategy = make_strategy(fed, server_model.trainable_mask())
+    result, seen, _ = federate_in_memory(server_model, strategy, round_plan(fed), workers, blobs(300, seed=2))
     return result, seen
 
 

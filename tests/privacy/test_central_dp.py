@@ -5,25 +5,22 @@ from __future__ import annotations
 
 import itertools
 import json
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fedtools import SoftmaxRegression, blobs, federation_doc
+from fedtools import SoftmaxRegression, blobs, federate_in_memory, federation_doc
 from tdxfl.config import parse_federation
 from tdxfl.engine.aggregators import CoordinateMedian, RobustAggregation
 from tdxfl.engine.central_dp import CentralDP, DpAggregator
 from tdxfl.engine.data import LocalData
 from tdxfl.engine.fleet import UpdateInfo
 from tdxfl.engine.kinds import UpdateKind
-from tdxfl.engine.memory import InMemoryFleet
 from tdxfl.engine.optimizers import SGD
 from tdxfl.engine.records import TensorSet
-from tdxfl.engine.server import RoundMetrics, run_rounds
+from tdxfl.engine.server import RoundMetrics
 from tdxfl.engine.strategy import FedAvg, LocalTraining, SyncGradients
-from tdxfl.engine.worker import run_worker_loop
 from tdxfl.errors import ConfigError, RecordError
 from tdxfl.privacy.accounting import GaussianAccountant
 from tdxfl.server.metrics import MetricsRecorder
@@ -141,38 +138,12 @@ def test_dp_trains_softmax_regression_and_reports_epsilon_every_round(tmp_path: 
     strategy = make_strategy(fed, server_model.trainable_mask())
     assert isinstance(strategy, CentralDP)
     strategy.rng = np.random.default_rng(0)  # injected: a reproducible run (it passes for any seed tried)
-    fleet = InMemoryFleet(server_model.specs(), strategy, names)
-
-    def worker(i: int) -> None:
+    workers = []
+    for i, name in enumerate(names):
         model = SoftmaxRegression(4, 3)
         data = LocalData(x[i::2], y[i::2], batch_size=32, seed=i)
-        run_worker_loop(
-            names[i],
-            lambda: fleet.connect(names[i]),
-            model,
-            make_strategy(fed, model.trainable_mask()),
-            data,
-            max_reconnects=0,
-        )
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    seen: list[RoundMetrics] = []
-
-    def evaluate(w: TensorSet) -> tuple[float, float]:
-        server_model.set_weights(w.arrays)
-        return server_model.evaluate(x_test, y_test)
-
-    weights = TensorSet(server_model.specs(), server_model.get_weights())
-    try:
-        result = run_rounds(
-            fleet, strategy, weights, round_plan(fed), evaluate=evaluate, on_round=lambda m, w: seen.append(m)
-        )
-    finally:
-        fleet.finish()
-        for t in threads:
-            t.join(60)
+        workers.append((name, model, make_strategy(fed, model.trainable_mask()), data))
+    result, seen, _ = federate_in_memory(server_model, strategy, round_plan(fed), workers, (x_test, y_test))
     assert result.accuracy >= 0.85
     per_round = 10 if mode == "sync-gradients" else 1
     reference, want = GaussianAccountant(0.2, 1e-5), []
