@@ -365,7 +365,7 @@ def run_p7(tmp: Path, quick: bool, reps: int | None) -> Iterator[dict[str, Any]]
         worst_mode=worst[0],
         modes=c["modes"],
     )
-    a = run_json("p7_compression", "accuracy", "2" if quick else "3", "10" if quick else "20", timeout=1800)
+    a = run_json("p7_compression", "accuracy", "2" if quick else "8", "10" if quick else "25", timeout=1800)
     fp32 = a.pop("fp32")
     ef = {k: v for k, v in a.items() if not k.endswith("-no-ef")}
     best_acc = max(ef.items(), key=lambda kv: kv[1])
