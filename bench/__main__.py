@@ -30,6 +30,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "P4": ("P4-write", "P4-read"),
     "P5": ("P5",),
     "MICRO": ("MICRO-receive", "MICRO-unseal"),
+    "P7": ("P7-bytes", "P7-cpu", "P7-accuracy"),
 }
 
 
@@ -338,6 +339,49 @@ def run_micro(tmp: Path, quick: bool, reps: int | None) -> Iterator[dict[str, An
     )
 
 
+def run_p7(tmp: Path, quick: bool, reps: int | None) -> Iterator[dict[str, Any]]:
+    """Compressed uplink updates, every mode against fp32 in the same run (bench/p7_compression.py)."""
+    b = run_json("p7_compression", "bytes")
+    best = max(b["modes"].items(), key=lambda kv: kv[1]["reduction"])
+    yield result(
+        "P7-bytes",
+        best[1]["bytes"] / MB,
+        b["fp32_bytes"] / MB,
+        1 / 8,
+        "MB pushed per sync step (ResNet-50)",
+        ok=best[1]["reduction"] >= 8,
+        best_mode=best[0],
+        modes=b["modes"],
+    )
+    c = run_json("p7_compression", "cpu", str(reps or (3 if quick else 7)))
+    worst = max(c["modes"].items(), key=lambda kv: kv[1]["ratio"])
+    yield result(
+        "P7-cpu",
+        worst[1]["s"],
+        c["fp32_s"],
+        1.5,
+        "s per update (PS decode + check + accumulate; worst mode)",
+        ok=all(m["ratio"] <= 1.5 for m in c["modes"].values()),
+        worst_mode=worst[0],
+        modes=c["modes"],
+    )
+    a = run_json("p7_compression", "accuracy", "2" if quick else "8", "10" if quick else "25", timeout=1800)
+    fp32 = a.pop("fp32")
+    ef = {k: v for k, v in a.items() if not k.endswith("-no-ef")}
+    best_acc = max(ef.items(), key=lambda kv: kv[1])
+    yield result(
+        "P7-accuracy",
+        best_acc[1],
+        fp32,
+        -0.005,
+        "final accuracy (digits small CNN, sync-gradients)",
+        ok=all(v >= fp32 - 0.005 for v in ef.values()),
+        ratio=best_acc[1] - fp32,
+        modes=a,
+        note="ratio is the difference in accuracy to fp32; ok when every error-feedback mode is within 0.5 points",
+    )
+
+
 RUNNERS: dict[str, Callable[[Path, bool, int | None], Iterator[dict[str, Any]]]] = {
     "P1": run_p1,
     "P1-wire": run_p1_wire,
@@ -345,6 +389,7 @@ RUNNERS: dict[str, Callable[[Path, bool, int | None], Iterator[dict[str, Any]]]]
     "P3": run_p3,
     "P4": run_p4,
     "P5": run_p5,
+    "P7": run_p7,
     "MICRO": run_micro,
 }
 

@@ -14,6 +14,7 @@ import grpc
 from tdxfl.attestation.interfaces import Attester
 from tdxfl.attestation.ratls import PeerVerifier
 from tdxfl.client.model_link import ModelLink
+from tdxfl.engine.compression import CompressedUpdate
 from tdxfl.engine.fleet import JoinInfo, Model, PushResult, Update
 from tdxfl.engine.rounds import MAX_REASON_CHARS
 from tdxfl.errors import FederationError, LinkError
@@ -73,7 +74,7 @@ class AttestedConnection:
         reply = self._link.push(
             wire_kind(info.kind),
             info.version,
-            update.tensors,
+            update if isinstance(update, CompressedUpdate) else update.tensors,
             num_samples=info.num_samples,
             metrics=info.metrics,
             wire_dtype=self._wire_dtype,

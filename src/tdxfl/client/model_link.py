@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from tdxfl.engine.compression import CompressedUpdate
 from tdxfl.engine.records import TensorSet
 from tdxfl.transport.link import TensorLink
 from tdxfl.transport.proto import tdxfl_pb2 as pb
-from tdxfl.transport.tensors import Assembler, Header, decode_header, to_wire
+from tdxfl.transport.tensors import Assembler, Header, decode_header, to_wire, to_wire_compressed
 
 
 class ModelLink:
@@ -35,7 +36,7 @@ class ModelLink:
         self,
         kind: pb.TensorKind,
         version: int,
-        update: TensorSet,
+        update: TensorSet | CompressedUpdate,
         *,
         num_samples: int,
         metrics: Mapping[str, float],
@@ -43,9 +44,13 @@ class ModelLink:
     ) -> pb.PushReply:
         """Offer one update; once the server grants a receive slot, send its data.
 
-        The reply says whether it was accepted and, if not, why (a refused grant is a refusal).
+        The reply says whether it was accepted and, if not, why (a refused grant is a refusal). A
+        ``CompressedUpdate`` travels as its encoded bytes (``wire_dtype`` does not apply).
         """
-        wire = to_wire(kind, version, update, num_samples=num_samples, metrics=metrics, wire_dtype=wire_dtype)
+        if isinstance(update, CompressedUpdate):
+            wire = to_wire_compressed(kind, version, update, num_samples=num_samples, metrics=metrics)
+        else:
+            wire = to_wire(kind, version, update, num_samples=num_samples, metrics=metrics, wire_dtype=wire_dtype)
         self.link.send(pb.LinkRequest(push=wire.header))
         grant = self.link.recv(pb.PushGrant)
         if not grant.granted:

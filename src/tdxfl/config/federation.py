@@ -60,6 +60,9 @@ class Training:
     seed: int = 0
     wire_dtype: str = "float32"
     target_accuracy: float = 0.0
+    compression: str = "none"  # uplink updates: none, int8, int4 or topk (README "Compression")
+    topk_fraction: float = 0.01  # compression = "topk": the share of each tensor's values sent
+    error_feedback: bool = True  # compressed updates: the worker carries what was lost to the next
 
 
 @dataclass(frozen=True)
@@ -379,6 +382,7 @@ def parse_federation(doc: Mapping[str, Any], base_dir: Path = Path(".")) -> Fede
     quorum = faults.quorum or n_workers
     strategy = parse_strategy(doc.get("strategy", {}), training.mode, quorum)
     privacy = parse_privacy(doc.get("privacy", {}), strategy)
+    check_compression(training, strategy)
     return Federation(
         str(name),
         tuple(parties),
@@ -391,6 +395,32 @@ def parse_federation(doc: Mapping[str, Any], base_dir: Path = Path(".")) -> Fede
         base_dir,
         strategy=strategy,
         privacy=privacy,
+    )
+
+
+COMPRESSIONS = ("none", "int8", "int4", "topk")
+
+
+def check_compression(training: Training, strategy: StrategyConfig) -> None:
+    """ConfigError for a compression setting that is unknown or cannot be combined with the rest.
+
+    Central DP clips and noises the decoded update, so every mode combines with it; the robust
+    rules compare updates coordinate by coordinate (median, trimmed mean) or by distance (Krum),
+    which top-k's mostly-zero changes defeat, so top-k is refused with them."""
+    c = training.compression
+    _check(c in COMPRESSIONS, f"training.compression must be one of {', '.join(COMPRESSIONS)}, got {c!r}")
+    _check(0 < training.topk_fraction <= 1, "training.topk_fraction must be in (0, 1]")
+    if c == "none":
+        return
+    _check(
+        training.wire_dtype == "float32",
+        f"training.compression = {c!r} encodes float32 updates: it cannot be combined with wire_dtype = "
+        f"{training.wire_dtype!r}",
+    )
+    _check(
+        not (c == "topk" and strategy.name in ROBUST),
+        f"training.compression = 'topk' sends mostly-zero changes, which the robust rule {strategy.name.value!r} "
+        "cannot compare: use int8 or int4",
     )
 
 

@@ -11,9 +11,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from tdxfl.engine.compression import Compressor
 from tdxfl.engine.data import LocalData
 from tdxfl.engine.fleet import VAL_ACCURACY, VAL_LOSS, VAL_SAMPLES, ServerConnection
 from tdxfl.engine.model import ModelAdapter
+from tdxfl.engine.records import TensorSet
 from tdxfl.engine.strategy import Strategy
 from tdxfl.errors import LinkError, TaskError, TdxflError, Unavailable
 
@@ -40,12 +42,15 @@ def run_worker_loop(
     data: LocalData,
     *,
     max_reconnects: int,
+    compressor: Compressor | None = None,
 ) -> WorkerResult:
     """Train until the PS finishes and return what was done.
 
     ``connect()`` opens a connection to the PS (its own errors, e.g. an attestation refusal or
     an unreachable PS, end the loop); a connection that breaks (LinkError) is replaced, and after
-    ``max_reconnects`` replacements the loop raises Unavailable.
+    ``max_reconnects`` replacements the loop raises Unavailable. With a ``compressor``, each
+    update is sent compressed as its change against the global model just received (error
+    feedback state lives in the compressor, across reconnects).
     """
     result = WorkerResult()
     specs = model.specs()
@@ -60,7 +65,10 @@ def run_worker_loop(
                 if received is None:
                     log.info("%s: training finished after %d steps", name, result.steps)
                     return result
-                model.set_weights(received.tensors.cast_to(specs).arrays)
+                global_weights = received.tensors.cast_to(specs)
+                if compressor is not None:  # the reference of the change: safe from the model's training
+                    global_weights = TensorSet(global_weights.specs, [a.copy() for a in global_weights.arrays])
+                model.set_weights(global_weights.arrays)
                 version = received.version
                 try:
                     evaluation = _evaluate(model, data, version, strategy)  # the global model, before training
@@ -69,6 +77,8 @@ def run_worker_loop(
                         update = replace(
                             update, info=replace(update.info, metrics={**update.info.metrics, **evaluation})
                         )
+                    if compressor is not None:
+                        update = compressor.compress(update, strategy.update_reference(global_weights))
                 except TdxflError as e:
                     conn.leave(str(e))
                     raise

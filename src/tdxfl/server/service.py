@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 
 import grpc
+import numpy as np
 
 from tdxfl.engine.records import TensorSet, TensorSpec
 from tdxfl.engine.rounds import FINISHED, RoundState
@@ -151,16 +152,25 @@ class ParameterServerService(pb_grpc.ParameterServerServicer):
             with self._staging.slot(header.specs, link.close) as asm:
                 link.send(pb.PushGrant(granted=True))
                 try:
-                    received = asm.fill(link.recv_into, check_finite=True)
+                    if header.compressed:  # sizes checked by decode_header: decoded into asm's buffers
+                        received = asm.fill_encoded(link.recv_into, header)
+                    else:
+                        received = asm.fill(link.recv_into, check_finite=True)
                 except LinkError as e:
                     self._rounds.reject(party, f"update broke off: {e}")
                     raise
-                except RecordError as e:  # NaN or infinity, found as the data arrived
+                except RecordError as e:  # NaN or infinity (or a malformed encoding), found as the data arrived
                     link.send(self._refuse(party, str(e), malformed=True))
                     return
                 update = received.cast_to(self._rounds.specs)
+                if any(header.relative):
+                    try:
+                        self._add_reference(party, info.version, header.relative, update)
+                    except RecordError as e:  # stale by now, or weights that overflow
+                        link.send(self._refuse(party, str(e), malformed=False))
+                        return
                 try:
-                    self._rounds.submit(party, info, update, asm.nbytes, finite_checked=True)
+                    self._rounds.submit(party, info, update, int(offered.total_bytes), finite_checked=True)
                 except RecordError as e:  # became stale while it arrived: submit already recorded it
                     link.send(self._refuse(party, str(e), malformed=False))
                     return
@@ -169,11 +179,32 @@ class ParameterServerService(pb_grpc.ParameterServerServicer):
             return
         link.send(pb.PushReply(accepted=True))
 
+    def _add_reference(self, party: str, version: int, relative: Sequence[bool], update: TensorSet) -> None:
+        """Turn a compressed update's changes back into weights: add the global model of
+        ``version`` (as published, held against ``retire`` meanwhile) where ``relative`` says;
+        RecordError when that model is gone (the update is stale) or the sum is not finite."""
+        with self._rounds.sending(party, version - 1, 0.0, _nothing, _no_bytes) as model:
+            if not isinstance(model, WireTensors) or self._rounds.version != version:
+                raise RecordError(f"stale update for version {version}; the current version is {self._rounds.version}")
+            for rel, spec, out, ref in zip(relative, update.specs, update.arrays, model.arrays):
+                if rel:
+                    np.add(out, ref, out=out, casting="unsafe")
+                    if not np.isfinite(out).all():
+                        raise RecordError(f"tensor {spec.name!r} holds NaN or infinite values")
+
     def _refuse(self, party: str, reason: str, *, malformed: bool) -> pb.PushReply:
         log.warning("update from %s rejected: %s", party, reason)
         if malformed:
             self._rounds.reject(party, reason)
         return pb.PushReply(accepted=False, reason=reason)
+
+
+def _nothing() -> None:
+    return None
+
+
+def _no_bytes(model: object) -> int:
+    return 0
 
 
 def _wire_bytes(model: WireTensors) -> int:

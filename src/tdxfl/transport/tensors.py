@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tdxfl.engine.compression import Codec, CompressedUpdate, check_size, decode_into
 from tdxfl.engine.fleet import UpdateInfo
 from tdxfl.engine.kinds import UpdateKind
 from tdxfl.engine.records import ALLOWED_DTYPES, TensorSet, TensorSpec, is_floating
@@ -28,6 +29,9 @@ _CHECK_BLOCK = 1 << 16  # elements: 256 KiB of float32, well inside L2
 #: the wire kind of each update kind, and back
 _UPDATE_KINDS = {UpdateKind.GRADIENTS: pb.TENSOR_KIND_GRADIENTS, UpdateKind.WEIGHTS: pb.TENSOR_KIND_WEIGHTS}
 _FROM_WIRE = {v: k for k, v in _UPDATE_KINDS.items()}
+#: the wire codec of each codec, and back
+_CODECS = {Codec.NONE: pb.CODEC_NONE, Codec.INT8: pb.CODEC_INT8, Codec.INT4: pb.CODEC_INT4, Codec.TOPK: pb.CODEC_TOPK}
+_CODEC_FROM_WIRE = {v: k for k, v in _CODECS.items()}
 
 
 def wire_kind(kind: UpdateKind) -> pb.TensorKind:
@@ -44,6 +48,15 @@ class Header:
     specs: list[TensorSpec] = field(default_factory=list)
     num_samples: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
+    #: per tensor: its codec, its bytes on the wire, whether it is relative to the global model
+    codecs: list[Codec] = field(default_factory=list)
+    wire_sizes: list[int] = field(default_factory=list)
+    relative: list[bool] = field(default_factory=list)
+
+    @property
+    def compressed(self) -> bool:
+        """Whether any tensor travels compressed."""
+        return any(c is not Codec.NONE for c in self.codecs)
 
     def update_info(self) -> UpdateInfo:
         """This header as an update's description; RecordError when it announces no update."""
@@ -110,23 +123,75 @@ def to_wire(
     return WireTensors(header, arrays)
 
 
+def to_wire_compressed(
+    kind: pb.TensorKind, version: int, update: CompressedUpdate, *, num_samples: int, metrics: Mapping[str, float]
+) -> WireTensors:
+    """Header and encoded bytes of a compressed update (each tensor's codec and size in its spec)."""
+    tensors = []
+    for spec, codec, data in zip(update.tensors.specs, update.codecs, update.payload):
+        raw = codec is Codec.NONE
+        dtype = np.dtype(spec.dtype).name if raw else "float32"
+        tensors.append(
+            pb.TensorSpec(
+                name=spec.name,
+                dtype=dtype,
+                shape=list(spec.shape),
+                codec=_CODECS[codec],
+                encoded_bytes=0 if raw else data.size,
+            )
+        )
+    header = pb.TensorHeader(
+        kind=kind,
+        version=version,
+        tensors=tensors,
+        num_samples=num_samples,
+        metrics=dict(metrics),
+        total_bytes=update.wire_bytes,
+        relative=list(update.relative),
+    )
+    return WireTensors(header, list(update.payload))
+
+
 def decode_header(h: pb.TensorHeader) -> Header:
-    """Validate and decode a header: a known kind, allowed dtypes, sane shapes, sizes that add up."""
+    """Validate and decode a header: a known kind, allowed dtypes, sane shapes, sizes that add up;
+    a compressed tensor is float32 and declares exactly the bytes its codec takes for its shape
+    (checked before any byte is read: no decompression bombs)."""
     if h.kind not in pb.TensorKind.values() or h.kind == pb.TENSOR_KIND_UNSPECIFIED:
         raise RecordError(f"tensor header of unknown kind {h.kind}")
-    specs = []
-    for t in h.tensors:
+    if h.relative and len(h.relative) != len(h.tensors):
+        raise RecordError(f"header flags {len(h.relative)} tensors as relative but has {len(h.tensors)}")
+    specs, codecs, sizes = [], [], []
+    relative = list(h.relative) or [False] * len(h.tensors)
+    for t, rel in zip(h.tensors, relative):
         if t.dtype not in ALLOWED_DTYPES:
             raise RecordError(f"tensor {t.name!r} has dtype {t.dtype!r}, not one of {sorted(ALLOWED_DTYPES)}")
         if any(d < 0 for d in t.shape):
             raise RecordError(f"tensor {t.name!r} has a negative dimension {list(t.shape)}")
-        specs.append(TensorSpec(t.name, t.dtype, tuple(int(d) for d in t.shape)))
-    total = sum(s.nbytes for s in specs)
+        codec = _CODEC_FROM_WIRE.get(t.codec)
+        if codec is None:
+            raise RecordError(f"tensor {t.name!r} has an unknown codec {t.codec}")
+        spec = TensorSpec(t.name, t.dtype, tuple(int(d) for d in t.shape))
+        if codec is Codec.NONE:
+            if t.encoded_bytes or rel:
+                raise RecordError(f"raw tensor {t.name!r} declares encoded bytes or a reference")
+            sizes.append(spec.nbytes)
+        else:
+            if h.kind not in _FROM_WIRE:
+                raise RecordError(f"tensor {t.name!r}: only updates travel compressed")
+            if t.dtype != "float32":
+                raise RecordError(f"compressed tensor {t.name!r} must decode to float32, not {t.dtype}")
+            if spec.size > MAX_STREAM_BYTES:
+                raise RecordError(f"tensor {t.name!r} of {spec.size} values exceeds the limit")
+            check_size(codec, spec.size, int(t.encoded_bytes), t.name)
+            sizes.append(int(t.encoded_bytes))
+        specs.append(spec)
+        codecs.append(codec)
+    total = sum(sizes)
     if total != h.total_bytes:
         raise RecordError(f"header says {h.total_bytes} bytes but its tensors need {total}")
-    if total > MAX_STREAM_BYTES:
+    if total > MAX_STREAM_BYTES or sum(s.nbytes for s in specs) > MAX_STREAM_BYTES:
         raise RecordError(f"stream of {total} bytes exceeds the limit of {MAX_STREAM_BYTES}")
-    return Header(h.kind, h.version, specs, h.num_samples, dict(h.metrics))
+    return Header(h.kind, h.version, specs, h.num_samples, dict(h.metrics), codecs, sizes, relative)
 
 
 class Assembler:
@@ -136,6 +201,7 @@ class Assembler:
         self.specs = list(specs)
         self.arrays = [np.empty(s.shape, dtype=np.dtype(s.dtype).newbyteorder("<")) for s in self.specs]
         self.views = [_byte_view(a) for a in self.arrays]
+        self._scratch_buf: np.ndarray | None = None
 
     @property
     def nbytes(self) -> int:
@@ -166,6 +232,48 @@ class Assembler:
         arrays = [a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("=")) for a in self.arrays]
         return TensorSet(list(self.specs), arrays)
 
+    def fill_encoded(self, read_into: Callable[[Sequence[memoryview]], None], header: Header) -> TensorSet:
+        """Like ``fill(check_finite=True)`` for a header whose tensors may be compressed: each
+        encoded tensor is read into a scratch buffer (its size was checked by ``decode_header``)
+        and decoded into this assembler's array; RecordError for the first malformed or
+        non-finite tensor, raised once all bytes are read (the stream stays in step)."""
+        bad: str | None = None
+        for spec, array, view, codec, size in zip(
+            self.specs, self.arrays, self.views, header.codecs, header.wire_sizes
+        ):
+            if codec is Codec.NONE:
+                try:
+                    _One(spec, array, view).fill(read_into, check_finite=bad is None)
+                except RecordError as e:
+                    bad = bad or str(e)
+                continue
+            scratch = self._scratch(size)
+            read_into([scratch.data])
+            if bad is None:
+                try:
+                    decode_into(codec, scratch, array, spec.name)
+                except RecordError as e:
+                    bad = str(e)
+        if bad is not None:
+            raise RecordError(bad)
+        arrays = [a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("=")) for a in self.arrays]
+        return TensorSet(list(self.specs), arrays)
+
+    def _scratch(self, size: int) -> np.ndarray:
+        buf = self._scratch_buf
+        if buf is None or buf.size < size:
+            buf = np.empty(size, np.uint8)
+            self._scratch_buf = buf
+        return buf[:size]
+
+
+class _One(Assembler):
+    """One tensor of an assembler, as an assembler (no allocation)."""
+
+    def __init__(self, spec: TensorSpec, array: np.ndarray, view: memoryview) -> None:
+        self.specs, self.arrays, self.views = [spec], [array], [view]
+        self._scratch_buf = None
+
 
 __all__ = [
     "MAX_STREAM_BYTES",
@@ -174,5 +282,6 @@ __all__ = [
     "WireTensors",
     "decode_header",
     "to_wire",
+    "to_wire_compressed",
     "wire_kind",
 ]

@@ -9,6 +9,7 @@ import numpy as np
 
 from tdxfl.client.connection import AttestedConnection, PsEndpoint, connect_to_ps
 from tdxfl.config import Federation
+from tdxfl.engine.compression import Codec, Compressor
 from tdxfl.engine.data import LocalData
 from tdxfl.engine.records import TensorSet
 from tdxfl.engine.worker import WorkerResult, run_worker_loop
@@ -52,7 +53,14 @@ def run_worker(federation: Federation, ctx: PartyContext) -> WorkerResult:
             task_digest=ctx.task_digest,
         )
 
-    result = run_worker_loop(ctx.name, connect, adapter, strategy, local, max_reconnects=f.connect_retries)
+    compressor = (
+        None
+        if t.compression == "none"
+        else Compressor(Codec(t.compression), topk_fraction=t.topk_fraction, error_feedback=t.error_feedback)
+    )
+    result = run_worker_loop(
+        ctx.name, connect, adapter, strategy, local, max_reconnects=f.connect_retries, compressor=compressor
+    )
     store.save(
         "training-log",
         TensorSet.from_arrays(["loss"], [np.asarray(result.losses, np.float32)]),

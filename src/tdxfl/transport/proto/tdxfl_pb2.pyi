@@ -7,6 +7,13 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class Codec(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CODEC_NONE: _ClassVar[Codec]
+    CODEC_INT8: _ClassVar[Codec]
+    CODEC_INT4: _ClassVar[Codec]
+    CODEC_TOPK: _ClassVar[Codec]
+
 class TensorKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     TENSOR_KIND_UNSPECIFIED: _ClassVar[TensorKind]
@@ -14,6 +21,10 @@ class TensorKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TENSOR_KIND_DONE: _ClassVar[TensorKind]
     TENSOR_KIND_GRADIENTS: _ClassVar[TensorKind]
     TENSOR_KIND_WEIGHTS: _ClassVar[TensorKind]
+CODEC_NONE: Codec
+CODEC_INT8: Codec
+CODEC_INT4: Codec
+CODEC_TOPK: Codec
 TENSOR_KIND_UNSPECIFIED: TensorKind
 TENSOR_KIND_MODEL: TensorKind
 TENSOR_KIND_DONE: TensorKind
@@ -97,17 +108,21 @@ class PullRequest(_message.Message):
     def __init__(self, after_version: _Optional[int] = ...) -> None: ...
 
 class TensorSpec(_message.Message):
-    __slots__ = ("name", "dtype", "shape")
+    __slots__ = ("name", "dtype", "shape", "codec", "encoded_bytes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    ENCODED_BYTES_FIELD_NUMBER: _ClassVar[int]
     name: str
     dtype: str
     shape: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
+    codec: Codec
+    encoded_bytes: int
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., codec: _Optional[_Union[Codec, str]] = ..., encoded_bytes: _Optional[int] = ...) -> None: ...
 
 class TensorHeader(_message.Message):
-    __slots__ = ("kind", "version", "tensors", "num_samples", "metrics", "total_bytes")
+    __slots__ = ("kind", "version", "tensors", "num_samples", "metrics", "total_bytes", "relative")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -121,13 +136,15 @@ class TensorHeader(_message.Message):
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RELATIVE_FIELD_NUMBER: _ClassVar[int]
     kind: TensorKind
     version: int
     tensors: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     num_samples: int
     metrics: _containers.ScalarMap[str, float]
     total_bytes: int
-    def __init__(self, kind: _Optional[_Union[TensorKind, str]] = ..., version: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., num_samples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., total_bytes: _Optional[int] = ...) -> None: ...
+    relative: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, kind: _Optional[_Union[TensorKind, str]] = ..., version: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., num_samples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., total_bytes: _Optional[int] = ..., relative: _Optional[_Iterable[bool]] = ...) -> None: ...
 
 class PushReply(_message.Message):
     __slots__ = ("accepted", "reason")
