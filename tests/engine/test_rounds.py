@@ -178,3 +178,32 @@ def test_worker_reported_metrics_count_only_when_plausible() -> None:
     assert r.metrics["val_samples"] == 40  # a and d
     assert r.metrics["val_accuracy"] == (10 * 0.5 + 30 * 1.0) / 40
     assert r.metrics["val_loss"] == (10 * 1.0 + 30 * 3.0) / 40
+
+
+def test_a_robust_rule_minimum_holds_when_workers_leave() -> None:
+    """Quorum 3 with a trimmed mean: two of three workers leaving must not let one update become
+    the model; the PS waits out the timeout and grace, then fails clearly."""
+    from tdxfl.engine.aggregators import RobustAggregation, TrimmedMean
+    from tdxfl.engine.strategy import FedAvg, LocalTraining
+
+    clock = ManualClock()
+    strategy = FedAvg(LocalTraining(1, 0.1), robust=RobustAggregation(TrimmedMean(0.34), capacity=3, max_bytes=1 << 20))
+    s: RoundState[Model] = RoundState(SPECS, strategy, clock=clock)
+    for w in ("a", "b", "c"):
+        s.join(w)
+    s.publish(0, Model(0, update(0.0)))
+    s.submit("a", UpdateInfo(UpdateKind.WEIGHTS, 0, 1), update(100))
+    s.leave("b", "bye")
+    s.leave("c", "bye")
+    with pytest.raises(FederationError, match="only 1 update"):
+        s.collect(3, 30, fail_on_timeout=False, grace=60)
+    assert clock.now() == 90.0
+
+
+def test_non_finite_validation_samples_are_ignored_not_a_crash() -> None:
+    s = state("a")
+    for bad in (float("nan"), float("inf")):
+        s.publish(s.version + 1, Model(s.version + 1, update(0.0)))
+        s.submit("a", info(s.version, loss=1.0, val_loss=0.5, val_accuracy=0.5, val_samples=bad), update(1))
+        r = s.collect(1, 10, fail_on_timeout=True, grace=0)
+        assert r.contributors == ["a"] and "val_samples" not in r.metrics

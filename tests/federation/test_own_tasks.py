@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from fedtools import free_port
-from tdxfl.ml.task import load_task
 from tdxfl.store.keys import derive_store_key
 from tdxfl.store.model_store import SealedFileStore
+from tdxfl.wiring.tasks import open_task
 from tdxfl.wiring.unseal import unseal_model
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -84,7 +84,7 @@ def test_own_task_trains_each_site_on_its_own_file(example: str, tmp_path: Path)
     assert worker_samples(fed, "site-a", example) == 240  # site-a.csv, and only it
     assert worker_samples(fed, "site-b", example) == 160
     # the model owner rebuilds the task's own model from the sealed result, at the PS's accuracy
-    task = load_task("task.py", fed.parent)
+    task, _ = open_task("task.py", fed.parent)
     key = derive_store_key(SECRET, f"{example}/model-store")
     written = unseal_model(Path(result["checkpoint"]), key, tmp_path / "unsealed", task=task)
     x, y = task.load_data(str(fed.parent / "evaluation.csv"), "ps").evaluation()

@@ -9,12 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tdxfl.attestation.code_identity import digest_task
 from tdxfl.errors import ConfigError, TaskError
 from tdxfl.ml.keras_adapter import KerasAdapter
-from tdxfl.ml.task import builtin_task, load_task
+from tdxfl.ml.task import Task, builtin_task
 from tdxfl.ml.torch_adapter import TorchAdapter
+from tdxfl.wiring.tasks import open_task
 
 X = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
+
+
+def load_task(spec: str, base: Path) -> Task:
+    return open_task(spec, base)[0]
 
 
 def task_file(tmp_path: Path, body: str, name: str = "task.py") -> Path:
@@ -39,8 +45,8 @@ def load_data(path, role):
 
 def test_a_task_file_relative_to_the_federation_file_loads_and_names_its_files(tmp_path: Path) -> None:
     path = task_file(tmp_path, KERAS_MODEL.format(activation=', activation="softmax"') + DATA)
-    task = load_task("task.py", tmp_path)
-    assert task.files == [path]
+    task, digest = open_task("task.py", tmp_path)
+    assert digest == digest_task(path)
     samples = task.for_party("site-a").load_data("", "worker")
     assert samples.x.dtype == np.float32 and samples.y.dtype == np.int64 and len(samples.x) == 20
     assert isinstance(task.build_adapter(samples.x), KerasAdapter)
@@ -135,3 +141,37 @@ def test_builtin_tasks_for_the_legacy_keys() -> None:
     assert builtin_task("mlp", "digits", "torch") == "tdxfl.ml.tasks.digits_mlp_torch"
     with pytest.raises(ConfigError, match="no built-in task for model 'resnet50' on 'digits'"):
         builtin_task("resnet50", "digits", "keras")
+
+
+def test_the_code_that_runs_is_the_code_that_was_measured(tmp_path: Path) -> None:
+    """A planted bytecode file that Python's own importer would run instead of task.py (same
+    recorded mtime and size) must not run: the task runs from the bytes its digest covers."""
+    import importlib.util
+    import os
+    import py_compile
+    import sys
+
+    honest = KERAS_MODEL.format(activation=', activation="softmax"') + DATA
+    path = task_file(tmp_path, honest)
+    evil_source = honest.replace("def build_model():\n", "def build_model():\n    return 'evil'\n", 1)
+    evil_source = (
+        evil_source[: len(honest)]
+        if len(evil_source) >= len(honest)
+        else evil_source + "#" * (len(honest) - len(evil_source))
+    )
+    evil = tmp_path / "evil_src.py"
+    evil.write_text(evil_source)
+    assert evil.stat().st_size == path.stat().st_size
+    os.utime(evil, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns))
+    cache = importlib.util.cache_from_source(str(path))
+    py_compile.compile(str(evil), cfile=cache, invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
+    # the attack is real: the standard importer runs the planted bytecode
+    spec = importlib.util.spec_from_file_location("planted_check", path)
+    assert spec is not None and spec.loader is not None
+    planted = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(planted)
+    sys.modules.pop("planted_check", None)
+    assert planted.build_model() == "evil"
+    task, digest = open_task("task.py", tmp_path)
+    assert digest == digest_task(path)
+    assert task.build_model() != "evil"

@@ -85,10 +85,10 @@ def unseal(
 ) -> None:
     """Unseal a sealed checkpoint SEALED into OUT/model.npz and OUT/model.keras (a torch task's
     model: OUT/model.pt)."""
-    from tdxfl.ml.task import load_task
+    from tdxfl.wiring.tasks import open_task
     from tdxfl.wiring.unseal import unseal_model
 
-    task = load_task(task_spec, Path.cwd()) if task_spec else None
+    task = open_task(task_spec, Path.cwd())[0] if task_spec else None
     key = _key_from_keystore(keystore, key_name, key_file, passphrase_env)
     written = unseal_model(
         sealed,

@@ -106,6 +106,7 @@ class TrimmedMean(RobustRule):
         if not 0.0 <= beta < 0.5:
             raise ValueError(f"trim fraction must be in [0, 0.5), got {beta}")
         self.beta = beta
+        self.min_updates = 3  # fewer leave nothing to trim on one side and keep on the other
 
     def reduce(self, stacked: Sequence[np.ndarray], out: Sequence[np.ndarray]) -> None:
         for rows, o in zip(stacked, out):

@@ -10,10 +10,10 @@ Per step, with ``n`` contributing workers, clip norm ``C`` and noise multiplier 
 * the released change is ``sum_i clip(d_i) / n + N(0, (z * C / n)^2)`` per coordinate; the
   strategy then applies ``reference + released change`` as its mean.
 
-Sensitivity: one worker's data is in at most its own update; with add-or-remove-one-worker
-adjacency and the contributor count ``n`` public (fixed-size participation: every worker takes
-part in every step, and the PS publishes the count), the clipped sum changes by at most ``C`` in
-L2 norm, so each step is the Gaussian mechanism with noise multiplier ``z`` on the sum (``z*C``)
+Sensitivity: one worker's data is in at most its own update; with zero-out adjacency
+(neighbouring runs differ in one worker's clipped change being replaced by zero; the contributor
+count ``n`` is unchanged and public: every worker takes part in every step), the clipped sum
+changes by at most ``C`` in L2 norm (replace-one adjacency would make it ``2C``), so each step is the Gaussian mechanism with noise multiplier ``z`` on the sum (``z*C``)
 and on the mean (``z*C/n``). Every update counts once whatever its sample count (a weight would
 scale the sensitivity). Integer tensors (e.g. PyTorch's ``num_batches_tracked``) are not
 released: they keep the global model's value. Each step is accounted once, by the injected

@@ -106,8 +106,8 @@ class InMemoryConnection:
         return PushResult(True)
 
     def leave(self, reason: str) -> None:
-        self._check_open()
-        self._state.leave(self.party, reason)
+        if not self.closed:  # a closed connection has nobody to tell, like a broken link
+            self._state.leave(self.party, reason)
 
     def close(self) -> None:
         self.closed = True

@@ -177,7 +177,10 @@ class RoundState(Generic[P]):
                 got = len(self._contributors)
                 expected = self.active - set(self._rejected)
                 # every live, well-behaved worker contributed (a refused update lowers the bar)
-                if got >= max(1, min(quorum, len(expected))) and set(self._contributors) >= expected:
+                # ... and the strategy has the updates it needs (a robust rule's minimum holds
+                # whoever left or was refused)
+                floor = self.strategy.min_updates
+                if got >= max(1, floor, min(quorum, len(expected))) and set(self._contributors) >= expected:
                     break
                 elapsed = self._clock.now() - start
                 if elapsed >= timeout:
@@ -186,7 +189,7 @@ class RoundState(Generic[P]):
                         raise FederationError(
                             f'step {self.version}: no update from {missing} within {timeout:.0f}s (faults.on_timeout = "fail")'
                         )
-                    if got >= quorum:
+                    if got >= max(quorum, floor):
                         log.warning(
                             "step %d: going on without %s (no update within %.0fs)", self.version, missing, timeout
                         )
@@ -312,7 +315,12 @@ class RoundState(Generic[P]):
         if n is None or v_loss is None or v_acc is None:
             return
         if not (
-            n == int(n) and 1 <= n <= MAX_VAL_SAMPLES and math.isfinite(v_loss) and v_loss >= 0 and 0 <= v_acc <= 1
+            math.isfinite(n)
+            and n == int(n)
+            and 1 <= n <= MAX_VAL_SAMPLES
+            and math.isfinite(v_loss)
+            and v_loss >= 0
+            and 0 <= v_acc <= 1
         ):
             return
         self._val_sums[VAL_LOSS] = self._val_sums.get(VAL_LOSS, 0.0) + float(v_loss) * n

@@ -126,6 +126,12 @@ class Strategy(abc.ABC):
     def apply(self, global_weights: TensorSet, mean_update: list[np.ndarray]) -> None:
         """Update ``global_weights`` in place from the round's mean update."""
 
+    @property
+    def min_updates(self) -> int:
+        """The fewest updates a step can be aggregated from (a robust rule's minimum, else 1):
+        the PS waits, then fails, rather than aggregate fewer."""
+        return self.robust.rule.min_updates if self.robust else 1
+
     def make_aggregator(self, specs: Sequence[TensorSpec]) -> Aggregator:
         """What the server folds a step's updates into: the weighted running sum, or the robust
         rule's buffer (ConfigError when that would exceed its memory cap)."""

@@ -68,9 +68,9 @@ def run_worker_loop(
                 global_weights = received.tensors.cast_to(specs)
                 if compressor is not None:  # the reference of the change: safe from the model's training
                     global_weights = TensorSet(global_weights.specs, [a.copy() for a in global_weights.arrays])
-                model.set_weights(global_weights.arrays)
                 version = received.version
                 try:
+                    model.set_weights(global_weights.arrays)  # the model's code: its faults are reported too
                     evaluation = _evaluate(model, data, version, strategy)  # the global model, before training
                     update = strategy.make_update(model, data, version)
                     if evaluation:

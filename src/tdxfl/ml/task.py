@@ -19,10 +19,12 @@ raise :class:`~tdxfl.errors.TaskError` naming the party, the task and the functi
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import inspect
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -115,13 +117,11 @@ def _framework_of(model: object) -> str:
 
 
 class Task:
-    """A loaded task: its module, the files that make it up (its code identity) and the party it
-    runs for (named in every error)."""
+    """A loaded task: its module and the party it runs for (named in every error)."""
 
-    def __init__(self, name: str, module: ModuleType, files: list[Path], party: str = "") -> None:
+    def __init__(self, name: str, module: ModuleType, party: str = "") -> None:
         self.name = name
         self.module = module
-        self.files = files
         self.party = party
         for required in ("build_model", "load_data"):
             if not callable(getattr(module, required, None)):
@@ -141,7 +141,7 @@ class Task:
 
     def for_party(self, party: str) -> Task:
         """The same task, naming ``party`` in its errors."""
-        return Task(self.name, self.module, self.files, party)
+        return Task(self.name, self.module, party)
 
     @property
     def supports_shards(self) -> bool:
@@ -231,45 +231,62 @@ class Task:
         return "probabilities" if probabilities else "logits"
 
 
-def _module_files(module: ModuleType) -> list[Path]:
-    origin = getattr(module, "__file__", None)
-    if not origin:
-        return []
-    path = Path(origin)
-    if path.name == "__init__.py":
-        return sorted(p for p in path.parent.rglob("*.py") if "__pycache__" not in p.parts)
-    return [path]
+class _Sources(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports a task's modules from the bytes that were measured, never from the disk again
+    (no ``.pyc``, no second read that could differ)."""
+
+    def __init__(self, modules: dict[str, tuple[Path, bytes, bool]]) -> None:
+        self.modules = modules  # module name -> (origin, source bytes, is a package)
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if name not in self.modules:
+            return None
+        origin, _, package = self.modules[name]
+        spec = importlib.util.spec_from_loader(name, self, origin=str(origin), is_package=package)
+        if spec is not None and package:
+            spec.submodule_search_locations = [str(origin.parent)]
+        return spec
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        return None
+
+    def exec_module(self, module: ModuleType) -> None:
+        origin, source, _ = self.modules[module.__name__]
+        module.__file__ = str(origin)
+        exec(compile(source, str(origin), "exec", dont_inherit=True), module.__dict__)
 
 
-def load_task(spec: str, base_dir: Path) -> Task:
-    """Import the task ``spec``: a module name (``"pkg.module"``) or a path to a ``.py`` file,
-    relative to ``base_dir`` (the federation file's folder). ConfigError when it cannot be found,
-    TaskError when importing it fails."""
-    if spec.endswith(".py") or "/" in spec:
-        path = (base_dir / spec).resolve() if not Path(spec).is_absolute() else Path(spec)
-        if not path.is_file():
-            raise ConfigError(f"training.task: no file {path}")
-        name = f"tdxfl_task_{path.stem}"
-        loader_spec = importlib.util.spec_from_file_location(name, path)
-        if loader_spec is None or loader_spec.loader is None:
-            raise ConfigError(f"training.task: cannot load {path}")
-        module = importlib.util.module_from_spec(loader_spec)
-        sys.modules[name] = module
-        try:
-            loader_spec.loader.exec_module(module)
-        except Exception as e:
-            del sys.modules[name]
-            raise TaskError(f"task {spec}: importing it failed: {type(e).__name__}: {e}") from e
-        return Task(spec, module, [path])
+def load_task(spec: str, sources: Sequence[tuple[str, Path, bytes]]) -> Task:
+    """Run task ``spec`` from exactly ``sources``: its files as measured, ``(name, path, bytes)``
+    with ``name`` the POSIX path relative to the task's root (``task.py``, or ``pkg/__init__.py``,
+    ``pkg/model.py`` for a package). Only those bytes run: nothing is read from the disk again.
+    TaskError when running the task module fails."""
+    modules: dict[str, tuple[Path, bytes, bool]] = {}
+    for name, path, content in sources:
+        parts = name.removesuffix(".py").split("/")
+        package = parts[-1] == "__init__"
+        modules[".".join(parts[:-1] if package else parts)] = (path, content, package)
+    single = len(sources) == 1 and not sources[0][0].endswith("__init__.py")
+    if single:
+        # a single file runs under the task's own name (a path spec gets a private one)
+        only = next(iter(modules.values()))
+        top = spec if not (spec.endswith(".py") or "/" in spec) else f"tdxfl_task_{Path(spec).stem}"
+        modules = {top: only}
+    else:
+        top = min(modules, key=len)
+    finder = _Sources(modules)
+    for name in modules:
+        sys.modules.pop(name, None)
+    sys.meta_path.insert(0, finder)
     try:
-        module = importlib.import_module(spec)
-    except ModuleNotFoundError as e:
-        if e.name and spec.startswith(e.name):
-            raise ConfigError(f"training.task: no module named {spec!r}") from None
-        raise TaskError(f"task {spec}: importing it failed: {type(e).__name__}: {e}") from e
+        module = importlib.import_module(top)
     except Exception as e:
+        for name in modules:
+            sys.modules.pop(name, None)
         raise TaskError(f"task {spec}: importing it failed: {type(e).__name__}: {e}") from e
-    return Task(spec, module, _module_files(module))
+    finally:
+        sys.meta_path.remove(finder)
+    return Task(spec, module)
 
 
 def builtin_task(model: str, dataset: str, framework: str) -> str:

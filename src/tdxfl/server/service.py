@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 
 from tdxfl.engine.records import TensorSet, TensorSpec
-from tdxfl.engine.rounds import FINISHED, RoundState
+from tdxfl.engine.rounds import FINISHED, RoundState, printable
 from tdxfl.errors import LinkError, RecordError, Unavailable
 from tdxfl.transport.attested import AttestedServer
 from tdxfl.transport.link import TensorLink
@@ -193,7 +193,8 @@ class ParameterServerService(pb_grpc.ParameterServerServicer):
                         raise RecordError(f"tensor {spec.name!r} holds NaN or infinite values")
 
     def _refuse(self, party: str, reason: str, *, malformed: bool) -> pb.PushReply:
-        log.warning("update from %s rejected: %s", party, reason)
+        if not malformed:  # a malformed update is logged as the REFUSED event reject() reports
+            log.warning("update from %s rejected: %s", printable(party), printable(reason))
         if malformed:
             self._rounds.reject(party, reason)
         return pb.PushReply(accepted=False, reason=reason)

@@ -8,7 +8,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tdxfl.attestation.code_identity import TASK_DIGEST_SIZE, digest_task
+from tdxfl.attestation.code_identity import TASK_DIGEST_SIZE, TaskFile
+from tdxfl.attestation.code_identity import task_digest as digest_files
 from tdxfl.attestation.decisions import DecisionLog
 from tdxfl.attestation.insecure_simulated import SimulatedAttester, SimulatedTd, SimulatedVerifier, code_measurement
 from tdxfl.attestation.interfaces import Attester, Verifier
@@ -21,7 +22,7 @@ from tdxfl.config import Attestation, Federation
 from tdxfl.errors import ConfigError
 from tdxfl.keybroker.client import fetch_key
 from tdxfl.store.keys import derive_store_key
-from tdxfl.wiring.tasks import task_location
+from tdxfl.wiring.tasks import measure_task
 
 __all__ = ["PartyContext", "broker_key", "make_attester", "model_key", "party_context", "verifiers_for"]
 
@@ -81,6 +82,8 @@ class PartyContext:
     attestation: Attestation
     decisions: DecisionLog
     task_digest: bytes | None = None
+    #: the task's files as read for ``task_digest``: what the party runs (see ``resolve_task``)
+    task_files: tuple[TaskFile, ...] = ()
 
     def __post_init__(self) -> None:
         if self.task_digest is not None:
@@ -100,8 +103,10 @@ def party_context(
     """Set up party ``name``: working directory, attester and decision log, and the code identity
     of the task it runs (``task_digest``: by default the federation's task, see ``PartyContext``)."""
     party = federation.party(name)
+    files: tuple[TaskFile, ...] = ()
     if task_digest is None:
-        task_digest = digest_task(task_location(federation))
+        files = tuple(measure_task(federation))
+        task_digest = digest_files(files)
     wd = workdir or federation.base_dir / federation.output.dir / name  # relative to the federation file
     wd.mkdir(parents=True, exist_ok=True)
     return PartyContext(
@@ -112,6 +117,7 @@ def party_context(
         attestation=federation.attestation,
         decisions=DecisionLog(wd / "attestation.jsonl"),
         task_digest=task_digest,
+        task_files=files,
     )
 
 

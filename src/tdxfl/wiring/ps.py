@@ -24,7 +24,7 @@ from tdxfl.server.metrics import MetricsRecorder
 from tdxfl.store.model_store import SealedFileStore
 from tdxfl.store.sealed import seal_file
 from tdxfl.wiring.party import PartyContext, model_key
-from tdxfl.wiring.tasks import checkpoint_meta, local_data, resolve_task
+from tdxfl.wiring.tasks import checkpoint_meta, local_data, measure_task, resolve_task
 
 __all__ = [
     "FINAL_MODEL",
@@ -140,7 +140,7 @@ class ParameterServer:
     def __init__(self, federation: Federation, ctx: PartyContext, *, live: bool = True) -> None:
         self.federation, self.ctx, self.live = federation, ctx, live
         # the task's code and data first: their faults show before any key is fetched
-        task = resolve_task(federation, ctx.name)
+        task = resolve_task(federation, ctx.name, ctx.task_files or measure_task(federation))
         self.data = local_data(federation, task, ctx.name)
         self.adapter = task.build_adapter(self.data.x)
         self.model_meta = checkpoint_meta(task, self.adapter, self.data)

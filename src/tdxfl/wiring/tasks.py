@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tdxfl.attestation.code_identity import TaskFile, task_digest, task_files
 from tdxfl.config import Federation
 from tdxfl.engine.model import ModelAdapter
 from tdxfl.errors import ConfigError
 from tdxfl.ml.task import LocalSamples, Shard, Task, builtin_task, load_task
 
-__all__ = ["checkpoint_meta", "local_data", "resolve_task", "task_location"]
+__all__ = ["checkpoint_meta", "local_data", "locate_task", "measure_task", "open_task", "resolve_task"]
 
 
 def _task_spec(federation: Federation) -> str:
@@ -19,18 +21,11 @@ def _task_spec(federation: Federation) -> str:
     return t.task or builtin_task(t.model, t.dataset, t.framework)
 
 
-def resolve_task(federation: Federation, party: str) -> Task:
-    """The federation's task (``training.task``, or the built-in one for ``model`` / ``dataset``
-    / ``framework``), naming ``party`` in its errors."""
-    return load_task(_task_spec(federation), federation.base_dir).for_party(party)
-
-
-def task_location(federation: Federation) -> Path:
-    """Where the task's code is (a ``.py`` file, or a package's folder), found without running
-    it: what its code identity is computed over. ConfigError when there is no such task."""
-    spec = _task_spec(federation)
+def locate_task(spec: str, base_dir: Path) -> Path:
+    """Where task ``spec``'s code is (a ``.py`` file, or a package's folder), found without running
+    it: a path relative to ``base_dir``, or a module name. ConfigError when there is none."""
     if spec.endswith(".py") or "/" in spec:
-        path = Path(spec) if Path(spec).is_absolute() else federation.base_dir / spec
+        path = Path(spec) if Path(spec).is_absolute() else base_dir / spec
         if not path.is_file():
             raise ConfigError(f"training.task: no file {path}")
         return path.resolve()
@@ -42,6 +37,24 @@ def task_location(federation: Federation) -> Path:
         raise ConfigError(f"training.task: no module named {spec!r}")
     origin = Path(found.origin)
     return origin.parent if origin.name == "__init__.py" else origin
+
+
+def measure_task(federation: Federation) -> list[TaskFile]:
+    """The federation's task code, read once: what its digest covers and what will run."""
+    return task_files(locate_task(_task_spec(federation), federation.base_dir))
+
+
+def resolve_task(federation: Federation, party: str, files: Sequence[TaskFile]) -> Task:
+    """The federation's task (``training.task``, or the built-in one for ``model`` / ``dataset``
+    / ``framework``) run from exactly ``files`` (its measured code), naming ``party`` in errors."""
+    return load_task(_task_spec(federation), [(f.name, f.path, f.content) for f in files]).for_party(party)
+
+
+def open_task(spec: str, base_dir: Path) -> tuple[Task, bytes]:
+    """Task ``spec`` (a ``.py`` path relative to ``base_dir``, or a module) from one read of its
+    files, and their digest (e.g. for ``tdxfl unseal --task``)."""
+    files = task_files(locate_task(spec, base_dir))
+    return load_task(spec, [(f.name, f.path, f.content) for f in files]), task_digest(files)
 
 
 def local_data(federation: Federation, task: Task, party: str) -> LocalSamples:

@@ -13,10 +13,11 @@ from tdxfl.engine.compression import Codec, Compressor
 from tdxfl.engine.data import LocalData
 from tdxfl.engine.records import TensorSet
 from tdxfl.engine.worker import WorkerResult, run_worker_loop
+from tdxfl.errors import ConfigError
 from tdxfl.store.model_store import SealedFileStore
 from tdxfl.wiring.party import PartyContext, model_key
 from tdxfl.wiring.ps import make_strategy
-from tdxfl.wiring.tasks import local_data, resolve_task
+from tdxfl.wiring.tasks import local_data, measure_task, resolve_task
 
 __all__ = ["run_worker"]
 
@@ -26,9 +27,12 @@ log = logging.getLogger(__name__)
 def run_worker(federation: Federation, ctx: PartyContext) -> WorkerResult:
     """Train until the parameter server finishes; raises on refusal or when the PS is gone."""
     t, f = federation.training, federation.faults
-    index = [w.name for w in federation.workers].index(ctx.name)
+    names = [w.name for w in federation.workers]
+    if ctx.name not in names:
+        raise ConfigError(f"{ctx.name!r} is not a worker of this federation (workers: {', '.join(names)})")
+    index = names.index(ctx.name)
     # the task's code and data first: their faults show before any key is fetched
-    task = resolve_task(federation, ctx.name)
+    task = resolve_task(federation, ctx.name, ctx.task_files or measure_task(federation))
     samples = local_data(federation, task, ctx.name)
     local = LocalData(samples.x, samples.y, t.batch_size, t.seed + index, samples.x_val, samples.y_val)
     log.info("worker %s: %d local samples", ctx.name, len(local.x))
