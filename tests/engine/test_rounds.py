@@ -207,3 +207,12 @@ def test_non_finite_validation_samples_are_ignored_not_a_crash() -> None:
         s.submit("a", info(s.version, loss=1.0, val_loss=0.5, val_accuracy=0.5, val_samples=bad), update(1))
         r = s.collect(1, 10, fail_on_timeout=True, grace=0)
         assert r.contributors == ["a"] and "val_samples" not in r.metrics
+
+
+def test_an_update_arriving_after_its_step_closed_is_stale_and_rejoins_nobody() -> None:
+    s = state("a", "b")
+    s.submit("a", info(0), update(1))
+    s.collect(1, 30, fail_on_timeout=False, grace=0)  # b dropped, step 0 closed
+    with pytest.raises(RecordError, match="stale"):
+        s.submit("b", info(0), update(3))
+    assert "b" not in s.active and s.bytes_in == 16

@@ -89,6 +89,7 @@ class RoundState(Generic[P]):
         self.version = -1
         self._model: P | None = None
         self._retired = False  # the current model may be changing: send nothing until the next publish
+        self._open = False  # the current step takes updates (from publish until collect returns)
         self._in_flight: dict[object, Callable[[], None]] = {}
         self._done = False
         self._acc: Aggregator | None = None
@@ -113,6 +114,7 @@ class RoundState(Generic[P]):
             self.version = version
             self._model = model
             self._retired = False
+            self._open = True
             if self._acc is None:
                 self._acc = self.strategy.make_aggregator(self.specs)
             else:
@@ -205,6 +207,7 @@ class RoundState(Generic[P]):
                 else:
                     self._clock.wait(self._cond, timeout - elapsed)
             assert self._acc is not None
+            self._open = False  # a late update for this version would be counted nowhere
             metrics = {k: v / max(1, self._loss_reports) for k, v in self._metric_sums.items()}
             if self._val_samples:
                 metrics.update({k: v / self._val_samples for k, v in self._val_sums.items()})
@@ -267,7 +270,7 @@ class RoundState(Generic[P]):
         want = self.strategy.update_kind
         if info.kind is not want:
             raise RecordError(f"this federation expects {want.value!r} updates, got {info.kind.value!r}")
-        if info.version != self.version:
+        if info.version != self.version or not self._open:
             raise RecordError(f"stale update for version {info.version}; the current version is {self.version}")
         if party in self._contributors:
             raise RecordError(f"{party} already sent an update for version {info.version}")
