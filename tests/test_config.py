@@ -64,3 +64,13 @@ def test_missing_policy_is_an_error(tmp_path: Path) -> None:
     del doc["policy"]["ps"]
     with pytest.raises(ConfigError, match=r"\[policy.ps\] is required"):
         parse_federation(doc)
+
+
+def test_sites_may_keep_the_same_task_code_at_different_paths(tmp_path: Path) -> None:
+    doc = federation_doc(tmp_path, training={"task": "site-a/task.py"})
+    here = parse_federation(doc)
+    doc["training"]["task"] = "/srv/other/place/task.py"
+    there = parse_federation(doc)
+    code, other_code = bytes(48), bytes([1]) * 48
+    assert here.training_digest(code) == there.training_digest(code)  # the code's digest decides
+    assert here.training_digest(code) != there.training_digest(other_code)

@@ -250,6 +250,11 @@ class Federation:
         settings: dict[str, Any] = asdict(self.training)
         del settings["data_path"]
         settings["task_digest"] = task_digest.hex() if task_digest else ""
+        if task_digest and self.training.task:
+            # the code's identity is the digest: not where a site keeps the file, nor the
+            # built-in task's keys, which a user task does not use
+            for key in ("task", "model", "dataset", "framework"):
+                settings.pop(key, None)
         settings["strategy"], settings["privacy"] = asdict(self.strategy), asdict(self.privacy)
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 

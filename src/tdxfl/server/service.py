@@ -101,7 +101,7 @@ class ParameterServerService(pb_grpc.ParameterServerServicer):
         if request.config_digest != self._digest:
             context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                "training settings differ from the parameter server's (compare the [training] tables)",
+                "training settings differ from the parameter server's (compare the [training], [strategy] and [privacy] tables and the task code: tdxfl attest --task)",
             )
         self._rounds.join(peer.party)
         return pb.JoinReply(worker_index=self._worker_index[peer.party], num_workers=len(self._worker_index))
