@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -97,15 +96,14 @@ def p7_accuracy(rounds: int, steps: int) -> dict[str, Any]:
     from tdxfl.engine.compression import Codec, Compressor
     from tdxfl.engine.data import LocalData
     from tdxfl.engine.kinds import OnTimeout
-    from tdxfl.engine.memory import InMemoryFleet
+    from tdxfl.engine.memory import SimulatedWorker, simulate
     from tdxfl.engine.optimizers import Adam
-    from tdxfl.engine.records import TensorSet
-    from tdxfl.engine.server import RoundPlan, run_rounds
+    from tdxfl.engine.server import RoundPlan
     from tdxfl.engine.strategy import SyncGradients
-    from tdxfl.engine.worker import run_worker_loop
-    from tdxfl.ml.task import Shard, load_task
+    from tdxfl.ml.task import Shard
+    from tdxfl.wiring.tasks import open_task
 
-    task = load_task("tdxfl.ml.tasks.digits_small_cnn", Path("."))
+    task, _ = open_task("tdxfl.ml.tasks.digits_small_cnn", Path("."))
     workers = ["w1", "w2"]
     test = task.load_data("", "ps")
     shards = [task.load_data("", "worker", Shard(i, 2, seed=0)) for i in range(2)]
@@ -113,57 +111,20 @@ def p7_accuracy(rounds: int, steps: int) -> dict[str, Any]:
     def run(mode: str, fraction: float, feedback: bool) -> float:
         server = task.build_adapter(test.x[:8])
         strategy = SyncGradients(Adam(0.002), server.trainable_mask(), steps_per_round=steps)
-        fleet = InMemoryFleet(server.specs(), strategy, workers)
-        errors: list[BaseException] = []
-
-        def worker(i: int) -> None:
+        sims = []
+        for i, name in enumerate(workers):
             model = task.build_adapter(shards[i].x[:8])
-            data = LocalData(shards[i].x, shards[i].y, 32, i)
             comp = (
                 None
                 if mode == "none"
                 else Compressor(Codec(mode), topk_fraction=fraction or 0.01, error_feedback=feedback)
             )
-            try:
-                run_worker_loop(
-                    workers[i],
-                    lambda: fleet.connect(workers[i]),
-                    model,
-                    SyncGradients(Adam(0.002), model.trainable_mask(), steps_per_round=steps),
-                    data,
-                    max_reconnects=0,
-                    compressor=comp,
-                )
-            except BaseException as e:
-                errors.append(e)
-
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
-        for t in threads:
-            t.start()
-        x_eval, y_eval = test.evaluation()
-
-        def evaluate(w: TensorSet) -> tuple[float, float]:
-            server.set_weights(w.arrays)
-            return server.evaluate(x_eval, y_eval)
-
+            own = SyncGradients(Adam(0.002), model.trainable_mask(), steps_per_round=steps)
+            sims.append(SimulatedWorker(name, model, own, LocalData(shards[i].x, shards[i].y, 32, i), comp))
         plan = RoundPlan(
             rounds=rounds, quorum=2, step_timeout_s=120.0, on_timeout=OnTimeout.CONTINUE, join_timeout_s=120.0
         )
-        try:
-            res = run_rounds(
-                fleet,
-                strategy,
-                TensorSet(server.specs(), server.get_weights()),
-                plan,
-                evaluate=evaluate,
-                on_round=lambda m, w: None,
-            )
-        finally:
-            fleet.finish()
-            for t in threads:
-                t.join(120)
-        if errors:
-            raise errors[0]
+        res = simulate(server, strategy, plan, sims, test.evaluation()).result
         return float(res.accuracy)
 
     out: dict[str, Any] = {}

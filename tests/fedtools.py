@@ -154,39 +154,9 @@ def federate_in_memory(
     workers: Sequence[tuple[str, ModelAdapter, Any, Any]],
     test_data: tuple[np.ndarray, np.ndarray],
 ) -> tuple[Any, list[Any], list[Any]]:
-    """The PS's loop and every worker's loop on one in-memory fleet, the workers in threads:
-    ``workers`` are (name, model, strategy, LocalData). Returns the PS's TrainingResult, its
-    RoundMetrics and the workers' results; a worker's exception fails the caller's test."""
-    from tdxfl.engine.memory import InMemoryFleet
-    from tdxfl.engine.records import TensorSet
-    from tdxfl.engine.server import run_rounds
-    from tdxfl.engine.worker import run_worker_loop
+    """``tdxfl.engine.memory.simulate`` with workers as (name, model, strategy, LocalData): the
+    PS's TrainingResult, its RoundMetrics and the workers' results, in ``workers`` order."""
+    from tdxfl.engine.memory import SimulatedWorker, simulate
 
-    fleet = InMemoryFleet(server_model.specs(), strategy, [w[0] for w in workers])
-    results: dict[str, Any] = {}
-    errors: list[BaseException] = []
-
-    def work(name: str, model: ModelAdapter, own: Any, data: Any) -> None:
-        try:
-            results[name] = run_worker_loop(name, lambda: fleet.connect(name), model, own, data, max_reconnects=0)
-        except BaseException as e:  # reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=w) for w in workers]
-    for t in threads:
-        t.start()
-    seen: list[Any] = []
-
-    def evaluate(w: TensorSet) -> tuple[float, float]:
-        server_model.set_weights(w.arrays)
-        return server_model.evaluate(*test_data)
-
-    weights = TensorSet(server_model.specs(), server_model.get_weights())
-    try:
-        result = run_rounds(fleet, strategy, weights, plan, evaluate=evaluate, on_round=lambda m, w: seen.append(m))
-    finally:
-        fleet.finish()
-        for t in threads:
-            t.join(60)
-    assert not errors, errors
-    return result, seen, [results[w[0]] for w in workers]
+    run = simulate(server_model, strategy, plan, [SimulatedWorker(*w) for w in workers], test_data)
+    return run.result, run.rounds, [run.workers[w[0]] for w in workers]

@@ -6,7 +6,8 @@ The public API, by layer:
 * the round engine, framework- and network-neutral (:mod:`tdxfl.engine`) -- ``TensorSet``,
   ``TensorSpec``, ``ModelAdapter``, ``Strategy``, ``SyncGradients``, ``FedAvg``,
   ``LocalTraining``, ``Mode``, ``UpdateKind``, ``RoundPlan``, ``run_rounds``,
-  ``run_worker_loop``, ``LocalData``, ``InMemoryFleet``, ``ManualClock``;
+  ``run_worker_loop``, ``LocalData``, ``InMemoryFleet``, ``simulate``, ``SimulatedWorker``,
+  ``ManualClock``;
 * configuration -- ``Federation``, ``load_federation``;
 * running parties (:mod:`tdxfl.wiring`) -- ``party_context``, ``ParameterServer``,
   ``run_parameter_server``, ``run_worker``.
@@ -52,6 +53,8 @@ _EXPORTS: dict[str, str] = {
     "UpdateKind": "tdxfl.engine.kinds",
     "run_rounds": "tdxfl.engine.server",
     "run_worker_loop": "tdxfl.engine.worker",
+    "SimulatedWorker": "tdxfl.engine.memory",
+    "simulate": "tdxfl.engine.memory",
     # configuration
     "Federation": "tdxfl.config",
     "load_federation": "tdxfl.config",

@@ -3,7 +3,6 @@ fleet (sync-gradients and FedAvg); without error feedback, top-k at 1% falls beh
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -13,12 +12,10 @@ from fedtools import SoftmaxRegression, blobs
 from tdxfl.engine.compression import Codec, Compressor
 from tdxfl.engine.data import LocalData
 from tdxfl.engine.kinds import OnTimeout
-from tdxfl.engine.memory import InMemoryFleet
+from tdxfl.engine.memory import SimulatedWorker, simulate
 from tdxfl.engine.optimizers import SGD
-from tdxfl.engine.records import TensorSet
-from tdxfl.engine.server import RoundPlan, run_rounds
+from tdxfl.engine.server import RoundPlan
 from tdxfl.engine.strategy import FedAvg, LocalTraining, Strategy, SyncGradients
-from tdxfl.engine.worker import run_worker_loop
 
 WORKERS = ["w1", "w2"]
 DIM, CLASSES, NOISE = 40, 10, 6.0
@@ -41,49 +38,13 @@ def accuracy(
     x_test, y_test = noisy_blobs(1000, 2)
     server_model = SoftmaxRegression(DIM, CLASSES)
     strategy = strategy_for(server_model)
-    fleet = InMemoryFleet(server_model.specs(), strategy, WORKERS)
-    errors: list[BaseException] = []
-
-    def worker(i: int) -> None:
+    workers = []
+    for i, name in enumerate(WORKERS):
         model = SoftmaxRegression(DIM, CLASSES)
-        data = LocalData(x[i::2], y[i::2], batch_size=32, seed=i)
         comp = None if codec is None else Compressor(codec, topk_fraction=topk_fraction, error_feedback=error_feedback)
-        try:
-            run_worker_loop(
-                WORKERS[i],
-                lambda: fleet.connect(WORKERS[i]),
-                model,
-                strategy_for(model),
-                data,
-                max_reconnects=0,
-                compressor=comp,
-            )
-        except BaseException as e:
-            errors.append(e)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-
-    def evaluate(w: TensorSet) -> tuple[float, float]:
-        server_model.set_weights(w.arrays)
-        return server_model.evaluate(x_test, y_test)
-
+        workers.append(SimulatedWorker(name, model, strategy_for(model), LocalData(x[i::2], y[i::2], 32, i), comp))
     plan = RoundPlan(rounds=rounds, quorum=2, step_timeout_s=30.0, on_timeout=OnTimeout.CONTINUE, join_timeout_s=60.0)
-    try:
-        result = run_rounds(
-            fleet,
-            strategy,
-            TensorSet(server_model.specs(), server_model.get_weights()),
-            plan,
-            evaluate=evaluate,
-            on_round=lambda m, w: None,
-        )
-    finally:
-        fleet.finish()
-        for t in threads:
-            t.join(60)
-    assert not errors, errors
+    result = simulate(server_model, strategy, plan, workers, (x_test, y_test)).result
     return float(result.accuracy)
 
 

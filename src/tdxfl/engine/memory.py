@@ -3,22 +3,32 @@ no network, for tests and simulation.
 
 ``InMemoryFleet`` is a ``Fleet`` over the same ``RoundState`` the attested fleet uses, so quorum,
 timeout, refusal and rejoin behaviour is the same; ``connect(party)`` gives a worker its
-``ServerConnection``. Under a ``ManualClock`` a whole federation can be simulated in one thread:
-``on_publish`` callbacks schedule what the simulated workers do, in simulated time.
+``ServerConnection``. ``simulate`` runs a whole federation on it (workers in threads); under a
+``ManualClock`` one can be simulated in one thread: ``on_publish`` callbacks schedule what the
+simulated workers do, in simulated time.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
 
 from tdxfl.engine.clock import Clock
+from tdxfl.engine.compression import Compressor
+from tdxfl.engine.data import LocalData
 from tdxfl.engine.fleet import EventSink, JoinInfo, Model, PushResult, Update
+from tdxfl.engine.model import ModelAdapter
 from tdxfl.engine.records import TensorSet, TensorSpec
 from tdxfl.engine.rounds import FINISHED, RoundState, RoundStateFleet, log_event
+from tdxfl.engine.server import RoundMetrics, RoundPlan, TrainingResult, run_rounds
 from tdxfl.engine.strategy import Strategy
+from tdxfl.engine.worker import WorkerResult, run_worker_loop
 from tdxfl.errors import FederationError, LinkError, RecordError
 
-__all__ = ["InMemoryConnection", "InMemoryFleet"]
+__all__ = ["InMemoryConnection", "InMemoryFleet", "SimulatedWorker", "Simulation", "simulate"]
 
 _PULL_WAIT_S = 30.0
 
@@ -111,3 +121,75 @@ class InMemoryConnection:
 
     def close(self) -> None:
         self.closed = True
+
+
+@dataclass(frozen=True)
+class SimulatedWorker:
+    """One worker of a ``simulate`` run: its name, model, strategy, local data and (optionally)
+    its update compressor."""
+
+    name: str
+    model: ModelAdapter
+    strategy: Strategy
+    data: LocalData
+    compressor: Compressor | None = None
+
+
+@dataclass
+class Simulation:
+    """What a ``simulate`` run gave: the PS's result, its per-round metrics, each worker's result."""
+
+    result: TrainingResult
+    rounds: list[RoundMetrics]
+    workers: dict[str, WorkerResult]
+
+
+def simulate(
+    server_model: ModelAdapter,
+    strategy: Strategy,
+    plan: RoundPlan,
+    workers: Sequence[SimulatedWorker],
+    test_data: tuple[np.ndarray, np.ndarray],
+    *,
+    worker_timeout: float = 120.0,
+) -> Simulation:
+    """A whole federation in this process: the PS's loop over an in-memory fleet, each worker's
+    loop in a thread of its own, the global model evaluated on ``test_data`` every round. The
+    first exception a worker raised is raised again here."""
+    fleet = InMemoryFleet(server_model.specs(), strategy, [w.name for w in workers])
+    results: dict[str, WorkerResult] = {}
+    errors: list[BaseException] = []
+
+    def work(w: SimulatedWorker) -> None:
+        try:
+            results[w.name] = run_worker_loop(
+                w.name,
+                lambda: fleet.connect(w.name),
+                w.model,
+                w.strategy,
+                w.data,
+                max_reconnects=0,
+                compressor=w.compressor,
+            )
+        except BaseException as e:  # raised again below, in the caller's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(w,), name=f"simulated-{w.name}") for w in workers]
+    for t in threads:
+        t.start()
+    seen: list[RoundMetrics] = []
+
+    def evaluate(weights: TensorSet) -> tuple[float, float]:
+        server_model.set_weights(weights.arrays)
+        return server_model.evaluate(*test_data)
+
+    start = TensorSet(server_model.specs(), server_model.get_weights())
+    try:
+        result = run_rounds(fleet, strategy, start, plan, evaluate=evaluate, on_round=lambda m, w: seen.append(m))
+    finally:
+        fleet.finish()
+        for t in threads:
+            t.join(worker_timeout)
+    if errors:
+        raise errors[0]
+    return Simulation(result, seen, results)
