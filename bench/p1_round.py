@@ -185,6 +185,7 @@ def ps_main(args: argparse.Namespace) -> None:
 
 def worker_main(args: argparse.Namespace) -> None:
     from tdxfl.client.model_link import ModelLink
+    from tdxfl.engine.fleet import RunEnd
     from tdxfl.transport.attested import connect
     from tdxfl.transport.proto import tdxfl_pb2 as pb
     from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
@@ -240,7 +241,7 @@ def worker_main(args: argparse.Namespace) -> None:
         if not reply.accepted:
             raise RuntimeError(f"update refused: {reply.reason}")
         records.append({"version": v, "mode": mode, "pull_done": t_pulled, "push_done": t_pushed})
-    assert secure.pull(len(schedule) - 1)[0].kind == pb.TENSOR_KIND_DONE
+    assert isinstance(secure.pull(len(schedule) - 1), RunEnd)
     Path(args.out).write_text(json.dumps(records))
     for c in (secure, plain):
         c.close()

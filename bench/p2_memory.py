@@ -186,6 +186,7 @@ def ps_main(args: argparse.Namespace) -> None:
 
 def worker_main(args: argparse.Namespace) -> None:
     from tdxfl.client.model_link import ModelLink
+    from tdxfl.engine.fleet import RunEnd
     from tdxfl.transport.attested import connect
     from tdxfl.transport.proto import tdxfl_pb2 as pb
     from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
@@ -218,7 +219,7 @@ def worker_main(args: argparse.Namespace) -> None:
             reply = link.push(pb.TENSOR_KIND_GRADIENTS, header.version, update, num_samples=32, metrics={})
             if not reply.accepted:
                 raise RuntimeError(reply.reason)
-            assert link.pull(header.version)[0].kind == pb.TENSOR_KIND_DONE
+            assert isinstance(link.pull(header.version), RunEnd)
             link.close()
             ch.close()
         except BaseException as e:

@@ -15,6 +15,8 @@ from fedtools import eventually
 from tdxfl.attestation.ratls import TlsIdentity, tls_name
 from tdxfl.client.model_link import ModelLink
 from tdxfl.config import Federation
+from tdxfl.engine.fleet import RunEnd
+from tdxfl.engine.kinds import RunStatus
 from tdxfl.engine.records import TensorSet
 from tdxfl.engine.rounds import RoundState
 from tdxfl.engine.strategy import FedAvg, LocalTraining
@@ -27,7 +29,7 @@ from tdxfl.transport.tensors import Assembler, WireTensors, decode_header, to_wi
 from tdxfl.wiring.party import PartyContext, party_context
 from tdxfl.wiring.ps import attested_fleet
 
-MODEL, DONE = pb.TENSOR_KIND_MODEL, pb.TENSOR_KIND_DONE
+MODEL = pb.TENSOR_KIND_MODEL
 WEIGHTS, GRADIENTS = pb.TENSOR_KIND_WEIGHTS, pb.TENSOR_KIND_GRADIENTS
 
 
@@ -155,7 +157,8 @@ def test_100mb_model_and_update_roundtrip_over_the_link(ps: Ps) -> None:
         np.testing.assert_allclose(x, y, rtol=1e-6)
     assert ps.rounds.bytes_in == update.nbytes and ps.rounds.bytes_out >= model.nbytes
     ps.rounds.finish()
-    assert link.pull(0)[0].kind == DONE
+    end = link.pull(0)
+    assert isinstance(end, RunEnd) and end.status is RunStatus.COMPLETED
     link.close()
     channel.close()
 

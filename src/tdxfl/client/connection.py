@@ -15,7 +15,7 @@ from tdxfl.attestation.interfaces import Attester
 from tdxfl.attestation.ratls import PeerVerifier
 from tdxfl.client.model_link import ModelLink
 from tdxfl.engine.compression import CompressedUpdate
-from tdxfl.engine.fleet import JoinInfo, Model, PushResult, Update
+from tdxfl.engine.fleet import JoinInfo, Model, PushResult, RunEnd, Update
 from tdxfl.engine.rounds import MAX_REASON_CHARS
 from tdxfl.errors import FederationError, LinkError
 from tdxfl.transport.attested import AttestedChannel, connect
@@ -59,12 +59,13 @@ class AttestedConnection:
             if code in TRANSIENT_CODES:
                 raise LinkError(f"Join failed: {details}") from None
             raise FederationError(f"the parameter server refused Join: {details}") from None
-        return JoinInfo(reply.worker_index, reply.num_workers)
+        return JoinInfo(reply.worker_index, reply.num_workers, reply.run_id, reply.session)
 
-    def pull(self, after_version: int) -> Model | None:
-        header, tensors = self._link.pull(after_version)
-        if header.kind == pb.TENSOR_KIND_DONE:
-            return None
+    def pull(self, after_version: int) -> Model | RunEnd:
+        pulled = self._link.pull(after_version)
+        if isinstance(pulled, RunEnd):
+            return pulled
+        header, tensors = pulled
         if header.kind != pb.TENSOR_KIND_MODEL:
             raise LinkError(f"the parameter server sent a {pb.TensorKind.Name(header.kind)} header for a pull")
         return Model(header.version, tensors)

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from tdxfl.engine.compression import CompressedUpdate
+from tdxfl.engine.fleet import RunEnd
 from tdxfl.engine.records import TensorSet
 from tdxfl.transport.link import TensorLink
 from tdxfl.transport.proto import tdxfl_pb2 as pb
+from tdxfl.transport.run_end import run_end_of
 from tdxfl.transport.tensors import Assembler, Header, decode_header, to_wire, to_wire_compressed
 
 
@@ -18,16 +20,19 @@ class ModelLink:
         self.link = link
         self._model: Assembler | None = None
 
-    def pull(self, after_version: int) -> tuple[Header, TensorSet]:
-        """The first model version after ``after_version`` (waits for it); kind
-        ``TENSOR_KIND_DONE`` ends training.
+    def pull(self, after_version: int) -> tuple[Header, TensorSet] | RunEnd:
+        """The first model version after ``after_version`` (waits for it), or how the run ended
+        once training is over.
 
         The tensors live in buffers that the next ``pull`` reuses (fresh memory would cost page
         faults on every step): use or copy them before pulling again. RecordError when the
         header is malformed, LinkError when the link breaks.
         """
         self.link.send(pb.LinkRequest(pull=pb.PullRequest(after_version=after_version)))
-        header = decode_header(self.link.recv(pb.TensorHeader))
+        message = self.link.recv(pb.TensorHeader)
+        if message.kind == pb.TENSOR_KIND_DONE:
+            return run_end_of(message)
+        header = decode_header(message)
         if self._model is None or self._model.specs != header.specs:
             self._model = Assembler(header.specs)
         return header, self._model.fill(self.link.recv_into)

@@ -17,10 +17,11 @@ from typing import Protocol
 
 import numpy as np
 
-from tdxfl.engine.kinds import UpdateKind
+from tdxfl.engine.kinds import RunStatus, UpdateKind
 from tdxfl.engine.records import TensorSet
 
 __all__ = [
+    "PROGRESS_LOGGER",
     "VAL_ACCURACY",
     "VAL_LOSS",
     "VAL_SAMPLES",
@@ -31,12 +32,17 @@ __all__ = [
     "JoinInfo",
     "Model",
     "PushResult",
+    "RunEnd",
     "ServerConnection",
     "StepResult",
     "Update",
     "UpdateInfo",
 ]
 
+
+#: the logger of the lines a party shows at default verbosity: where it listens or connects,
+#: joins and leaves with their reasons, waits for a silent worker, one line per round
+PROGRESS_LOGGER = "tdxfl.progress"
 
 #: metrics a worker reports with its first update of a round: its evaluation of the model it
 #: received, on its own validation data (the PS averages them weighted by ``VAL_SAMPLES``)
@@ -79,10 +85,24 @@ class PushResult:
 
 @dataclass(frozen=True)
 class JoinInfo:
-    """What the PS tells a worker that joined: its index among the workers, and how many there are."""
+    """What the PS tells a worker that joined: its index among the workers, how many there are,
+    the run it serves (kept when the PS resumes it) and its session (new in every PS process)."""
 
     worker_index: int
     num_workers: int
+    run_id: str = ""
+    session: str = ""
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    """How training ended, as the PS says when a worker pulls after the last round."""
+
+    status: RunStatus
+    reason: str = ""
+
+    def __str__(self) -> str:
+        return self.status.value + (f": {self.reason}" if self.reason else "")
 
 
 class EventKind(enum.Enum):
@@ -139,8 +159,8 @@ class Fleet(Protocol):
         """Stop sending the current version; return once no send of it is in flight."""
         ...
 
-    def finish(self) -> None:
-        """Tell every worker that training is over."""
+    def finish(self, end: RunEnd = ...) -> None:
+        """Tell every worker that training is over, and how it ended."""
         ...
 
     @property
@@ -161,9 +181,9 @@ class ServerConnection(Protocol):
         """Announce this worker to the PS (FederationError when it refuses the worker's settings)."""
         ...
 
-    def pull(self, after_version: int) -> Model | None:
-        """The first model version after ``after_version`` (waits for it); None once training is
-        over. The tensors may live in buffers that the next pull reuses."""
+    def pull(self, after_version: int) -> Model | RunEnd:
+        """The first model version after ``after_version`` (waits for it); how the run ended once
+        training is over. The tensors may live in buffers that the next pull reuses."""
         ...
 
     def push(self, update: Update) -> PushResult:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["Mode", "OnTimeout", "UpdateKind"]
+__all__ = ["Mode", "OnTimeout", "RunStatus", "UpdateKind"]
 
 
 class UpdateKind(enum.Enum):
@@ -32,3 +32,14 @@ class OnTimeout(enum.StrEnum):
     CONTINUE = "continue"
     #: end the federation with an error
     FAIL = "fail"
+
+
+class RunStatus(enum.StrEnum):
+    """How a run ended, as the PS tells its workers (a worker exits 0 only for ``COMPLETED``)."""
+
+    #: every round done, or the target accuracy reached
+    COMPLETED = "completed"
+    #: the PS could not go on (e.g. the quorum was lost)
+    FAILED = "failed"
+    #: the PS was stopped (SIGINT, SIGTERM); restarted, it resumes the run
+    INTERRUPTED = "interrupted"

@@ -19,7 +19,8 @@ import numpy as np
 from tdxfl.engine.clock import Clock
 from tdxfl.engine.compression import Compressor
 from tdxfl.engine.data import LocalData
-from tdxfl.engine.fleet import EventSink, JoinInfo, Model, PushResult, Update
+from tdxfl.engine.fleet import EventSink, JoinInfo, Model, PushResult, RunEnd, Update
+from tdxfl.engine.kinds import RunStatus
 from tdxfl.engine.model import ModelAdapter
 from tdxfl.engine.records import TensorSet, TensorSpec
 from tdxfl.engine.rounds import FINISHED, RoundState, RoundStateFleet, log_event
@@ -44,9 +45,12 @@ class InMemoryFleet(RoundStateFleet[Model]):
         *,
         clock: Clock | None = None,
         on_event: EventSink = log_event,
+        run_id: str = "memory",
     ) -> None:
         self.state: RoundState[Model] = RoundState(specs, strategy, clock=clock, on_event=on_event)
         self.workers = list(workers)
+        #: what ``join`` tells workers (a test may change either to act out a PS restart)
+        self.run_id, self.session = run_id, "1"
         self._subscribers: list[Callable[[Model], None]] = []
 
     def on_publish(self, callback: Callable[[Model], None]) -> None:
@@ -87,9 +91,11 @@ class InMemoryConnection:
         if self.party not in self._fleet.workers:
             raise FederationError(f"{self.party} is not a worker of this federation")
         self._state.join(self.party)
-        return JoinInfo(self._fleet.workers.index(self.party), len(self._fleet.workers))
+        return JoinInfo(
+            self._fleet.workers.index(self.party), len(self._fleet.workers), self._fleet.run_id, self._fleet.session
+        )
 
-    def pull(self, after_version: int) -> Model | None:
+    def pull(self, after_version: int) -> Model | RunEnd:
         while True:
             self._check_open()
             with self._state.sending(
@@ -98,7 +104,7 @@ class InMemoryConnection:
                 if sent is None:
                     continue
                 if sent is FINISHED:
-                    return None
+                    return self._state.run_end
                 assert isinstance(sent, Model)
                 return Model(sent.version, TensorSet(list(sent.tensors.specs), [a.copy() for a in sent.tensors.arrays]))
 
@@ -184,10 +190,12 @@ def simulate(
         return server_model.evaluate(*test_data)
 
     start = TensorSet(server_model.specs(), server_model.get_weights())
+    end = RunEnd(RunStatus.FAILED, "the parameter server's loop raised")
     try:
         result = run_rounds(fleet, strategy, start, plan, evaluate=evaluate, on_round=lambda m, w: seen.append(m))
+        end = RunEnd(RunStatus.COMPLETED)
     finally:
-        fleet.finish()
+        fleet.finish(end)
         for t in threads:
             t.join(worker_timeout)
     if errors:

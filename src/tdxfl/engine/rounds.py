@@ -25,14 +25,16 @@ from tdxfl.engine.fleet import (
     EventKind,
     EventSink,
     FleetEvent,
+    RunEnd,
     StepResult,
     UpdateInfo,
 )
+from tdxfl.engine.kinds import RunStatus
 from tdxfl.engine.records import TensorSet, TensorSpec
 from tdxfl.engine.strategy import Strategy
 from tdxfl.errors import FederationError, RecordError
 
-__all__ = ["FINISHED", "RoundState", "RoundStateFleet", "log_event", "printable"]
+__all__ = ["COMPLETED", "FINISHED", "RoundState", "RoundStateFleet", "log_event", "printable"]
 
 log = logging.getLogger(__name__)
 P = TypeVar("P")
@@ -43,8 +45,10 @@ class _Finished:
         return "FINISHED"
 
 
-#: what ``sending`` hands out once training is over
+#: what ``sending`` hands out once training is over (``RoundState.run_end`` says how it ended)
 FINISHED = _Finished()
+#: the end of a run that did every round
+COMPLETED = RunEnd(RunStatus.COMPLETED)
 
 
 #: the training loss a worker reports with each update
@@ -92,6 +96,8 @@ class RoundState(Generic[P]):
         self._open = False  # the current step takes updates (from publish until collect returns)
         self._in_flight: dict[object, Callable[[], None]] = {}
         self._done = False
+        #: how training ended (what pullers are told once it has)
+        self.run_end = RunEnd(RunStatus.COMPLETED)
         self._acc: Aggregator | None = None
         self._contributors: list[str] = []
         self._rejected: dict[str, str] = {}
@@ -146,9 +152,12 @@ class RoundState(Generic[P]):
                 self._clock.wait(self._cond, 1.0)
         return len(stragglers)
 
-    def finish(self) -> None:
-        """Tell every waiting and future puller that training is over."""
+    def finish(self, end: RunEnd = COMPLETED) -> None:
+        """Tell every waiting and future puller that training is over, and how it ended (the
+        first ``finish`` decides)."""
         with self._cond:
+            if not self._done:
+                self.run_end = end
             self._done = True
             self._cond.notify_all()
 
@@ -364,8 +373,8 @@ class RoundStateFleet(Generic[P]):
     def retire(self, timeout: float) -> None:
         self.state.retire(timeout)
 
-    def finish(self) -> None:
-        self.state.finish()
+    def finish(self, end: RunEnd = COMPLETED) -> None:
+        self.state.finish(end)
 
     @property
     def bytes_in(self) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
@@ -20,12 +21,11 @@ from tdxfl.transport.attested import AttestedServer
 from tdxfl.transport.link import TensorLink
 from tdxfl.transport.proto import tdxfl_pb2 as pb
 from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
-from tdxfl.transport.tensors import Assembler, WireTensors, decode_header, to_wire
+from tdxfl.transport.run_end import done_message
+from tdxfl.transport.tensors import Assembler, WireTensors, decode_header
 
 log = logging.getLogger(__name__)
 _PULL_WAIT_S = 30.0
-#: what a pull gets once training is over
-DONE = to_wire(pb.TENSOR_KIND_DONE, -1)
 
 
 class SlotTimeout(Unavailable):
@@ -89,7 +89,12 @@ class ParameterServerService(pb_grpc.ParameterServerServicer):
         *,
         max_concurrent_updates: int,
         transfer_timeout: float,
+        run_id: str = "",
     ) -> None:
+        #: the run served (set by the PS before it starts, kept across a resume) and this
+        #: process's session: both go to every joining worker
+        self.run_id = run_id
+        self.session = secrets.token_hex(8)
         self._server = server
         self._rounds = rounds
         self._worker_index = {name: i for i, name in enumerate(workers)}
@@ -104,7 +109,12 @@ class ParameterServerService(pb_grpc.ParameterServerServicer):
                 "training settings differ from the parameter server's (compare the [training], [strategy] and [privacy] tables and the task code: tdxfl attest --task)",
             )
         self._rounds.join(peer.party)
-        return pb.JoinReply(worker_index=self._worker_index[peer.party], num_workers=len(self._worker_index))
+        return pb.JoinReply(
+            worker_index=self._worker_index[peer.party],
+            num_workers=len(self._worker_index),
+            run_id=self.run_id,
+            session=self.session,
+        )
 
     # -- tensor link ----------------------------------------------------------------------
     def serve_link(self, party: str, link: TensorLink) -> None:
@@ -127,7 +137,7 @@ class ParameterServerService(pb_grpc.ParameterServerServicer):
             with self._rounds.sending(party, after_version, _PULL_WAIT_S, link.close, _wire_bytes) as model:
                 if model is None:
                     continue
-                wire = DONE if model is FINISHED else model
+                wire = done_message(self._rounds.run_end) if model is FINISHED else model
                 assert isinstance(wire, WireTensors)
                 link.send(wire.header)
                 link.send_raw(wire.views())

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!tdxfl/transport/proto/tdxfl.proto\x12\x08tdxfl.v1\"E\n\rEnrollRequest\x12\r\n\x05party\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x03 \x01(\x0c\"/\n\x0b\x45nrollReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1e\n\rAttestRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"2\n\x0b\x41ttestReply\x12\x10\n\x08\x65vidence\x18\x01 \x01(\x0c\x12\x11\n\tchallenge\x18\x02 \x01(\x0c\"\x84\x01\n\x0bLinkRequest\x12%\n\x04pull\x18\x01 \x01(\x0b\x32\x15.tdxfl.v1.PullRequestH\x00\x12&\n\x04push\x18\x02 \x01(\x0b\x32\x16.tdxfl.v1.TensorHeaderH\x00\x12 \n\x05leave\x18\x03 \x01(\x0b\x32\x0f.tdxfl.v1.LeaveH\x00\x42\x04\n\x02op\"\x17\n\x05Leave\x12\x0e\n\x06reason\x18\x01 \x01(\t\",\n\tPushGrant\x12\x0f\n\x07granted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"*\n\x0bJoinRequest\x12\x15\n\rconfig_digest\x18\x02 \x01(\tJ\x04\x08\x01\x10\x02\"<\n\tJoinReply\x12\x14\n\x0cworker_index\x18\x01 \x01(\r\x12\x13\n\x0bnum_workers\x18\x02 \x01(\rJ\x04\x08\x03\x10\x04\"$\n\x0bPullRequest\x12\x15\n\rafter_version\x18\x01 \x01(\x03\"o\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x1e\n\x05\x63odec\x18\x04 \x01(\x0e\x32\x0f.tdxfl.v1.Codec\x12\x15\n\rencoded_bytes\x18\x05 \x01(\x04\"\x8c\x02\n\x0cTensorHeader\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.tdxfl.v1.TensorKind\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12%\n\x07tensors\x18\x03 \x03(\x0b\x32\x14.tdxfl.v1.TensorSpec\x12\x13\n\x0bnum_samples\x18\x04 \x01(\x04\x12\x34\n\x07metrics\x18\x05 \x03(\x0b\x32#.tdxfl.v1.TensorHeader.MetricsEntry\x12\x13\n\x0btotal_bytes\x18\x06 \x01(\x04\x12\x10\n\x08relative\x18\x07 \x03(\x08\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"-\n\tPushReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t*G\n\x05\x43odec\x12\x0e\n\nCODEC_NONE\x10\x00\x12\x0e\n\nCODEC_INT8\x10\x01\x12\x0e\n\nCODEC_INT4\x10\x02\x12\x0e\n\nCODEC_TOPK\x10\x03*\x8a\x01\n\nTensorKind\x12\x1b\n\x17TENSOR_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11TENSOR_KIND_MODEL\x10\x01\x12\x14\n\x10TENSOR_KIND_DONE\x10\x02\x12\x19\n\x15TENSOR_KIND_GRADIENTS\x10\x03\x12\x17\n\x13TENSOR_KIND_WEIGHTS\x10\x04\x32\x80\x01\n\nEnrollment\x12\x38\n\x06\x41ttest\x12\x17.tdxfl.v1.AttestRequest\x1a\x15.tdxfl.v1.AttestReply\x12\x38\n\x06\x45nroll\x12\x17.tdxfl.v1.EnrollRequest\x1a\x15.tdxfl.v1.EnrollReply2E\n\x0fParameterServer\x12\x32\n\x04Join\x12\x15.tdxfl.v1.JoinRequest\x1a\x13.tdxfl.v1.JoinReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!tdxfl/transport/proto/tdxfl.proto\x12\x08tdxfl.v1\"E\n\rEnrollRequest\x12\r\n\x05party\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x03 \x01(\x0c\"/\n\x0b\x45nrollReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1e\n\rAttestRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"2\n\x0b\x41ttestReply\x12\x10\n\x08\x65vidence\x18\x01 \x01(\x0c\x12\x11\n\tchallenge\x18\x02 \x01(\x0c\"\x84\x01\n\x0bLinkRequest\x12%\n\x04pull\x18\x01 \x01(\x0b\x32\x15.tdxfl.v1.PullRequestH\x00\x12&\n\x04push\x18\x02 \x01(\x0b\x32\x16.tdxfl.v1.TensorHeaderH\x00\x12 \n\x05leave\x18\x03 \x01(\x0b\x32\x0f.tdxfl.v1.LeaveH\x00\x42\x04\n\x02op\"\x17\n\x05Leave\x12\x0e\n\x06reason\x18\x01 \x01(\t\",\n\tPushGrant\x12\x0f\n\x07granted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"*\n\x0bJoinRequest\x12\x15\n\rconfig_digest\x18\x02 \x01(\tJ\x04\x08\x01\x10\x02\"]\n\tJoinReply\x12\x14\n\x0cworker_index\x18\x01 \x01(\r\x12\x13\n\x0bnum_workers\x18\x02 \x01(\r\x12\x0e\n\x06run_id\x18\x04 \x01(\t\x12\x0f\n\x07session\x18\x05 \x01(\tJ\x04\x08\x03\x10\x04\"$\n\x0bPullRequest\x12\x15\n\rafter_version\x18\x01 \x01(\x03\"o\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x1e\n\x05\x63odec\x18\x04 \x01(\x0e\x32\x0f.tdxfl.v1.Codec\x12\x15\n\rencoded_bytes\x18\x05 \x01(\x04\"\xc8\x02\n\x0cTensorHeader\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.tdxfl.v1.TensorKind\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12%\n\x07tensors\x18\x03 \x03(\x0b\x32\x14.tdxfl.v1.TensorSpec\x12\x13\n\x0bnum_samples\x18\x04 \x01(\x04\x12\x34\n\x07metrics\x18\x05 \x03(\x0b\x32#.tdxfl.v1.TensorHeader.MetricsEntry\x12\x13\n\x0btotal_bytes\x18\x06 \x01(\x04\x12\x10\n\x08relative\x18\x07 \x03(\x08\x12#\n\x06status\x18\x08 \x01(\x0e\x32\x13.tdxfl.v1.RunStatus\x12\x15\n\rstatus_reason\x18\t \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"-\n\tPushReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t*G\n\x05\x43odec\x12\x0e\n\nCODEC_NONE\x10\x00\x12\x0e\n\nCODEC_INT8\x10\x01\x12\x0e\n\nCODEC_INT4\x10\x02\x12\x0e\n\nCODEC_TOPK\x10\x03*\x8a\x01\n\nTensorKind\x12\x1b\n\x17TENSOR_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11TENSOR_KIND_MODEL\x10\x01\x12\x14\n\x10TENSOR_KIND_DONE\x10\x02\x12\x19\n\x15TENSOR_KIND_GRADIENTS\x10\x03\x12\x17\n\x13TENSOR_KIND_WEIGHTS\x10\x04*t\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14RUN_STATUS_COMPLETED\x10\x01\x12\x15\n\x11RUN_STATUS_FAILED\x10\x02\x12\x1a\n\x16RUN_STATUS_INTERRUPTED\x10\x03\x32\x80\x01\n\nEnrollment\x12\x38\n\x06\x41ttest\x12\x17.tdxfl.v1.AttestRequest\x1a\x15.tdxfl.v1.AttestReply\x12\x38\n\x06\x45nroll\x12\x17.tdxfl.v1.EnrollRequest\x1a\x15.tdxfl.v1.EnrollReply2E\n\x0fParameterServer\x12\x32\n\x04Join\x12\x15.tdxfl.v1.JoinRequest\x1a\x13.tdxfl.v1.JoinReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,10 +33,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TENSORHEADER_METRICSENTRY']._loaded_options = None
   _globals['_TENSORHEADER_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_CODEC']._serialized_start=1032
-  _globals['_CODEC']._serialized_end=1103
-  _globals['_TENSORKIND']._serialized_start=1106
-  _globals['_TENSORKIND']._serialized_end=1244
+  _globals['_CODEC']._serialized_start=1125
+  _globals['_CODEC']._serialized_end=1196
+  _globals['_TENSORKIND']._serialized_start=1199
+  _globals['_TENSORKIND']._serialized_end=1337
+  _globals['_RUNSTATUS']._serialized_start=1339
+  _globals['_RUNSTATUS']._serialized_end=1455
   _globals['_ENROLLREQUEST']._serialized_start=47
   _globals['_ENROLLREQUEST']._serialized_end=116
   _globals['_ENROLLREPLY']._serialized_start=118
@@ -54,19 +56,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOINREQUEST']._serialized_start=457
   _globals['_JOINREQUEST']._serialized_end=499
   _globals['_JOINREPLY']._serialized_start=501
-  _globals['_JOINREPLY']._serialized_end=561
-  _globals['_PULLREQUEST']._serialized_start=563
-  _globals['_PULLREQUEST']._serialized_end=599
-  _globals['_TENSORSPEC']._serialized_start=601
-  _globals['_TENSORSPEC']._serialized_end=712
-  _globals['_TENSORHEADER']._serialized_start=715
-  _globals['_TENSORHEADER']._serialized_end=983
-  _globals['_TENSORHEADER_METRICSENTRY']._serialized_start=937
-  _globals['_TENSORHEADER_METRICSENTRY']._serialized_end=983
-  _globals['_PUSHREPLY']._serialized_start=985
-  _globals['_PUSHREPLY']._serialized_end=1030
-  _globals['_ENROLLMENT']._serialized_start=1247
-  _globals['_ENROLLMENT']._serialized_end=1375
-  _globals['_PARAMETERSERVER']._serialized_start=1377
-  _globals['_PARAMETERSERVER']._serialized_end=1446
+  _globals['_JOINREPLY']._serialized_end=594
+  _globals['_PULLREQUEST']._serialized_start=596
+  _globals['_PULLREQUEST']._serialized_end=632
+  _globals['_TENSORSPEC']._serialized_start=634
+  _globals['_TENSORSPEC']._serialized_end=745
+  _globals['_TENSORHEADER']._serialized_start=748
+  _globals['_TENSORHEADER']._serialized_end=1076
+  _globals['_TENSORHEADER_METRICSENTRY']._serialized_start=1030
+  _globals['_TENSORHEADER_METRICSENTRY']._serialized_end=1076
+  _globals['_PUSHREPLY']._serialized_start=1078
+  _globals['_PUSHREPLY']._serialized_end=1123
+  _globals['_ENROLLMENT']._serialized_start=1458
+  _globals['_ENROLLMENT']._serialized_end=1586
+  _globals['_PARAMETERSERVER']._serialized_start=1588
+  _globals['_PARAMETERSERVER']._serialized_end=1657
 # @@protoc_insertion_point(module_scope)

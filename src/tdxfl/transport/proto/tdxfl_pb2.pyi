@@ -21,6 +21,13 @@ class TensorKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TENSOR_KIND_DONE: _ClassVar[TensorKind]
     TENSOR_KIND_GRADIENTS: _ClassVar[TensorKind]
     TENSOR_KIND_WEIGHTS: _ClassVar[TensorKind]
+
+class RunStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RUN_STATUS_UNSPECIFIED: _ClassVar[RunStatus]
+    RUN_STATUS_COMPLETED: _ClassVar[RunStatus]
+    RUN_STATUS_FAILED: _ClassVar[RunStatus]
+    RUN_STATUS_INTERRUPTED: _ClassVar[RunStatus]
 CODEC_NONE: Codec
 CODEC_INT8: Codec
 CODEC_INT4: Codec
@@ -30,6 +37,10 @@ TENSOR_KIND_MODEL: TensorKind
 TENSOR_KIND_DONE: TensorKind
 TENSOR_KIND_GRADIENTS: TensorKind
 TENSOR_KIND_WEIGHTS: TensorKind
+RUN_STATUS_UNSPECIFIED: RunStatus
+RUN_STATUS_COMPLETED: RunStatus
+RUN_STATUS_FAILED: RunStatus
+RUN_STATUS_INTERRUPTED: RunStatus
 
 class EnrollRequest(_message.Message):
     __slots__ = ("party", "role", "certificate_pem")
@@ -94,12 +105,16 @@ class JoinRequest(_message.Message):
     def __init__(self, config_digest: _Optional[str] = ...) -> None: ...
 
 class JoinReply(_message.Message):
-    __slots__ = ("worker_index", "num_workers")
+    __slots__ = ("worker_index", "num_workers", "run_id", "session")
     WORKER_INDEX_FIELD_NUMBER: _ClassVar[int]
     NUM_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
     worker_index: int
     num_workers: int
-    def __init__(self, worker_index: _Optional[int] = ..., num_workers: _Optional[int] = ...) -> None: ...
+    run_id: str
+    session: str
+    def __init__(self, worker_index: _Optional[int] = ..., num_workers: _Optional[int] = ..., run_id: _Optional[str] = ..., session: _Optional[str] = ...) -> None: ...
 
 class PullRequest(_message.Message):
     __slots__ = ("after_version",)
@@ -122,7 +137,7 @@ class TensorSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., codec: _Optional[_Union[Codec, str]] = ..., encoded_bytes: _Optional[int] = ...) -> None: ...
 
 class TensorHeader(_message.Message):
-    __slots__ = ("kind", "version", "tensors", "num_samples", "metrics", "total_bytes", "relative")
+    __slots__ = ("kind", "version", "tensors", "num_samples", "metrics", "total_bytes", "relative", "status", "status_reason")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +152,8 @@ class TensorHeader(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     RELATIVE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_REASON_FIELD_NUMBER: _ClassVar[int]
     kind: TensorKind
     version: int
     tensors: _containers.RepeatedCompositeFieldContainer[TensorSpec]
@@ -144,7 +161,9 @@ class TensorHeader(_message.Message):
     metrics: _containers.ScalarMap[str, float]
     total_bytes: int
     relative: _containers.RepeatedScalarFieldContainer[bool]
-    def __init__(self, kind: _Optional[_Union[TensorKind, str]] = ..., version: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., num_samples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., total_bytes: _Optional[int] = ..., relative: _Optional[_Iterable[bool]] = ...) -> None: ...
+    status: RunStatus
+    status_reason: str
+    def __init__(self, kind: _Optional[_Union[TensorKind, str]] = ..., version: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., num_samples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., total_bytes: _Optional[int] = ..., relative: _Optional[_Iterable[bool]] = ..., status: _Optional[_Union[RunStatus, str]] = ..., status_reason: _Optional[str] = ...) -> None: ...
 
 class PushReply(_message.Message):
     __slots__ = ("accepted", "reason")
