@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -49,6 +50,16 @@ def _preload_training_stack(fed: Federation) -> None:
     start_preload(training_modules(fed.training.framework, fed.training.dataset))
 
 
+def _interrupt_on_sigterm() -> None:
+    """Make SIGTERM (what ``docker stop``, Kubernetes and ``kill`` send) stop the party as Ctrl-C
+    does, so it tells its peers and exits 130 instead of dying mid-write."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def _before_exit() -> None:
     """Make interpreter shutdown cheap once a command's work is done.
 
@@ -71,6 +82,12 @@ def _before_exit() -> None:
     help="Where this party writes (default: OUTPUT.DIR/NAME).",
 )
 @click.option("--no-live", is_flag=True, help="No live progress display.")
+@click.option(
+    "--fresh",
+    is_flag=True,
+    help="Start a new run even where WORKDIR holds an earlier one (its files move to previous-runs/RUN-ID/); "
+    "without it the PS resumes the run it finds.",
+)
 @_data_option
 def ps(
     federation_file: Path,
@@ -78,20 +95,27 @@ def ps(
     name: str | None,
     workdir: Path | None,
     no_live: bool,
+    fresh: bool,
     data: Path | None,
 ) -> None:
-    """Run the parameter server."""
-    from tdxfl.wiring.party import party_context
+    """Run the parameter server: resume the run in its working directory, or start one.
+
+    SIGINT and SIGTERM stop it: the workers are told the run was interrupted, and a restart
+    resumes it after its last completed round.
+    """
+    from tdxfl.wiring.party import check_start, party_context
     from tdxfl.wiring.ps import run_parameter_server
 
     with handle_errors("tdxfl ps"):
+        _interrupt_on_sigterm()
         fed = load_federation(federation_file, overrides)
         name = name or fed.ps.name
         if data is not None:
             fed = fed.with_party_data(name, str(data.resolve()))
+        check_start(fed, name, "ps")
         ctx = party_context(fed, name, workdir)
         _preload_training_stack(fed)
-        result = run_parameter_server(fed, ctx, live=not no_live)
+        result = run_parameter_server(fed, ctx, live=not no_live, fresh=fresh)
     (ctx.workdir / "result.json").write_text(json.dumps(result.__dict__, indent=2))
     click.echo(f"final accuracy {result.accuracy:.4f} after {result.rounds} rounds; sealed model {result.checkpoint}")
     _before_exit()
@@ -106,14 +130,16 @@ def ps(
 def worker(
     federation_file: Path, overrides: tuple[str, ...], name: str, workdir: Path | None, data: Path | None
 ) -> None:
-    """Run a worker."""
-    from tdxfl.wiring.party import party_context
+    """Run a worker: train until the PS ends the run. Exits 0 only when the run completed."""
+    from tdxfl.wiring.party import check_start, party_context
     from tdxfl.wiring.worker import run_worker
 
     with handle_errors(f"tdxfl worker {name}"):
+        _interrupt_on_sigterm()
         fed = load_federation(federation_file, overrides)
         if data is not None:
             fed = fed.with_party_data(name, str(data.resolve()))
+        check_start(fed, name, "worker")
         ctx = party_context(fed, name, workdir)
         _preload_training_stack(fed)
         result = run_worker(fed, ctx)

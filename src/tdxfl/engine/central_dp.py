@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -37,6 +37,7 @@ from tdxfl.engine.aggregators import Aggregator
 from tdxfl.engine.data import LocalData
 from tdxfl.engine.fleet import Update, UpdateInfo
 from tdxfl.engine.model import ModelAdapter
+from tdxfl.engine.optimizers import State
 from tdxfl.engine.records import TensorSet, TensorSpec, is_floating
 from tdxfl.engine.strategy import Strategy
 from tdxfl.errors import ConfigError, RecordError
@@ -47,8 +48,15 @@ _BLOCK = 1 << 16
 Reference = Sequence[np.ndarray | None]
 
 
+#: the state key of the releases spent (see ``CentralDP.state``)
+_RELEASES = "dp/releases"
+
+
 class PrivacyAccountant(Protocol):
     """Tracks the privacy spent by the releases of one Gaussian mechanism."""
+
+    #: releases recorded so far
+    releases: int
 
     def spend(self) -> None:
         """Record one release (one step's noisy mean)."""
@@ -215,3 +223,19 @@ class CentralDP(Strategy):
 
     def epsilon(self) -> float | None:
         return self.accountant.epsilon()
+
+    def state(self) -> State:
+        """The inner strategy's state and the releases spent so far (the noise generator is not
+        kept: a resumed PS draws fresh noise from the OS)."""
+        return {**self.inner.state(), _RELEASES: np.asarray(self.accountant.releases, np.int64)}
+
+    def load_state(self, state: Mapping[str, np.ndarray], *, after_crash: bool = False) -> None:
+        """Restore the inner state and the releases spent; ``after_crash`` also charges the whole
+        lost round's ``steps_per_round`` releases: its steps may have been published before the
+        crash, and what was released stays released."""
+        if _RELEASES not in state:
+            raise RecordError("the checkpoint does not say how much privacy budget was spent")
+        self.inner.load_state({k: v for k, v in state.items() if k != _RELEASES})
+        spent = int(state[_RELEASES]) + (self.steps_per_round if after_crash else 0)
+        for _ in range(spent - self.accountant.releases):
+            self.accountant.spend()

@@ -8,9 +8,34 @@ momentum is FedAvgM, ``AdaptiveServerOptimizer`` is FedAdagrad, FedAdam and FedY
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+
+from tdxfl.errors import RecordError
+
+#: what an optimizer (or strategy) carries from step to step, as named arrays for a checkpoint
+State = dict[str, np.ndarray]
+
+
+def _pack(prefix: str, arrays: Sequence[np.ndarray] | None) -> State:
+    return {f"{prefix}.{i}": a for i, a in enumerate(arrays or [])}
+
+
+def _unpack(state: Mapping[str, np.ndarray], prefix: str, like: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
+    arrays, i = [], 0
+    while (a := state.get(f"{prefix}.{i}")) is not None:
+        arrays.append(np.array(a, copy=True))
+        i += 1
+    if like is not None and [a.shape for a in arrays] != [w.shape for w in like]:
+        raise RecordError(f"the checkpoint's optimizer state {prefix!r} does not fit this model")
+    return arrays
+
+
+def _only(state: Mapping[str, np.ndarray], keys: set[str], what: str) -> None:
+    unknown = {k.split(".")[0] for k in state} - keys
+    if unknown:
+        raise RecordError(f"the checkpoint holds {what} state {sorted(unknown)} this optimizer does not have")
 
 
 class Optimizer(abc.ABC):
@@ -19,6 +44,15 @@ class Optimizer(abc.ABC):
     @abc.abstractmethod
     def apply(self, weights: Sequence[np.ndarray], grads: Sequence[np.ndarray]) -> None:
         """One step: modify ``weights`` in place."""
+
+    def state(self) -> State:
+        """What the optimizer carries from step to step (copies not taken: save before the next
+        step), for a checkpoint; empty before its first step."""
+        return {}
+
+    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Continue from ``state`` (what ``state()`` returned); RecordError when it does not fit."""
+        _only(state, set(), "optimizer")
 
 
 class SGD(Optimizer):
@@ -40,6 +74,13 @@ class SGD(Optimizer):
             v *= self.momentum
             v -= self.lr * g
             w += v
+
+    def state(self) -> State:
+        return _pack("velocity", self._velocity)
+
+    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
+        _only(state, {"velocity"}, "optimizer")
+        self._velocity = _unpack(state, "velocity") or None
 
 
 class Adam(Optimizer):
@@ -65,6 +106,21 @@ class Adam(Optimizer):
             v *= self.b2
             v += (1 - self.b2) * np.square(g)
             w -= (step * m / (np.sqrt(v) + self.eps)).astype(w.dtype, copy=False)
+
+    def state(self) -> State:
+        if self._m is None:
+            return {}
+        return {**_pack("m", self._m), **_pack("v", self._v), "t": np.asarray(self._t, np.int64)}
+
+    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
+        _only(state, {"m", "v", "t"}, "optimizer")
+        if not state:
+            self._m, self._v, self._t = None, [], 0
+            return
+        self._m, self._v = _unpack(state, "m"), _unpack(state, "v")
+        if len(self._m) != len(self._v) or "t" not in state:
+            raise RecordError("the checkpoint's Adam state is incomplete")
+        self._t = int(state["t"])
 
 
 _F32_MAX = float(np.finfo(np.float32).max)
@@ -127,6 +183,15 @@ class AdaptiveServerOptimizer(Optimizer):
                 vf[sl] = np.clip(v64, 0.0, _F32_MAX)
                 step = self.lr * mf[sl].astype(np.float64) / (np.sqrt(vf[sl].astype(np.float64)) + self.tau)
                 wf[sl] = wf[sl] - step
+
+    def state(self) -> State:
+        return {**_pack("m", self._m), **_pack("v", self._v)}
+
+    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
+        _only(state, {"m", "v"}, "optimizer")
+        self._m, self._v = _unpack(state, "m"), _unpack(state, "v")
+        if len(self._m) != len(self._v):
+            raise RecordError("the checkpoint's adaptive optimizer state is incomplete")
 
 
 def make_optimizer(name: str, learning_rate: float, momentum: float = 0.9) -> Optimizer:

@@ -19,6 +19,7 @@ from typing import Generic, TypeVar
 from tdxfl.engine.aggregators import Aggregator
 from tdxfl.engine.clock import Clock, MonotonicClock
 from tdxfl.engine.fleet import (
+    PROGRESS_LOGGER,
     VAL_ACCURACY,
     VAL_LOSS,
     VAL_SAMPLES,
@@ -37,6 +38,7 @@ from tdxfl.errors import FederationError, RecordError
 __all__ = ["COMPLETED", "FINISHED", "RoundState", "RoundStateFleet", "log_event", "printable"]
 
 log = logging.getLogger(__name__)
+progress = logging.getLogger(PROGRESS_LOGGER)
 P = TypeVar("P")
 
 
@@ -67,10 +69,11 @@ def printable(text: str) -> str:
 
 
 def log_event(event: FleetEvent) -> None:
-    """The default event sink: one log line per join (INFO), refusal, drop or leave (WARNING)."""
+    """The default event sink: one progress line per join (INFO), refusal, drop or leave
+    (WARNING), with the reason."""
     level = logging.INFO if event.kind is EventKind.JOINED else logging.WARNING
     reason = f": {printable(event.reason)}" if event.reason else ""
-    log.log(level, "worker %s %s%s", printable(event.party), event.kind.value, reason)
+    progress.log(level, "worker %s %s%s", printable(event.party), event.kind.value, reason)
 
 
 class RoundState(Generic[P]):
@@ -84,11 +87,14 @@ class RoundState(Generic[P]):
         *,
         clock: Clock | None = None,
         on_event: EventSink = log_event,
+        notice_every_s: float = 10.0,
     ) -> None:
         self.specs = list(specs)
         self.strategy = strategy
         self._clock: Clock = clock or MonotonicClock()
         self._on_event = on_event
+        #: how often a step that waits says for whom (progress log), in seconds
+        self.notice_every_s = notice_every_s
         self._cond = threading.Condition()  # re-entrant: simulated-time events may call back in
         self.version = -1
         self._model: P | None = None
@@ -184,6 +190,7 @@ class RoundState(Generic[P]):
         """
         with self._cond:
             start = self._clock.now()
+            notice = self.notice_every_s  # when to say whom the step waits for
             while True:
                 got = len(self._contributors)
                 expected = self.active - set(self._rejected)
@@ -214,7 +221,12 @@ class RoundState(Generic[P]):
                         )
                     self._clock.wait(self._cond, timeout + grace - elapsed)
                 else:
-                    self._clock.wait(self._cond, timeout - elapsed)
+                    if elapsed >= notice:
+                        self._waiting_notice(
+                            sorted(expected - set(self._contributors)), elapsed, timeout, fail_on_timeout
+                        )
+                        notice += self.notice_every_s
+                    self._clock.wait(self._cond, min(timeout, notice) - elapsed)
             assert self._acc is not None
             self._open = False  # a late update for this version would be counted nowhere
             metrics = {k: v / max(1, self._loss_reports) for k, v in self._metric_sums.items()}
@@ -228,6 +240,18 @@ class RoundState(Generic[P]):
                 rejected=dict(self._rejected),
                 mean=self._acc.mean(),
                 metrics=metrics,
+            )
+
+    def _waiting_notice(self, missing: list[str], elapsed: float, timeout: float, fail: bool) -> None:
+        then = "failing the run" if fail else "dropping it"
+        for party in missing:
+            progress.info(
+                "step %d: waiting for %s: no update for %.0f s, %s at %.0f s",
+                self.version,
+                printable(party),
+                elapsed,
+                then,
+                timeout,
             )
 
     # -- receiving side -------------------------------------------------------------------

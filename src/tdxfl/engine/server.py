@@ -83,22 +83,30 @@ def run_rounds(
     on_round: OnRound,
     on_status: Callable[[str], None] = lambda status: None,
     clock: Clock | None = None,
+    resume: RoundMetrics | None = None,
 ) -> TrainingResult:
     """Train ``weights`` in place for ``plan.rounds`` rounds (fewer once the target accuracy is
     reached) and return the outcome; FederationError when the fleet cannot go on.
 
     Every round: ``strategy.steps_per_round`` steps of ``strategy.begin_step``, publish, collect,
     retire and ``strategy.apply``; then ``evaluate(weights) -> (loss, accuracy)`` and
-    ``on_round(metrics, weights)`` (with the strategy's epsilon under differential privacy). The caller calls ``fleet.finish()`` (also when this raises).
+    ``on_round(metrics, weights)`` (with the strategy's epsilon under differential privacy). The
+    caller calls ``fleet.finish()`` (also when this raises).
+
+    ``resume``: the last round of a checkpoint that ``weights`` (and the strategy's state) come
+    from; training goes on after it, from its model version.
     """
     clock = clock or MonotonicClock()
     started = clock.now()
     steps = strategy.steps_per_round
-    version = 0
-    loss = accuracy = float("nan")
-    r = 0
-    fleet.wait_for_workers(plan.quorum, plan.join_timeout_s)
-    for r in range(1, plan.rounds + 1):
+    r = resume.round if resume else 0
+    version = resume.version if resume else 0
+    loss, accuracy = (resume.loss, resume.accuracy) if resume else (float("nan"), float("nan"))
+    if resume and plan.target_accuracy and accuracy >= plan.target_accuracy:
+        return TrainingResult(r, version, accuracy, loss, 0.0)
+    if r < plan.rounds:
+        fleet.wait_for_workers(plan.quorum, plan.join_timeout_s)
+    for r in range(r + 1, plan.rounds + 1):
         on_status(f"training round {r}")
         t0, in0, out0 = clock.now(), fleet.bytes_in, fleet.bytes_out
         contributors = rejected = 0

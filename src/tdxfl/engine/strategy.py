@@ -17,7 +17,7 @@ pseudo-gradient). Central differential privacy wraps any averaging strategy
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +27,7 @@ from tdxfl.engine.data import LocalData
 from tdxfl.engine.fleet import Update, UpdateInfo
 from tdxfl.engine.kinds import UpdateKind
 from tdxfl.engine.model import ModelAdapter
-from tdxfl.engine.optimizers import Optimizer
+from tdxfl.engine.optimizers import Optimizer, State
 from tdxfl.engine.records import TensorSet, TensorSpec
 from tdxfl.errors import RecordError
 
@@ -152,6 +152,27 @@ class Strategy(abc.ABC):
         """The differential-privacy epsilon spent so far, None when the strategy adds no noise."""
         return None
 
+    def state(self) -> State:
+        """What the server side carries from step to step (e.g. its optimizer's moments), as
+        named arrays for a resumable checkpoint; read it between steps."""
+        return {}
+
+    def load_state(self, state: Mapping[str, np.ndarray], *, after_crash: bool = False) -> None:
+        """Continue from ``state`` (what ``state()`` returned); RecordError when it does not fit.
+        ``after_crash``: the round after the checkpoint was lost part way (see ``CentralDP``)."""
+        if state:
+            raise RecordError(f"the checkpoint holds strategy state {sorted(state)[:3]} this strategy does not have")
+
+
+def _optimizer_state(optimizer: Optimizer) -> State:
+    return {f"optimizer/{k}": v for k, v in optimizer.state().items()}
+
+
+def _load_optimizer_state(optimizer: Optimizer, state: Mapping[str, np.ndarray]) -> None:
+    if any(not k.startswith("optimizer/") for k in state):
+        raise RecordError("the checkpoint holds strategy state this strategy does not have")
+    optimizer.load_state({k.removeprefix("optimizer/"): v for k, v in state.items()})
+
 
 class SyncGradients(Strategy):
     """Per-step synchronous data parallelism: average gradients, apply the server optimizer.
@@ -198,6 +219,12 @@ class SyncGradients(Strategy):
         for i, t in enumerate(self.trainable):
             if not t:
                 global_weights.arrays[i][...] = mean_update[i]
+
+    def state(self) -> State:
+        return _optimizer_state(self.optimizer)
+
+    def load_state(self, state: Mapping[str, np.ndarray], *, after_crash: bool = False) -> None:
+        _load_optimizer_state(self.optimizer, state)
 
 
 @dataclass(frozen=True)
@@ -265,3 +292,9 @@ class FedOpt(FedAvg):
             else:
                 w[...] = m
         self.optimizer.apply(weights, pseudo)
+
+    def state(self) -> State:
+        return _optimizer_state(self.optimizer)
+
+    def load_state(self, state: Mapping[str, np.ndarray], *, after_crash: bool = False) -> None:
+        _load_optimizer_state(self.optimizer, state)

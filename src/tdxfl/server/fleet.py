@@ -62,9 +62,11 @@ class AttestedFleet(RoundStateFleet[WireTensors]):
         max_handshakes: int = 64,
         on_event: EventSink = log_event,
         task_digest: bytes | None = None,
+        run_id: str = "",
     ) -> None:
         """``max_handshakes`` bounds the tensor link's concurrent TLS handshakes; the PS's
-        evidence claims ``task_digest`` when given."""
+        evidence claims ``task_digest`` when given; ``run_id`` is the run it serves (told to joining
+        workers)."""
         self.state: RoundState[WireTensors] = RoundState(specs, strategy, on_event=on_event)
         self.server = AttestedServer(
             name,
@@ -82,6 +84,7 @@ class AttestedFleet(RoundStateFleet[WireTensors]):
             digest,
             max_concurrent_updates=max_concurrent_updates,
             transfer_timeout=transfer_timeout,
+            run_id=run_id,
         )
         pb_grpc.add_ParameterServerServicer_to_server(self.service, self.server.main)
         self.links = LinkServer(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from types import TracebackType
@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tdxfl.engine.server import RoundMetrics
+from tdxfl.files import atomic_write
 
 Sealer = Callable[[Path, bytes], None]
 
@@ -21,13 +22,23 @@ class MetricsRecorder:
     """Appends rounds to ``metrics.jsonl``, shows progress, and plots at the end.
 
     With ``seal`` (e.g. ``output.seal_metrics``), nothing is written in the clear: the metrics
-    file and the plot go through ``seal(path, data)`` as ``<name>.sealed`` instead.
+    file and the plot go through ``seal(path, data)`` as ``<name>.sealed`` instead. ``history``
+    (a resumed run's rounds so far) starts the file afresh with those rounds.
     """
 
-    def __init__(self, path: Path, total_rounds: int, *, live: bool = True, seal: Sealer | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        total_rounds: int,
+        *,
+        live: bool = True,
+        seal: Sealer | None = None,
+        history: Sequence[RoundMetrics] = (),
+    ) -> None:
         self.path = path
         self._seal = seal
-        self.rounds: list[RoundMetrics] = []
+        self.rounds: list[RoundMetrics] = list(history)
+        self._write_all()
         self._console = Console(stderr=True)
         self._progress = Progress(
             TextColumn("[bold]round"),
@@ -38,7 +49,18 @@ class MetricsRecorder:
             console=self._console,
             disable=not live,
         )
-        self._task = self._progress.add_task("rounds", total=total_rounds, status="waiting for workers")
+        self._task = self._progress.add_task(
+            "rounds", total=total_rounds, completed=len(self.rounds), status="waiting for workers"
+        )
+
+    def _write_all(self) -> None:
+        text = "".join(json.dumps(asdict(r)) + "\n" for r in self.rounds).encode()
+        if self._seal is not None:
+            if self.rounds:
+                self._seal(self.path.with_name(self.path.name + ".sealed"), text)
+        else:
+            with atomic_write(self.path) as f:
+                f.write(text)
 
     def __enter__(self) -> MetricsRecorder:
         self._progress.start()
@@ -56,13 +78,11 @@ class MetricsRecorder:
     def record(self, m: RoundMetrics) -> None:
         """Persist and display one round."""
         self.rounds.append(m)
-        line = json.dumps(asdict(m)) + "\n"
         if self._seal is None:
             with self.path.open("a", encoding="utf-8") as f:
-                f.write(line)
+                f.write(json.dumps(asdict(m)) + "\n")
         else:
-            text = "".join(json.dumps(asdict(r)) + "\n" for r in self.rounds)
-            self._seal(self.path.with_name(self.path.name + ".sealed"), text.encode())
+            self._write_all()
         self._progress.update(
             self._task,
             advance=1,

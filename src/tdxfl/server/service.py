@@ -166,8 +166,8 @@ class ParameterServerService(pb_grpc.ParameterServerServicer):
                         received = asm.fill_encoded(link.recv_into, header)
                     else:
                         received = asm.fill(link.recv_into, check_finite=True)
-                except LinkError as e:
-                    self._rounds.reject(party, f"update broke off: {e}")
+                except LinkError as e:  # the worker (or its connection) crashed: not a refused update
+                    self._rounds.leave(party, f"connection lost during its update: {e}")
                     raise
                 except RecordError as e:  # NaN or infinity (or a malformed encoding), found as the data arrived
                     link.send(self._refuse(party, str(e), malformed=True))

@@ -36,7 +36,7 @@ from tdxfl.attestation.ratls import (
     load_certificate,
     tls_name,
 )
-from tdxfl.errors import AttestationError, AttestationRefused
+from tdxfl.errors import AttestationError, AttestationRefused, ConfigError
 from tdxfl.transport.link import TensorLink, open_link
 from tdxfl.transport.proto import tdxfl_pb2 as pb
 from tdxfl.transport.proto import tdxfl_pb2_grpc as pb_grpc
@@ -46,6 +46,8 @@ NONCE_TTL_S = 120.0
 _MAX_OUTSTANDING_NONCES = 4096
 MAX_MESSAGE_BYTES = 64 << 20
 GRPC_OPTIONS = [
+    # a port is this server's alone: a second party started on it fails to bind (servers only)
+    ("grpc.so_reuseport", 0),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     # clients ping every 10 s so a dead peer is noticed within ~15 s ...
@@ -111,11 +113,11 @@ class AttestedServer:
         self.enrollment = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=GRPC_OPTIONS)
         pb_grpc.add_EnrollmentServicer_to_server(_EnrollmentService(self), self.enrollment)
         key_cert = [(self.identity.private_key_pem(), self.identity.cert_pem)]
-        self.enroll_port = self.enrollment.add_secure_port(enroll_address, grpc.ssl_server_credentials(key_cert))
+        self.enroll_port = _bind(self.enrollment, enroll_address, grpc.ssl_server_credentials(key_cert))
         creds = grpc.dynamic_ssl_server_credentials(
             self._certificate_configuration(), self._fetch_configuration, require_client_authentication=True
         )
-        self.port = self.main.add_secure_port(address, creds)
+        self.port = _bind(self.main, address, creds)
 
     # -- mutual-TLS trust set -------------------------------------------------------------
     def _trusted_pem(self) -> bytes:
@@ -238,6 +240,14 @@ class AttestedServer:
         """Stop both servers."""
         self.main.stop(grace)
         self.enrollment.stop(grace)
+
+
+def _bind(server: grpc.Server, address: str, creds: grpc.ServerCredentials) -> int:
+    """Bind ``server`` to ``address``; ConfigError (not a traceback) when the port is taken."""
+    try:
+        return server.add_secure_port(address, creds)
+    except RuntimeError as e:
+        raise ConfigError(f"cannot listen on {address}: {e} (is another party running?)") from None
 
 
 def _refusal(me: str, peer: str, reason: str) -> Decision:

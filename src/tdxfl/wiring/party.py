@@ -22,11 +22,43 @@ from tdxfl.config import Attestation, Federation
 from tdxfl.errors import ConfigError
 from tdxfl.keybroker.client import fetch_key
 from tdxfl.store.keys import derive_store_key
+from tdxfl.transport.ports import check_ports_free
 from tdxfl.wiring.tasks import measure_task
 
-__all__ = ["PartyContext", "broker_key", "make_attester", "model_key", "party_context", "verifiers_for"]
+__all__ = [
+    "PartyContext",
+    "broker_key",
+    "check_role",
+    "check_start",
+    "make_attester",
+    "model_key",
+    "party_context",
+    "verifiers_for",
+]
 
 log = logging.getLogger(__name__)
+
+
+def check_role(federation: Federation, name: str, role: str) -> None:
+    """ConfigError unless ``name`` is a party of ``role`` in the federation file."""
+    party = federation.party(name)
+    if party.role != role:
+        raise ConfigError(f"{name!r} is a {party.role} of this federation, not a {role}")
+
+
+def check_start(federation: Federation, name: str, role: str) -> None:
+    """What a party checks before it fetches a key or imports a framework, each fault a
+    ConfigError: ``name`` is a ``role`` of the federation, its task code is found (the names of
+    the task, model and optimizer were checked when the file was read), its data exists, and
+    the ports it will listen on (a PS's three) are free."""
+    check_role(federation, name, role)
+    measure_task(federation)
+    data = federation.party_data(name)
+    if data and not Path(data).exists():
+        raise ConfigError(f"the data of {name} is not there: {data} (set [[party]] data, or --data)")
+    if role == "ps":
+        ps = federation.ps
+        check_ports_free([ps.address, ps.enroll_address, ps.data_address])
 
 
 def _measurement(value: str, what: str, default: bytes) -> bytes:
