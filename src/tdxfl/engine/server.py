@@ -99,14 +99,15 @@ def run_rounds(
     clock = clock or MonotonicClock()
     started = clock.now()
     steps = strategy.steps_per_round
-    r = resume.round if resume else 0
+    done = resume.round if resume else 0
+    r = done
     version = resume.version if resume else 0
     loss, accuracy = (resume.loss, resume.accuracy) if resume else (float("nan"), float("nan"))
     if resume and plan.target_accuracy and accuracy >= plan.target_accuracy:
         return TrainingResult(r, version, accuracy, loss, 0.0)
-    if r < plan.rounds:
+    if done < plan.rounds:
         fleet.wait_for_workers(plan.quorum, plan.join_timeout_s)
-    for r in range(r + 1, plan.rounds + 1):
+    for r in range(done + 1, plan.rounds + 1):
         on_status(f"training round {r}")
         t0, in0, out0 = clock.now(), fleet.bytes_in, fleet.bytes_out
         contributors = rejected = 0
