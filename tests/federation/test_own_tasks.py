@@ -69,7 +69,9 @@ def run_parties(fed: Path, *extra: str) -> dict[str, subprocess.CompletedProcess
 
 def worker_samples(fed: Path, name: str, federation: str) -> int:
     key = derive_store_key(SECRET, f"{federation}/model-store")
-    _, meta = SealedFileStore(fed.parent / "runs" / name / "sealed", key, label="worker-state").load("training-log")
+    store = SealedFileStore(fed.parent / "runs" / name / "sealed", key, label="worker-state")
+    (log,) = [n for n in store.list() if n.startswith("training-log-")]  # one run: one log
+    _, meta = store.load(log)
     return int(meta["samples"])
 
 

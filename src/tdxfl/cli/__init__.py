@@ -10,6 +10,7 @@ import logging
 import click
 
 from tdxfl.cli.exits import exit_status_summary
+from tdxfl.engine.fleet import PROGRESS_LOGGER
 
 
 @click.group(epilog=f"Exit status: {exit_status_summary()}.")
@@ -18,6 +19,8 @@ def main(verbose: int) -> None:
     """tdxfl: federated learning between attested Intel TDX trust domains."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # where a party listens or connects, joins and leaves, waits, rounds: shown at every verbosity
+    logging.getLogger(PROGRESS_LOGGER).setLevel(min(level, logging.INFO))
 
 
 def _register() -> None:

@@ -34,6 +34,8 @@ class WorkerResult:
     rejected: int = 0
     reconnects: int = 0
     losses: list[float] = field(default_factory=list)
+    #: the run it trained for last (the PS's run id)
+    run_id: str = ""
 
 
 def run_worker_loop(
@@ -70,6 +72,7 @@ def run_worker_loop(
                 version = -1
                 progress.info("%s: the parameter server restarted; taking its current model", name)
             served = (joined.run_id, joined.session)
+            result.run_id = joined.run_id
             progress.info(
                 "%s joined run %s as worker %d of %d", name, joined.run_id, joined.worker_index + 1, joined.num_workers
             )

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from tdxfl.attestation.interfaces import Attester
 from tdxfl.attestation.ratls import PeerVerifier
-from tdxfl.engine.fleet import EventSink
+from tdxfl.engine.fleet import PROGRESS_LOGGER, EventSink
 from tdxfl.engine.records import TensorSet, TensorSpec
 from tdxfl.engine.rounds import RoundState, RoundStateFleet, log_event
 from tdxfl.engine.strategy import Strategy
@@ -27,6 +27,7 @@ from tdxfl.transport.tensors import WireTensors, to_wire
 __all__ = ["AttestedFleet", "PsAddresses"]
 
 log = logging.getLogger(__name__)
+progress = logging.getLogger(PROGRESS_LOGGER)
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ class AttestedFleet(RoundStateFleet[WireTensors]):
         self.server.start()
         self.links.start()
         a = self.addresses
-        log.info(
+        progress.info(
             "parameter server listening on %s (enrollment %s, tensors %s)", a.address, a.enroll_address, a.data_address
         )
 

@@ -9,9 +9,10 @@ from typing import TypeVar
 
 import grpc
 
+from tdxfl.engine.fleet import PROGRESS_LOGGER
 from tdxfl.errors import LinkError, Unavailable
 
-log = logging.getLogger(__name__)
+progress = logging.getLogger(PROGRESS_LOGGER)
 T = TypeVar("T")
 TRANSIENT_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
@@ -50,7 +51,7 @@ def with_backoff(
                 raise
             if n == retries:
                 raise Unavailable(f"{what} unreachable after {retries + 1} attempts: {e}") from e
-            log.info("%s unreachable (%s); retry %d/%d in %.1fs", what, type(e).__name__, n + 1, retries, delay)
+            progress.info("%s unreachable (%s); retry %d/%d in %.1fs", what, type(e).__name__, n + 1, retries, delay)
             sleep(delay)
             delay = min(delay * 2, max_backoff_s)
     raise AssertionError("unreachable")

@@ -11,9 +11,10 @@ from tdxfl.client.connection import AttestedConnection, PsEndpoint, connect_to_p
 from tdxfl.config import Federation
 from tdxfl.engine.compression import Codec, Compressor
 from tdxfl.engine.data import LocalData
+from tdxfl.engine.fleet import PROGRESS_LOGGER
 from tdxfl.engine.records import TensorSet
 from tdxfl.engine.worker import WorkerResult, run_worker_loop
-from tdxfl.errors import ConfigError
+from tdxfl.errors import ConfigError, SealedFileError
 from tdxfl.store.model_store import SealedFileStore
 from tdxfl.wiring.party import PartyContext, model_key
 from tdxfl.wiring.ps import make_strategy
@@ -22,6 +23,7 @@ from tdxfl.wiring.tasks import local_data, measure_task, resolve_task
 __all__ = ["run_worker"]
 
 log = logging.getLogger(__name__)
+progress = logging.getLogger(PROGRESS_LOGGER)
 
 
 def run_worker(federation: Federation, ctx: PartyContext) -> WorkerResult:
@@ -45,6 +47,7 @@ def run_worker(federation: Federation, ctx: PartyContext) -> WorkerResult:
     wire = t.wire_dtype if t.wire_dtype != "float32" else None
 
     def connect() -> AttestedConnection:
+        progress.info("%s: connecting to the parameter server %s at %s", ctx.name, ps.name, ps.address)
         return connect_to_ps(
             ctx.name,
             ctx.attester,
@@ -65,9 +68,20 @@ def run_worker(federation: Federation, ctx: PartyContext) -> WorkerResult:
     result = run_worker_loop(
         ctx.name, connect, adapter, strategy, local, max_reconnects=f.connect_retries, compressor=compressor
     )
-    store.save(
-        "training-log",
-        TensorSet.from_arrays(["loss"], [np.asarray(result.losses, np.float32)]),
-        {"steps": result.steps, "rejected": result.rejected, "samples": len(local.x)},
-    )
+    _save_training_log(store, result, len(local.x))
     return result
+
+
+def _save_training_log(store: SealedFileStore, result: WorkerResult, samples: int) -> None:
+    """Seal this worker's losses as ``training-log-<run id>``: a restarted worker adds to its run's
+    log (checked to be that run's), and another run's log is never touched."""
+    name = f"training-log-{result.run_id}"
+    losses, steps, rejected = np.asarray(result.losses, np.float32), result.steps, result.rejected
+    if store.exists(name):
+        earlier, meta = store.load(name)
+        if meta.get("run_id") != result.run_id:
+            raise SealedFileError(f"{name}.sealed does not hold the training log of run {result.run_id}")
+        losses = np.concatenate([earlier.arrays[0], losses])
+        steps, rejected = steps + int(meta["steps"]), rejected + int(meta["rejected"])
+    meta = {"run_id": result.run_id, "steps": steps, "rejected": rejected, "samples": samples}
+    store.save(name, TensorSet.from_arrays(["loss"], [losses]), meta)
