@@ -227,7 +227,7 @@ class CentralDP(Strategy):
     def state(self) -> State:
         """The inner strategy's state and the releases spent so far (the noise generator is not
         kept: a resumed PS draws fresh noise from the OS)."""
-        return {**self.inner.state(), _RELEASES: np.asarray(self.accountant.releases, np.int64)}
+        return {**self.inner.state(), _RELEASES: np.asarray([self.accountant.releases], np.int64)}
 
     def load_state(self, state: Mapping[str, np.ndarray], *, after_crash: bool = False) -> None:
         """Restore the inner state and the releases spent; ``after_crash`` also charges the whole
@@ -236,6 +236,6 @@ class CentralDP(Strategy):
         if _RELEASES not in state:
             raise RecordError("the checkpoint does not say how much privacy budget was spent")
         self.inner.load_state({k: v for k, v in state.items() if k != _RELEASES})
-        spent = int(state[_RELEASES]) + (self.steps_per_round if after_crash else 0)
+        spent = int(np.asarray(state[_RELEASES]).reshape(-1)[0]) + (self.steps_per_round if after_crash else 0)
         for _ in range(spent - self.accountant.releases):
             self.accountant.spend()

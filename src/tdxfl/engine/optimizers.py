@@ -110,7 +110,7 @@ class Adam(Optimizer):
     def state(self) -> State:
         if self._m is None:
             return {}
-        return {**_pack("m", self._m), **_pack("v", self._v), "t": np.asarray(self._t, np.int64)}
+        return {**_pack("m", self._m), **_pack("v", self._v), "t": np.asarray([self._t], np.int64)}
 
     def load_state(self, state: Mapping[str, np.ndarray]) -> None:
         _only(state, {"m", "v", "t"}, "optimizer")
@@ -120,7 +120,7 @@ class Adam(Optimizer):
         self._m, self._v = _unpack(state, "m"), _unpack(state, "v")
         if len(self._m) != len(self._v) or "t" not in state:
             raise RecordError("the checkpoint's Adam state is incomplete")
-        self._t = int(state["t"])
+        self._t = int(np.asarray(state["t"]).reshape(-1)[0])
 
 
 _F32_MAX = float(np.finfo(np.float32).max)

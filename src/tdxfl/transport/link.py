@@ -321,6 +321,10 @@ class LinkServer:
         with self._lock:
             self._closed = True
             links = list(self._links.values())
+        try:  # wakes the accept loop (close alone does not), so the port is free when this returns
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # not listening (any more)
         self._listener.close()
         for link in links:
             link.close()
