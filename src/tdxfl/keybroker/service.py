@@ -10,6 +10,11 @@ appended to the audit log (before any key leaves; if the log cannot be written n
 released) and recorded as a ``Decision``. Calls from certificates that are not enrolled are
 aborted UNAUTHENTICATED by ``peer_of`` before any key is looked at; enrollment refusals are
 recorded by the AttestedServer in the broker's decision log, not in the audit log.
+
+``RecordCheckpoint`` and ``LatestCheckpoint`` keep the parameter servers' checkpoint records
+(rollback protection, :mod:`tdxfl.store.rollback`): only a peer enrolled with role ``ps`` may
+call them (PERMISSION_DENIED otherwise; a refused record is audited). Records are kept per
+(recording party, run id) in the audit log, durably before the reply, and only move forward.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from tdxfl.attestation.decisions import Decision, DecisionLog
+from tdxfl.attestation.decisions import Decision, DecisionLog, escaped
 from tdxfl.attestation.interfaces import VerifiedEvidence, Verifier
 from tdxfl.attestation.policy import Policy
 from tdxfl.attestation.ratls import (
@@ -31,16 +36,19 @@ from tdxfl.attestation.ratls import (
     load_certificate,
 )
 from tdxfl.errors import AttestationError, ConfigError, SealedFileError
-from tdxfl.keybroker.audit import AuditLog
+from tdxfl.keybroker.audit import AuditLog, RecordOutcome
 from tdxfl.keybroker.keystore import Keystore
+from tdxfl.store.rollback import CheckpointRecord, validate_run_id
 from tdxfl.transport.attested import AttestedServer, EnrolledPeer
 from tdxfl.transport.proto import keybroker_pb2 as kb
 from tdxfl.transport.proto import keybroker_pb2_grpc as kb_grpc
 
-__all__ = ["KeyBrokerService", "ReleaseOutcome"]
+__all__ = ["CHECKPOINT_ROLE", "KeyBrokerService", "ReleaseOutcome"]
 
 log = logging.getLogger(__name__)
 _MAX_KEY_NAME = 128
+#: the only role that may record and look up checkpoints
+CHECKPOINT_ROLE = "ps"
 # Accepts any genuine evidence kind and any measurement: used only to *read* a refused peer's
 # measurements for the audit log, never to decide.
 _OBSERVE_ONLY = Policy(tee=frozenset({"tdx", "simulated"}), mrtd=None)
@@ -169,3 +177,74 @@ class KeyBrokerService(kb_grpc.KeyBrokerServicer):
         return kb.ReleaseKeyReply(
             released=outcome.released, key=outcome.key, reason=outcome.reason, audit_seq=outcome.audit_seq
         )
+
+    # -- checkpoint records (rollback protection) -----------------------------------------
+    def record_checkpoint(self, peer: EnrolledPeer, record: CheckpointRecord) -> RecordOutcome:
+        """Record ``record`` as ``peer``'s latest checkpoint of its run, or refuse; audited either way.
+
+        Refused for a peer whose role is not ``ps``, and for a record older than the run's latest
+        (or the latest round with another digest). Raises OSError only when the audit entry
+        cannot be written (then nothing is recorded).
+        """
+        refusal = ""
+        if peer.role != CHECKPOINT_ROLE:
+            refusal = f"role {peer.role!r} may not record checkpoints (only role {CHECKPOINT_ROLE!r})"
+        outcome = self._audit.record_checkpoint(
+            party=peer.party,
+            role=peer.role,
+            cert_fingerprint=certificate_fingerprint(peer.cert_pem),
+            record=record,
+            refusal=refusal,
+        )
+        if not outcome.recorded:
+            log.warning(
+                "refused checkpoint record from %s (%s): %s", escaped(peer.party), escaped(peer.role), outcome.reason
+            )
+        return outcome
+
+    def RecordCheckpoint(self, request: kb.CheckpointRecord, context: grpc.ServicerContext) -> kb.RecordReply:
+        """Record the calling parameter server's checkpoint (role ``ps`` only)."""
+        peer = self._server.peer_of(context)  # aborts UNAUTHENTICATED for anyone not enrolled
+        record = self._checkpoint_request(request.run_id, request.round, request.sha256, context)
+        try:
+            outcome = self.record_checkpoint(peer, record)
+        except OSError as e:
+            log.error("audit log write failed; recording nothing: %s", e)
+            context.abort(grpc.StatusCode.INTERNAL, "key broker cannot write its audit log; nothing recorded")
+            raise  # unreachable: abort raises
+        if peer.role != CHECKPOINT_ROLE:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, outcome.reason)
+        return kb.RecordReply(recorded=outcome.recorded, reason=outcome.reason, audit_seq=outcome.audit_seq)
+
+    def LatestCheckpoint(
+        self, request: kb.LatestCheckpointRequest, context: grpc.ServicerContext
+    ) -> kb.LatestCheckpointReply:
+        """The latest checkpoint the calling parameter server recorded for ``request.run_id``."""
+        peer = self._server.peer_of(context)
+        if peer.role != CHECKPOINT_ROLE:
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"role {peer.role!r} may not look up checkpoints (only role {CHECKPOINT_ROLE!r})",
+            )
+        try:
+            run_id = validate_run_id(request.run_id)
+        except ConfigError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            raise  # unreachable: abort raises
+        record = self._audit.latest_checkpoint(peer.party, run_id)
+        if record is None:
+            return kb.LatestCheckpointReply(found=False)
+        return kb.LatestCheckpointReply(
+            found=True,
+            record=kb.CheckpointRecord(run_id=record.run_id, round=record.round, sha256=record.sha256),
+            audit_seq=record.audit_seq or 0,
+        )
+
+    @staticmethod
+    def _checkpoint_request(run_id: str, round: int, sha256: bytes, context: grpc.ServicerContext) -> CheckpointRecord:
+        """The record a peer sent, validated (sizes checked before use); aborts INVALID_ARGUMENT."""
+        try:
+            return CheckpointRecord(run_id, round, bytes(sha256))
+        except ConfigError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            raise  # unreachable: abort raises

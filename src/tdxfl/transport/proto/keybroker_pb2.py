@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%tdxfl/transport/proto/keybroker.proto\x12\x08tdxfl.v1\"%\n\x11ReleaseKeyRequest\x12\x10\n\x08key_name\x18\x01 \x01(\t\"S\n\x0fReleaseKeyReply\x12\x10\n\x08released\x18\x01 \x01(\x08\x12\x0b\n\x03key\x18\x02 \x01(\x0c\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\taudit_seq\x18\x04 \x01(\x04\x32Q\n\tKeyBroker\x12\x44\n\nReleaseKey\x12\x1b.tdxfl.v1.ReleaseKeyRequest\x1a\x19.tdxfl.v1.ReleaseKeyReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%tdxfl/transport/proto/keybroker.proto\x12\x08tdxfl.v1\"%\n\x11ReleaseKeyRequest\x12\x10\n\x08key_name\x18\x01 \x01(\t\"S\n\x0fReleaseKeyReply\x12\x10\n\x08released\x18\x01 \x01(\x08\x12\x0b\n\x03key\x18\x02 \x01(\x0c\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\taudit_seq\x18\x04 \x01(\x04\"A\n\x10\x43heckpointRecord\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\x0c\"B\n\x0bRecordReply\x12\x10\n\x08recorded\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x11\n\taudit_seq\x18\x03 \x01(\x04\")\n\x17LatestCheckpointRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"e\n\x15LatestCheckpointReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12*\n\x06record\x18\x02 \x01(\x0b\x32\x1a.tdxfl.v1.CheckpointRecord\x12\x11\n\taudit_seq\x18\x03 \x01(\x04\x32\xf0\x01\n\tKeyBroker\x12\x44\n\nReleaseKey\x12\x1b.tdxfl.v1.ReleaseKeyRequest\x1a\x19.tdxfl.v1.ReleaseKeyReply\x12\x45\n\x10RecordCheckpoint\x12\x1a.tdxfl.v1.CheckpointRecord\x1a\x15.tdxfl.v1.RecordReply\x12V\n\x10LatestCheckpoint\x12!.tdxfl.v1.LatestCheckpointRequest\x1a\x1f.tdxfl.v1.LatestCheckpointReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,6 +35,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RELEASEKEYREQUEST']._serialized_end=88
   _globals['_RELEASEKEYREPLY']._serialized_start=90
   _globals['_RELEASEKEYREPLY']._serialized_end=173
-  _globals['_KEYBROKER']._serialized_start=175
-  _globals['_KEYBROKER']._serialized_end=256
+  _globals['_CHECKPOINTRECORD']._serialized_start=175
+  _globals['_CHECKPOINTRECORD']._serialized_end=240
+  _globals['_RECORDREPLY']._serialized_start=242
+  _globals['_RECORDREPLY']._serialized_end=308
+  _globals['_LATESTCHECKPOINTREQUEST']._serialized_start=310
+  _globals['_LATESTCHECKPOINTREQUEST']._serialized_end=351
+  _globals['_LATESTCHECKPOINTREPLY']._serialized_start=353
+  _globals['_LATESTCHECKPOINTREPLY']._serialized_end=454
+  _globals['_KEYBROKER']._serialized_start=457
+  _globals['_KEYBROKER']._serialized_end=697
 # @@protoc_insertion_point(module_scope)

@@ -42,6 +42,16 @@ class KeyBrokerStub:
                 request_serializer=tdxfl_dot_transport_dot_proto_dot_keybroker__pb2.ReleaseKeyRequest.SerializeToString,
                 response_deserializer=tdxfl_dot_transport_dot_proto_dot_keybroker__pb2.ReleaseKeyReply.FromString,
                 _registered_method=True)
+        self.RecordCheckpoint = channel.unary_unary(
+                '/tdxfl.v1.KeyBroker/RecordCheckpoint',
+                request_serializer=tdxfl_dot_transport_dot_proto_dot_keybroker__pb2.CheckpointRecord.SerializeToString,
+                response_deserializer=tdxfl_dot_transport_dot_proto_dot_keybroker__pb2.RecordReply.FromString,
+                _registered_method=True)
+        self.LatestCheckpoint = channel.unary_unary(
+                '/tdxfl.v1.KeyBroker/LatestCheckpoint',
+                request_serializer=tdxfl_dot_transport_dot_proto_dot_keybroker__pb2.LatestCheckpointRequest.SerializeToString,
+                response_deserializer=tdxfl_dot_transport_dot_proto_dot_keybroker__pb2.LatestCheckpointReply.FromString,
+                _registered_method=True)
 
 
 class KeyBrokerServicer:
@@ -58,6 +68,23 @@ class KeyBrokerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordCheckpoint(self, request, context):
+        """Record the calling parameter server's latest sealed checkpoint of a run, durably, in the
+        audit log (before the reply). Only a party enrolled with role "ps" may call it
+        (PERMISSION_DENIED otherwise, audited); a record older than the run's latest, or the latest
+        round with another digest, is refused (recorded = false, with the reason; audited).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LatestCheckpoint(self, request, context):
+        """The latest checkpoint the calling parameter server recorded for a run. Role "ps" only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyBrokerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -65,6 +92,16 @@ def add_KeyBrokerServicer_to_server(servicer, server):
                     servicer.ReleaseKey,
                     request_deserializer=tdxfl_dot_transport_dot_proto_dot_keybroker__pb2.ReleaseKeyRequest.FromString,
                     response_serializer=tdxfl_dot_transport_dot_proto_dot_keybroker__pb2.ReleaseKeyReply.SerializeToString,
+            ),
+            'RecordCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordCheckpoint,
+                    request_deserializer=tdxfl_dot_transport_dot_proto_dot_keybroker__pb2.CheckpointRecord.FromString,
+                    response_serializer=tdxfl_dot_transport_dot_proto_dot_keybroker__pb2.RecordReply.SerializeToString,
+            ),
+            'LatestCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.LatestCheckpoint,
+                    request_deserializer=tdxfl_dot_transport_dot_proto_dot_keybroker__pb2.LatestCheckpointRequest.FromString,
+                    response_serializer=tdxfl_dot_transport_dot_proto_dot_keybroker__pb2.LatestCheckpointReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -97,6 +134,60 @@ class KeyBroker:
             '/tdxfl.v1.KeyBroker/ReleaseKey',
             tdxfl_dot_transport_dot_proto_dot_keybroker__pb2.ReleaseKeyRequest.SerializeToString,
             tdxfl_dot_transport_dot_proto_dot_keybroker__pb2.ReleaseKeyReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tdxfl.v1.KeyBroker/RecordCheckpoint',
+            tdxfl_dot_transport_dot_proto_dot_keybroker__pb2.CheckpointRecord.SerializeToString,
+            tdxfl_dot_transport_dot_proto_dot_keybroker__pb2.RecordReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LatestCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tdxfl.v1.KeyBroker/LatestCheckpoint',
+            tdxfl_dot_transport_dot_proto_dot_keybroker__pb2.LatestCheckpointRequest.SerializeToString,
+            tdxfl_dot_transport_dot_proto_dot_keybroker__pb2.LatestCheckpointReply.FromString,
             options,
             channel_credentials,
             insecure,
